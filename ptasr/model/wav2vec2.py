@@ -1,0 +1,387 @@
+"""wav2vec 2.0 / XLS-R encoder with a CTC head, read top to bottom.
+
+Notation:
+    B  batch size
+    S  samples per waveform (16 kHz)
+    C  conv channels (conv_dim)
+    T  frames (one per 20 ms with the standard conv stack)
+    D  hidden size
+    H  attention heads, Dh = D / H
+    V  vocabulary size (CTC blank included)
+
+Every module and parameter carries the name transformers gives it, so a ``Wav2Vec2ForCTC`` state dict loads
+here key for key (``ptasr.model.convert``) and ours saves back into transformers' format unchanged.
+Every stage passes integer lengths along: samples in, frames out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ptasr.lengths import conv_output_lengths
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.model.masking import span_mask
+
+log = logging.getLogger(__name__)
+
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; ptasr implements {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """(B,) lengths -> (B, max_length) bool, True at valid positions."""
+    return torch.arange(max_length, device=lengths.device) < lengths[:, None]
+
+
+# --- feature encoder: waveform -> frames ---------------------------------------------------------------------
+
+
+class ConvLayer(nn.Module):
+    """Conv1d, optional norm over channels (layer) or over time per channel (group), activation."""
+
+    def __init__(self, in_channels: int, config: Wav2Vec2Config, index: int, norm: str | None) -> None:
+        super().__init__()
+        out_channels = config.conv_dim[index]
+        self.conv = nn.Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size=config.conv_kernel[index],
+            stride=config.conv_stride[index],
+            bias=config.conv_bias,
+        )
+        # transformers builds both norms with torch's default eps, not config.layer_norm_eps.
+        if norm == "layer":
+            self.layer_norm = nn.LayerNorm(out_channels)
+        elif norm == "group":
+            self.layer_norm = nn.GroupNorm(num_groups=out_channels, num_channels=out_channels)
+        self.norm = norm
+        self.activation = _activation(config.feat_extract_activation)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, S') -> (B, C, S'')."""
+        features = self.conv(features)
+        if self.norm == "layer":
+            features = self.layer_norm(features.transpose(1, 2)).transpose(1, 2)
+        elif self.norm == "group":
+            features = self.layer_norm(features)
+        return self.activation(features)
+
+
+class FeatureEncoder(nn.Module):
+    """The strided conv stack: 16 kHz samples -> frames of conv_dim[-1] channels."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        # "group": GroupNorm on the first layer only (wav2vec2-base); "layer": LayerNorm on every layer (XLS-R).
+        norms = [config.feat_extract_norm if (i == 0 or config.feat_extract_norm == "layer") else None
+                 for i in range(len(config.conv_dim))]
+        in_channels = (1, *config.conv_dim[:-1])
+        self.conv_layers = nn.ModuleList(
+            ConvLayer(in_channels[i], config, i, norms[i]) for i in range(len(config.conv_dim))
+        )
+        self.kernels, self.strides = config.conv_kernel, config.conv_stride
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) float, (B,) samples -> features (B, C, T), (B,) frames."""
+        features = waveforms[:, None]  # (B, 1, S)
+        for layer in self.conv_layers:
+            features = layer(features)
+        return features, conv_output_lengths(lengths, self.kernels, self.strides)
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm over conv channels, then a linear map to the transformer width."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+        self.dropout = nn.Dropout(config.feat_proj_dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, D)."""
+        return self.dropout(self.projection(self.layer_norm(features)))
+
+
+# --- transformer ---------------------------------------------------------------------------------------------
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Relative positions from a wide grouped convolution over time, weight-normalised over the kernel axis."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        kernel, width = config.num_conv_pos_embeddings, config.hidden_size
+        conv = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=config.num_conv_pos_embedding_groups)
+        # fairseq's init, applied before weight norm so that g starts as ||v||.
+        nn.init.normal_(conv.weight, mean=0.0, std=2 * math.sqrt(1 / (kernel * width)))
+        nn.init.zeros_(conv.bias)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        # "Same" padding of an even kernel yields one frame too many; transformers' SamePad drops the last.
+        self.trim = 1 if kernel % 2 == 0 else 0
+        self.activation = _activation(config.feat_extract_activation)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D) positional term."""
+        positions = self.conv(hidden.transpose(1, 2))  # (B, D, T + trim)
+        positions = positions[..., : positions.shape[-1] - self.trim]
+        return self.activation(positions).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.num_heads, self.dropout = config.num_attention_heads, config.attention_dropout
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, D), key_mask (B, 1, 1, T) bool or None -> (B, T, D)."""
+        batch, frames, width = hidden.shape
+        heads = (batch, frames, self.num_heads, width // self.num_heads)
+        q, k, v = (proj(hidden).view(heads).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        # q, k, v: (B, H, T, Dh); the default scale Dh ** -0.5 is transformers' scaling.
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(context.transpose(1, 2).reshape(batch, frames, width))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = _activation(config.hidden_act)
+        self.intermediate_dropout = nn.Dropout(config.activation_dropout)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        hidden = self.intermediate_dropout(self.intermediate_act_fn(self.intermediate_dense(hidden)))
+        return self.output_dropout(self.output_dense(hidden))
+
+
+class TransformerLayer(nn.Module):
+    """One block; ``pre_norm`` puts each LayerNorm before its sublayer (XLS-R), else after the residual (base)."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.attention = SelfAttention(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        if self.pre_norm:
+            hidden = hidden + self.dropout(self.attention(self.layer_norm(hidden), key_mask))
+            return hidden + self.feed_forward(self.final_layer_norm(hidden))
+        hidden = self.layer_norm(hidden + self.dropout(self.attention(hidden, key_mask)))
+        return self.final_layer_norm(hidden + self.feed_forward(hidden))
+
+
+class Transformer(nn.Module):
+    """Positional conv, the layer stack with LayerDrop, and the stack's LayerNorm (first or last by layout)."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.pre_norm, self.layerdrop = config.pre_norm, config.layerdrop
+        self.pos_conv_embed = PositionalConvEmbedding(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, hidden: torch.Tensor, frame_lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(B, T, D), (B,) frames -> (B, T, D)."""
+        valid = length_mask(frame_lengths, hidden.shape[1])  # (B, T)
+        # transformers zeroes padded frames so the positional conv does not smear them into valid ones.
+        hidden = hidden * valid[..., None].to(hidden.dtype)
+        hidden = hidden + self.pos_conv_embed(hidden)
+        if not self.pre_norm:
+            hidden = self.layer_norm(hidden)
+        hidden = self.dropout(hidden)
+        key_mask = self._key_mask(frame_lengths, hidden.shape[1])
+        for layer in self._active_layers(generator):
+            if self.gradient_checkpointing and self.training:
+                hidden = checkpoint(layer, hidden, key_mask, use_reentrant=False)
+            else:
+                hidden = layer(hidden, key_mask)
+        return self.layer_norm(hidden) if self.pre_norm else hidden
+
+    @staticmethod
+    def _key_mask(frame_lengths: torch.Tensor, frames: int) -> torch.Tensor | None:
+        if frame_lengths.device.type == "cpu" and bool((frame_lengths >= frames).all()):
+            return None  # no padding: let SDPA pick its fastest kernel (checked only where it costs no sync)
+        # A 0-frame example would mask every key and turn its softmax into NaN; let it see frame 0 instead.
+        # Its output is ignored anyway (frame length 0).
+        return length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]  # (B, 1, 1, T)
+
+    def _active_layers(self, generator: torch.Generator | None) -> list[nn.Module]:
+        if not (self.training and self.layerdrop > 0):
+            return list(self.layers)
+        # One draw per layer for the whole batch, as transformers does; a seeded generator makes every
+        # DDP rank drop the same layers. Drawn on the generator's device (CPU by default: no sync).
+        device = generator.device if generator is not None else torch.device("cpu")
+        keep = (torch.rand(len(self.layers), generator=generator, device=device) >= self.layerdrop).tolist()
+        return [layer for layer, kept in zip(self.layers, keep) if kept]
+
+
+# --- the model -----------------------------------------------------------------------------------------------
+
+
+class Wav2Vec2Model(nn.Module):
+    """Feature encoder, projection, SpecAugment and transformer: waveforms -> contextual frames."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.feature_extractor = FeatureEncoder(config)
+        self.feature_projection = FeatureProjection(config)
+        # As in transformers: the learned mask vector exists only if time or feature masking is configured.
+        if config.mask_time_prob > 0 or config.mask_feature_prob > 0:
+            self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        self.encoder = Transformer(config)
+        self.feature_extractor_frozen = False
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) float, (B,) int64 samples -> hidden (B, T, D), (B,) int64 frames."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.feature_extractor_frozen):
+            features, frame_lengths = self.feature_extractor(waveforms, lengths)
+        hidden = self.feature_projection(features.transpose(1, 2))  # (B, T, D)
+        hidden = self.mask(hidden, frame_lengths, generator)
+        return self.encoder(hidden, frame_lengths, generator), frame_lengths
+
+    def mask(
+        self, hidden: torch.Tensor, frame_lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """SpecAugment in training: time spans -> the learned mask vector, feature spans -> 0."""
+        config = self.config
+        if not (self.training and config.apply_spec_augment):
+            return hidden
+        batch, frames, width = hidden.shape
+        if config.mask_time_prob > 0:
+            time = span_mask(frame_lengths, frames, config.mask_time_prob, config.mask_time_length,
+                             config.mask_time_min_masks, generator)  # (B, T)
+            hidden = torch.where(time[..., None], self.masked_spec_embed.to(hidden.dtype), hidden)
+        if config.mask_feature_prob > 0:
+            widths = torch.full((batch,), width, device=hidden.device)
+            feature = span_mask(widths, width, config.mask_feature_prob, config.mask_feature_length,
+                                config.mask_feature_min_masks, generator)  # (B, D)
+            hidden = hidden.masked_fill(feature[:, None, :], 0.0)
+        return hidden
+
+
+class Wav2Vec2CTC(nn.Module):
+    """wav2vec 2.0 encoder with a linear CTC head: waveforms -> per-frame token logits.
+
+    >>> model = Wav2Vec2CTC(Wav2Vec2Config.preset("tiny", vocab_size=10)).eval()
+    >>> logits, frames = model(torch.randn(2, 16000), torch.tensor([16000, 8000]))
+    >>> logits.shape, frames.tolist()
+    (torch.Size([2, 49, 10]), [49, 24])
+    """
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("Wav2Vec2CTC needs config.vocab_size (the CTC head's size, blank included)")
+        self.config = config
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.dropout = nn.Dropout(config.final_dropout)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # transformers' initialisation, so a model trained from scratch starts where theirs would.
+        if isinstance(module, nn.Linear) and module is not self.wav2vec2.feature_projection.projection:
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d) and module is not self.wav2vec2.encoder.pos_conv_embed.conv:
+            nn.init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                bound = math.sqrt(module.groups / (module.in_channels * module.kernel_size[0]))
+                nn.init.uniform_(module.bias, -bound, bound)
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for each frame.
+
+        Args:
+            waveforms: (B, S) float, 16 kHz, zero-padded after each example's length.
+            lengths: (B,) int64 valid samples per example.
+            generator: randomness for SpecAugment and LayerDrop (training mode only).
+
+        Returns:
+            logits (B, T, V) and frame_lengths (B,) int64; frames at or past an example's length are padding.
+            A batch shorter than the conv stack's receptive field gives T = 0, not an error.
+        """
+        frames = conv_output_lengths(waveforms.shape[1], self.config.conv_kernel, self.config.conv_stride)
+        if frames == 0:
+            empty = waveforms.new_zeros(waveforms.shape[0], 0, self.config.vocab_size)
+            return empty, torch.zeros_like(lengths)
+        hidden, frame_lengths = self.wav2vec2(waveforms, lengths, generator)
+        return self.lm_head(self.dropout(hidden)), frame_lengths
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) samples -> (B,) frames the model emits for them."""
+        return conv_output_lengths(lengths, self.config.conv_kernel, self.config.conv_stride)
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop training the conv stack and run it without autograd, which frees its activations."""
+        for parameter in self.wav2vec2.feature_extractor.parameters():
+            parameter.requires_grad_(False)
+        self.wav2vec2.feature_extractor_frozen = True
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each transformer layer in the backward pass: less memory, about a third more compute."""
+        self.wav2vec2.encoder.gradient_checkpointing = enabled
+
+    # --- checkpoints (implemented in ptasr.model.convert) --------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | Path, vocab_size: int | None = None, **config_overrides: object
+    ) -> Wav2Vec2CTC:
+        """Load a Hugging Face wav2vec2 folder, hub id, or fairseq ``.pt`` checkpoint.
+
+        Args:
+            source: a folder with config.json and model.safetensors (or pytorch_model.bin), a hub id such as
+                ``facebook/wav2vec2-xls-r-300m``, or a fairseq checkpoint file (``xlsr2_300m.pt``).
+            vocab_size: size of the CTC head. Needed when the checkpoint has no head; if it differs from the
+                checkpoint's head, a new head is initialised (fine-tuning on another alphabet).
+            config_overrides: Wav2Vec2Config fields to change (dropouts, masking, pad_token_id, ...).
+        """
+        from ptasr.model.convert import load_pretrained
+
+        return load_pretrained(cls, source, vocab_size, config_overrides)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json + model.safetensors that transformers' ``Wav2Vec2ForCTC`` loads unchanged."""
+        from ptasr.model.convert import save_pretrained
+
+        save_pretrained(self, directory)
