@@ -1,0 +1,9 @@
+"""Training: the LightningModule, callbacks, learning-rate schedules and the LightningCLI entry point.
+
+The only part of ptasr that joins the model (``ptasr.model``) and the data (``ptasr.data``).
+"""
+
+from ptasr.train.callbacks import CTCHealth, MixedPrecisionHealth, TrainingMonitor, WERMetrics
+from ptasr.train.module import Wav2Vec2CTCModule
+
+__all__ = ["CTCHealth", "MixedPrecisionHealth", "TrainingMonitor", "WERMetrics", "Wav2Vec2CTCModule"]

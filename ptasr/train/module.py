@@ -1,0 +1,320 @@
+"""The training system: a LightningModule that fine-tunes :class:`~ptasr.Wav2Vec2CTC` with CTC.
+
+The model (``ptasr.model``) is the maths; this module is everything around it: building the model from a
+preset or pretrained weights, the CTC loss, optimiser and schedule, freezing, greedy decoding for
+validation, and what goes into a checkpoint. Metrics and health reports live in ``ptasr.train.callbacks``.
+
+Every knob here is an ``__init__`` argument, so LightningCLI shows it in ``--print_config`` and the YAML
+configs in ``configs/`` set it; the defaults below are plain fallbacks, the recipes are in the YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.decode import greedy_decode
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.model.loss import ctc_loss
+from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from ptasr.train.schedules import ScheduleName, make_schedule
+
+Batch = dict[str, Any]
+
+
+class Wav2Vec2CTCModule(L.LightningModule):
+    """Fine-tunes (or trains from scratch) a wav2vec 2.0 / XLS-R model with a CTC head.
+
+    Args:
+        vocab_size: CTC head size, blank included. Linked from ``data.vocab_size`` by the CLI.
+        pad_token_id: the CTC blank (``[PAD]``, as in the HF script). Linked from ``data.pad_token_id``.
+        preset: architecture name for ``Wav2Vec2Config.preset`` (ignored when ``pretrained`` is set).
+        pretrained: a Hugging Face folder, hub id or fairseq checkpoint; a fresh CTC head sized by the
+            vocabulary replaces any head it has.
+        config_overrides: ``Wav2Vec2Config`` fields applied on top of the preset or pretrained config:
+            SpecAugment (``mask_time_prob`` ...), LayerDrop, dropouts, CTC ``ctc_loss_reduction`` ("mean" or
+            "sum") and ``ctc_zero_infinity`` -- these travel with the model config into every export.
+        freeze_feature_encoder: do not train the conv stack and run it without autograd (HF script, fairseq).
+        freeze_transformer_steps: for the first N optimiser updates only the CTC head learns (fairseq's
+            ``freeze_finetune_updates``), so a random head does not wreck the pretrained encoder.
+        gradient_checkpointing: recompute transformer layers in the backward pass (less memory, ~1/3 more time).
+        compile: ``torch.compile`` the model in place (state-dict keys unchanged).
+        optimizer: "adamw" (decoupled weight decay, HF Trainer's choice) or "adam".
+        lr: peak learning rate of the encoder (and of the head unless ``head_lr`` is set).
+        head_lr: a separate peak learning rate for the CTC head, or ``None`` for ``lr``.
+        betas, eps: Adam moments and epsilon.
+        weight_decay: applied to matrices only; biases and norm parameters never decay (as HF Trainer).
+        fused: fused Adam kernel; ``None`` picks it unless fp16 loss scaling is active (Lightning cannot
+            clip gradients that a fused optimiser unscales internally).
+        schedule: "linear" (HF warm-up then linear decay to 0), "tri_stage" (fairseq), or "constant".
+        warmup_steps: updates of linear warm-up (both schedules).
+        hold_steps: tri_stage: updates held at the peak after warm-up.
+        decay_steps: tri_stage: updates of exponential decay; ``None`` decays over the rest of training.
+        init_lr_scale, final_lr_scale: tri_stage: start and end multipliers of the peak learning rate.
+        total_steps: updates the schedule spans; ``None`` uses the Trainer's (``max_steps`` or epochs).
+        seed: base of the per-step seeds for SpecAugment and LayerDrop; ``None`` uses the seed that
+            ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        pad_token_id: int,
+        preset: str = "tiny",
+        pretrained: str | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        freeze_feature_encoder: bool = True,
+        freeze_transformer_steps: int = 0,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+        optimizer: Literal["adamw", "adam"] = "adamw",
+        lr: float = 1e-4,
+        head_lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fused: bool | None = None,
+        schedule: ScheduleName = "linear",
+        warmup_steps: int = 0,
+        hold_steps: int = 0,
+        decay_steps: int | None = None,
+        init_lr_scale: float = 0.01,
+        final_lr_scale: float = 0.05,
+        total_steps: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = dict(config_overrides or {}, pad_token_id=pad_token_id)
+        if pretrained:
+            self.model = Wav2Vec2CTC.from_pretrained(pretrained, vocab_size=vocab_size, **overrides)
+        else:
+            self.model = Wav2Vec2CTC(Wav2Vec2Config.preset(preset, vocab_size=vocab_size, **overrides))
+        if freeze_feature_encoder:
+            self.model.freeze_feature_encoder()
+        if gradient_checkpointing:
+            self.model.set_gradient_checkpointing(True)
+        # Text side, needed to decode predictions and saved in every checkpoint. Set in `setup` from the
+        # data module, or restored from a checkpoint by `on_load_checkpoint`.
+        self.vocab: Vocabulary | None = None
+        self.normalizer: TextNormalizer | None = None
+        # Optimiser updates whose gradients were not finite (and were therefore skipped); a device tensor so
+        # counting needs no host sync. Logged by the MixedPrecisionHealth callback.
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        self._compiled = False
+
+    # --- set-up --------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.vocab, self.normalizer = datamodule.vocab, datamodule.normalizer
+        if self.vocab is not None and len(self.vocab) != self.model.config.vocab_size:
+            raise ValueError(
+                f"the data's vocabulary has {len(self.vocab)} tokens but the CTC head has "
+                f"{self.model.config.vocab_size}; link data.vocab_size to model.vocab_size (train.py does)"
+            )
+
+    def configure_model(self) -> None:
+        # Here rather than in __init__: Lightning calls it once the module is on its device.
+        if self.hparams.compile and not self._compiled:
+            self.model.compile()  # nn.Module.compile: in place, so checkpoints keep plain parameter names
+            self._compiled = True
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        head = {id(p) for p in self.model.lm_head.parameters()}
+        # Group parameters by (learning rate, weight decay); groups with equal settings merge.
+        groups: dict[tuple[str, float], list[torch.nn.Parameter]] = {}
+        for name, parameter in self.model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            part = "head" if id(parameter) in head and hp.head_lr is not None else "body"
+            decay = 0.0 if _is_bias_or_norm(name, parameter) else hp.weight_decay
+            groups.setdefault((part, decay), []).append(parameter)
+        param_groups = [
+            {"params": params, "name": part, "lr": hp.head_lr if part == "head" else hp.lr, "weight_decay": decay}
+            for (part, decay), params in groups.items()
+        ]
+        optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(param_groups, betas=tuple(hp.betas), eps=hp.eps, fused=self._use_fused())
+        total_steps = hp.total_steps or int(self.trainer.estimated_stepping_batches)
+        multiplier = make_schedule(
+            hp.schedule,
+            total_steps=total_steps,
+            warmup_steps=hp.warmup_steps,
+            hold_steps=hp.hold_steps,
+            decay_steps=hp.decay_steps,
+            init_lr_scale=hp.init_lr_scale,
+            final_lr_scale=hp.final_lr_scale,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _use_fused(self) -> bool:
+        if self.hparams.fused is not None:
+            return self.hparams.fused
+        # Fused Adam is fastest on GPU and CPU and can skip a step on device (`found_inf`), but with fp16
+        # loss scaling it unscales inside `step`, after Lightning would clip: Lightning refuses that pair.
+        return self._grad_scaler() is None
+
+    def _grad_scaler(self) -> torch.amp.GradScaler | None:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    # --- steps ---------------------------------------------------------------------------------------------
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) float waveforms, (B,) int64 samples -> logits (B, T, V), frame lengths (B,)."""
+        return self.model(waveforms, lengths, generator)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        batch_size = batch["waveforms"].shape[0]
+        if batch_size == 0:
+            return self._empty_batch_loss()
+        logits, frame_lengths = self(batch["waveforms"], batch["lengths"], self._step_generator(batch_idx))
+        loss = self._ctc_loss(logits, frame_lengths, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # Extra outputs go to the callbacks (CTC health); Lightning detaches them.
+        return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths}
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
+        return self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, str]]:
+        if batch["waveforms"].shape[0] == 0:
+            return []
+        logits, frame_lengths = self(batch["waveforms"], batch["lengths"])
+        return [{"id": i, "text": text} for i, text in zip(batch["ids"], self.decode(logits, frame_lengths))]
+
+    def _evaluate(self, batch: Batch, stage: str) -> dict[str, Any] | None:
+        batch_size = batch["waveforms"].shape[0]
+        if batch_size == 0:
+            return None
+        logits, frame_lengths = self(batch["waveforms"], batch["lengths"])
+        loss = self._ctc_loss(logits, frame_lengths, batch)
+        self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True)
+        return {
+            "loss": loss,
+            "logits": logits,
+            "frame_lengths": frame_lengths,
+            "predictions": self.decode(logits, frame_lengths),
+            "references": batch["texts"],
+            "ids": batch["ids"],
+        }
+
+    def decode(self, logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
+        """Greedy CTC transcripts of a batch of logits (B, T, V)."""
+        if self.vocab is None:
+            raise RuntimeError(
+                "no vocabulary to decode with: run through a Trainer with the data module, or load a checkpoint"
+            )
+        return [self.vocab.decode(ids) for ids in greedy_decode(logits, frame_lengths, self.model.config.pad_token_id)]
+
+    def _ctc_loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        config = self.model.config
+        return ctc_loss(
+            logits,
+            frame_lengths,
+            batch["labels"],
+            batch["label_lengths"],
+            blank=config.pad_token_id,
+            reduction=config.ctc_loss_reduction,
+            zero_infinity=config.ctc_zero_infinity,
+        )
+
+    def _empty_batch_loss(self) -> torch.Tensor | None:
+        # Every clip of the batch was unreadable. Alone, skip it (Lightning skips backward and the update).
+        # Under DDP the other ranks wait in the gradient all-reduce, so join it with zero gradients instead.
+        if self.trainer.world_size == 1:
+            return None
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+
+    def _step_generator(self, batch_idx: int) -> torch.Generator:
+        # SpecAugment and LayerDrop randomness derived from (seed, update, batch), never from global RNG state:
+        # identical on every DDP rank (LayerDrop must drop the same layers everywhere) and after a resume.
+        # A CPU generator: the model draws on the generator's device and copies, so no host sync.
+        seed = self.hparams.seed
+        if seed is None:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        step_seed = hash((seed, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF
+        return torch.Generator().manual_seed(step_seed)
+
+    # --- around the optimiser step -------------------------------------------------------------------------
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients here are final: accumulated, all-reduced across ranks, and unscaled under fp16.
+        if self.global_step < self.hparams.freeze_transformer_steps:
+            self._drop_body_gradients()
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping, as HF logs it
+        self.log("train/grad_norm", grad_norm)
+        nonfinite = ~torch.isfinite(grad_norm)
+        self.skipped_steps += nonfinite
+        self._skip_update_if(nonfinite, optimizer)
+
+    def _drop_body_gradients(self) -> None:
+        # Adam leaves parameters without a gradient untouched (no moment update, no decay): frozen.
+        head = {id(p) for p in self.model.lm_head.parameters()}
+        for parameter in self.model.parameters():
+            if id(parameter) not in head:
+                parameter.grad = None
+
+    def _skip_update_if(self, nonfinite: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Skip this update when the gradients are not finite, on device where possible."""
+        if self._grad_scaler() is not None:
+            return  # fp16: the GradScaler skips the step itself and lowers the scale
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # unwrap a LightningOptimizer
+        if optimizer.defaults.get("fused"):
+            # Fused Adam reads `found_inf` and leaves parameters, moments and step counts unchanged when it
+            # is non-zero: the GradScaler's own mechanism, with no host sync.
+            optimizer.found_inf = nonfinite.float()
+        elif nonfinite:  # host sync, only on the unfused path
+            optimizer.zero_grad(set_to_none=True)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything needed to rebuild the model and its text side from the .ckpt alone (transcribe, export).
+        checkpoint["ptasr"] = {
+            "model_config": dataclasses.asdict(self.model.config),
+            "vocab": self.vocab.to_dict() if self.vocab is not None else None,
+            "normalizer": self.normalizer.to_dict() if self.normalizer is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("ptasr")
+        if not saved or saved.get("vocab") is None:
+            return
+        saved_vocab = Vocabulary.from_dict(saved["vocab"])
+        if self.vocab is None:  # loaded outside a Trainer: take the text side from the checkpoint
+            self.vocab = saved_vocab
+            self.normalizer = TextNormalizer.from_dict(saved["normalizer"])
+        elif list(saved_vocab.tokens) != list(self.vocab.tokens):
+            raise ValueError(
+                f"the checkpoint's vocabulary ({len(saved_vocab)} tokens) differs from the data's "
+                f"({len(self.vocab)} tokens): resume with the data the checkpoint was trained on, or start a new "
+                "run (a different alphabet needs a fresh CTC head: model.pretrained=<exported folder>)"
+            )
+
+
+def _is_bias_or_norm(name: str, parameter: torch.nn.Parameter) -> bool:
+    """Parameters that HF Trainer (and most recipes) exempt from weight decay: biases, norms, vectors.
+
+    >>> _is_bias_or_norm("lm_head.bias", torch.nn.Parameter(torch.zeros(3)))
+    True
+    >>> _is_bias_or_norm("wav2vec2.encoder.layers.0.attention.q_proj.weight", torch.nn.Parameter(torch.zeros(3, 3)))
+    False
+    """
+    return parameter.ndim < 2 or name.endswith(".bias") or "norm" in name
