@@ -1,0 +1,108 @@
+"""Audio side of the data: decode any soundfile format, downmix, resample to 16 kHz, normalise.
+
+soundfile (libsndfile >= 1.1) decodes MP3, FLAC, WAV and OGG without FFmpeg; torchaudio 2.9+ has no I/O
+of its own, so torchaudio is used only for its resampling kernels. Everything here runs inside DataLoader
+workers, which is why the resampler is cached per process and nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+SAMPLE_RATE = 16_000  # wav2vec 2.0 and XLS-R were pre-trained on 16 kHz audio
+
+AudioSource = str | Path | bytes | BinaryIO
+
+
+class AudioDecodeError(RuntimeError):
+    """A clip that cannot be used: unreadable, empty, truncated, or not finite."""
+
+
+def _as_file(source: AudioSource) -> str | Path | BinaryIO:
+    # soundfile reads paths and file-like objects; Hugging Face datasets hand us raw bytes
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
+    """Decode a file, bytes or file object to float32 ``(C, S)`` samples and its sample rate.
+
+    Raises:
+        AudioDecodeError: the data is not audio soundfile can decode, or holds no samples.
+    """
+    try:
+        samples, sample_rate = sf.read(_as_file(source), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioDecodeError(f"cannot decode {_describe(source)}: {error}") from error
+    if samples.shape[0] == 0:
+        raise AudioDecodeError(f"{_describe(source)} decodes to 0 samples")
+    return samples.T, sample_rate
+
+
+def audio_duration(source: AudioSource) -> float:
+    """Duration in seconds from the header alone (for MP3, libsndfile scans frame headers, not samples)."""
+    try:
+        info = sf.info(_as_file(source))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioDecodeError(f"cannot read the header of {_describe(source)}: {error}") from error
+    return info.frames / info.samplerate
+
+
+@lru_cache(maxsize=16)
+def resampler(orig_sample_rate: int, new_sample_rate: int = SAMPLE_RATE) -> torchaudio.transforms.Resample:
+    """One Resample module per rate pair and process: building its sinc kernel costs more than applying it."""
+    return torchaudio.transforms.Resample(orig_sample_rate, new_sample_rate)
+
+
+def resample(waveform: torch.Tensor, orig_sample_rate: int, new_sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Resample ``(..., S)`` to ``(..., ceil(S * new / orig))`` samples.
+
+    >>> resample(torch.zeros(48_000), 48_000).shape
+    torch.Size([16000])
+    """
+    if orig_sample_rate == new_sample_rate:
+        return waveform
+    return resampler(orig_sample_rate, new_sample_rate)(waveform)
+
+
+def normalize_waveform(waveform: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over ``(S,)``, as HF's Wav2Vec2FeatureExtractor (``do_normalize=True``).
+
+    >>> w = normalize_waveform(torch.tensor([1.0, 2.0, 3.0]))
+    >>> round(float(w.mean()), 6), round(float(w.var(unbiased=False)), 4)
+    (0.0, 1.0)
+    """
+    # the 1e-7 is HF's: a silent clip stays finite (all zeros) instead of dividing by zero
+    mean = waveform.mean()
+    var = waveform.var(unbiased=False)
+    return (waveform - mean) / torch.sqrt(var + 1e-7)
+
+
+def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Decode, downmix to mono, resample and normalise: the model's input for one clip, float32 ``(S,)``.
+
+    Raises:
+        AudioDecodeError: unreadable or empty data, or samples that are not finite.
+    """
+    samples, orig_sample_rate = read_audio(source)
+    # averaging channels is the downmix HF's datasets Audio feature does (mono=True)
+    mono = torch.from_numpy(samples.mean(axis=0))
+    waveform = normalize_waveform(resample(mono, orig_sample_rate, sample_rate))
+    if not torch.isfinite(waveform).all():
+        raise AudioDecodeError(f"{_describe(source)} holds samples that are not finite")
+    return waveform
+
+
+def _describe(source: AudioSource) -> str:
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes of audio>"
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"<{type(source).__name__}>"

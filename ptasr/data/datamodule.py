@@ -1,0 +1,266 @@
+"""The LightningDataModule: Common Voice (release folder, archive or HF dataset) -> filtered, bucketed batches.
+
+Defaults follow the reference (``lgris/wav2vec2-xls-r-pt-cv7`` with HF's ``run_speech_recognition_ctc.py``):
+train on train + dev, evaluate on test, 16 clips per batch, 8 per evaluation batch, clips up to 20 s, the
+README's ``chars_to_ignore``, lower-case, vocabulary from training and evaluation text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from ptasr.data import BUNDLED_CORPUS
+from ptasr.data.commonvoice import (
+    CommonVoiceRelease,
+    FilterSettings,
+    HFDatasetSource,
+    Manifest,
+    Source,
+    check_leakage,
+    filter_manifest,
+)
+from ptasr.data.dataset import ClipDataset, ClipLoader
+from ptasr.data.sampler import BucketBatchSampler
+from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, TextNormalizer, Vocabulary
+
+
+class CommonVoiceDataModule(pl.LightningDataModule):
+    """Common Voice for CTC fine-tuning.
+
+    ``vocab``, ``vocab_size``, ``pad_token_id`` and ``normalizer`` work right after construction (LightningCLI
+    links ``vocab_size`` into the model before ``setup``): the first access reads and normalises the split
+    TSVs, nothing more. ``setup`` adds durations, applies the filters and logs what each removed.
+
+    Args:
+        root: Common Voice language folder (``cv-corpus-<ver>/<lang>``), a folder of such, or the release
+            ``.tar.gz``; default the bundled synthetic Portuguese corpus. Ignored when ``hf_dataset`` is set.
+        language: language folder to use when ``root`` holds several (e.g. ``"pt"``).
+        hf_dataset: a Hugging Face dataset (hub id, local folder, or builder such as ``"audiofolder"``) to read
+            instead of ``root``.
+        hf_config: its configuration name (e.g. a language code).
+        hf_data_dir: its ``data_dir`` (for ``audiofolder``).
+        hf_audio_column: its audio column (Audio feature or file paths).
+        hf_text_column: its transcript column.
+        train_splits: splits trained on, concatenated (``"dev"`` also finds an HF ``"validation"`` split).
+        val_split: split validated on.
+        test_split: split tested on.
+        batch_size: clips per training batch (``None``: only ``max_batch_seconds`` limits batches).
+        max_batch_seconds: padded audio seconds per batch (clips x longest clip), for training and evaluation.
+        eval_batch_size: clips per validation/test batch.
+        num_buckets: duration buckets the sampler draws batches from.
+        min_duration: shortest clip kept, seconds.
+        max_duration: longest clip kept, seconds (``None``: no limit).
+        chars_to_ignore: characters the normaliser deletes.
+        lowercase: lower-case transcripts.
+        strip_accents: remove diacritics (``"ação"`` -> ``"acao"``).
+        vocab_path: an existing ``vocab.json`` (e.g. of a checkpoint being fine-tuned further) instead of
+            building one; characters it lacks map to ``[UNK]`` and are counted at setup.
+        conv_kernel: feature-encoder kernel widths, for the CTC-feasibility filter (must match the model's).
+        conv_stride: feature-encoder strides, likewise.
+        leakage: what to do when evaluation clips or sentences also occur in training.
+        num_workers: DataLoader worker processes (decoding and resampling happen there).
+        pin_memory: pin batches for faster host-to-GPU copies.
+        seed: seeds the per-epoch batch order (with the epoch number).
+        cache_dir: where release archives are extracted and header durations cached (default
+            ``$PTASR_CACHE`` or ``~/.cache/ptasr``).
+    """
+
+    def __init__(
+        self,
+        root: str = BUNDLED_CORPUS,
+        language: str | None = None,
+        hf_dataset: str | None = None,
+        hf_config: str | None = None,
+        hf_data_dir: str | None = None,
+        hf_audio_column: str = "audio",
+        hf_text_column: str = "sentence",
+        train_splits: Sequence[str] = ("train", "dev"),
+        val_split: str = "test",
+        test_split: str = "test",
+        batch_size: int | None = 16,
+        max_batch_seconds: float | None = None,
+        eval_batch_size: int = 8,
+        num_buckets: int = 10,
+        min_duration: float = 0.0,
+        max_duration: float | None = 20.0,
+        chars_to_ignore: str = DEFAULT_CHARS_TO_IGNORE,
+        lowercase: bool = True,
+        strip_accents: bool = False,
+        vocab_path: str | None = None,
+        conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
+        conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2),
+        leakage: Literal["warn", "raise", "ignore"] = "warn",
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        seed: int = 42,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size is None and max_batch_seconds is None:
+            raise ValueError("set data.batch_size, data.max_batch_seconds, or both")
+        if max_duration is not None and max_batch_seconds is not None and max_duration > max_batch_seconds:
+            rank_zero_warn(f"max_duration={max_duration} s exceeds max_batch_seconds={max_batch_seconds} s: clips "
+                           f"longer than the budget get a batch of their own, over budget")
+        self.train_splits = list(train_splits)
+        self.val_split, self.test_split = val_split, test_split
+        self.batch_size, self.max_batch_seconds, self.eval_batch_size = batch_size, max_batch_seconds, eval_batch_size
+        self.num_buckets, self.num_workers, self.pin_memory, self.seed = num_buckets, num_workers, pin_memory, seed
+        self.leakage = leakage
+        self.normalizer = TextNormalizer(chars_to_ignore, lowercase=lowercase, strip_accents=strip_accents)
+        self.filters = FilterSettings(min_duration, max_duration, tuple(conv_kernel), tuple(conv_stride))
+        self._source_args: dict[str, Any] = dict(root=root, language=language, hf_dataset=hf_dataset,
+                                                 hf_config=hf_config, hf_data_dir=hf_data_dir,
+                                                 hf_audio_column=hf_audio_column, hf_text_column=hf_text_column,
+                                                 cache_dir=cache_dir)
+        self._vocab_path = vocab_path
+        self._source: Source | None = None
+        self._rows: dict[str, Manifest] = {}  # split -> unfiltered rows with normalised text
+        self._vocab: Vocabulary | None = None
+        self._manifests: dict[str, Manifest] = {}  # "train" / "val" / "test" -> filtered
+        self._loaders: list[ClipLoader] = []
+
+    # -- lazily built pieces -------------------------------------------------------------------------------
+
+    @property
+    def source(self) -> Source:
+        """The release or HF dataset (built on first use: archives are extracted then)."""
+        if self._source is None:
+            a = self._source_args
+            if a["hf_dataset"] is not None:
+                self._source = HFDatasetSource(a["hf_dataset"], a["hf_config"], a["hf_data_dir"],
+                                               a["hf_audio_column"], a["hf_text_column"], a["cache_dir"])
+            else:
+                self._source = CommonVoiceRelease(a["root"], a["language"], a["cache_dir"])
+        return self._source
+
+    def rows(self, split: str) -> Manifest:
+        """Unfiltered rows of ``split`` with normalised texts (read once)."""
+        if split not in self._rows:
+            self._rows[split] = self.source.read_split(split, self.normalizer)
+        return self._rows[split]
+
+    @property
+    def vocab(self) -> Vocabulary:
+        """``vocab_path``'s vocabulary, else the one built from train and evaluation text like the reference."""
+        if self._vocab is None:
+            if self._vocab_path is not None:
+                self._vocab = Vocabulary.load(self._vocab_path)
+            else:
+                splits = dict.fromkeys([*self.train_splits, self.val_split, self.test_split])
+                self._vocab = Vocabulary.build(text for split in splits for text in self.rows(split).texts)
+        return self._vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The CTC blank."""
+        return self.vocab.pad_id
+
+    # -- Lightning hooks -------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        # runs once per node before the other ranks start: extract an archive here, not in every rank
+        self.source  # noqa: B018 (the property does the work)
+
+    def setup(self, stage: str) -> None:
+        """Filter the splits the stage needs, report the counts, check leakage, save normaliser and vocab."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
+        for name in wanted:
+            if name not in self._manifests:
+                self._manifests[name] = self._build(name)
+        if stage == "fit":
+            check_leakage(self._manifests["train"], self._manifests["val"], f"validation ({self.val_split})",
+                          self.leakage)
+        self._report_unknown_chars(wanted)
+        self._save_text_files()
+
+    def _build(self, name: str) -> Manifest:
+        splits = self.train_splits if name == "train" else [self.val_split if name == "val" else self.test_split]
+        parts = []
+        for split in splits:
+            manifest, report = filter_manifest(self.source, self.rows(split), self.filters, split)
+            rank_zero_info(f"[data] {name} <- {report}; {manifest.total_seconds / 3600:.2f} h")
+            parts.append(manifest)
+        manifest = Manifest.concat(parts)
+        if len(manifest) == 0:
+            raise ValueError(f"no {name} clips left after filtering {splits} of {self.source}; see the counts above "
+                             f"(check data.min_duration / data.max_duration / data.root)")
+        return manifest
+
+    def _report_unknown_chars(self, names: list[str]) -> None:
+        if self._vocab_path is None:
+            return  # a vocabulary built from these texts knows all their characters
+        for name in names:
+            unknown = self.vocab.unknown_chars(self._manifests[name].texts)
+            if unknown:
+                rank_zero_warn(f"[data] {name}: {sum(unknown.values())} characters are not in {self._vocab_path} "
+                               f"and become [UNK]: {dict(unknown.most_common(20))}")
+
+    def _save_text_files(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        log_dir = Path(trainer.log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.vocab.save(log_dir)
+        self.normalizer.save(log_dir)
+
+    def train_dataloader(self) -> ClipLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> ClipLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> ClipLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def _loader(self, name: str, batch_size: int | None, shuffle: bool) -> ClipLoader:
+        if name not in self._manifests:
+            self._manifests[name] = self._build(name)
+        manifest = self._manifests[name]
+        trainer = self.trainer
+        sampler = BucketBatchSampler(
+            manifest.durations, batch_size=batch_size, max_batch_seconds=self.max_batch_seconds,
+            num_buckets=self.num_buckets, shuffle=shuffle, seed=self.seed,
+            num_replicas=trainer.world_size if trainer is not None else None,
+            rank=trainer.global_rank if trainer is not None else None)
+        # persistent workers: forking a worker re-copies the manifest, so do it once, not every epoch
+        loader = ClipLoader(ClipDataset(manifest, self.vocab), sampler, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, persistent_workers=True)
+        self._loaders.append(loader)
+        return loader
+
+    @property
+    def num_skipped_clips(self) -> int:
+        """Clips skipped so far as unreadable or truncated, over all loaders this module made (this rank)."""
+        return sum(loader.num_skipped for loader in self._loaders)
+
+    def teardown(self, stage: str) -> None:
+        if self.num_skipped_clips:
+            rank_zero_warn(f"[data] {self.num_skipped_clips} clips were skipped as unreadable or truncated "
+                           f"(see the warnings naming them)")
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Normaliser and vocabulary, so a resumed run can refuse data that would re-label the CTC outputs."""
+        return {"normalizer": self.normalizer.to_dict(), "vocab": self.vocab.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = Vocabulary.from_dict(state["vocab"])
+        if saved != self.vocab:
+            raise ValueError(f"the checkpoint's vocabulary ({len(saved)} tokens) differs from this data's "
+                             f"({self.vocab_size} tokens): the model's outputs would mean other characters. Pass "
+                             f"the run's vocab.json as data.vocab_path to use the checkpoint's vocabulary")
+        if state["normalizer"] != self.normalizer.to_dict():
+            rank_zero_warn(f"the checkpoint's text normaliser {state['normalizer']} differs from this run's "
+                           f"{self.normalizer.to_dict()}")

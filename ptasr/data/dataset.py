@@ -1,0 +1,155 @@
+"""Clips to batches: the Dataset decoding clips in workers, the collate function, and the resumable loader.
+
+The loader runs with ``batch_size=None`` and a :class:`~ptasr.data.sampler.BucketBatchSampler` as its
+sampler, so every "index" the sampler yields is a whole batch: one worker decodes one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
+from ptasr.data.commonvoice import Manifest
+from ptasr.data.sampler import BucketBatchSampler
+from ptasr.data.text import Vocabulary
+
+log = logging.getLogger(__name__)
+
+LABEL_PAD = -100  # the ignore index HF and our ctc_loss use for padded label positions
+
+
+@dataclass
+class Example:
+    """One decoded clip: ``waveform`` float32 (S,) at 16 kHz, normalised; ``labels`` int64 (L,)."""
+
+    waveform: torch.Tensor
+    labels: torch.Tensor
+    text: str
+    id: str
+    age: str
+    gender: str
+    accent: str
+
+
+class ClipDataset(Dataset):
+    """The clips of a manifest, decoded and encoded on demand (in DataLoader workers).
+
+    Indexing takes a batch of clip indices (what :class:`BucketBatchSampler` yields) and returns one
+    :class:`Example` per index, or ``None`` for a clip that cannot be used — unreadable, empty, or truncated
+    (decoding to less than ``min_decoded_fraction`` of the manifest's duration). A bad clip costs one
+    warning and its place in the batch, never the run.
+
+    Args:
+        manifest: clips with durations (from :func:`ptasr.data.commonvoice.build_manifest`).
+        vocab: encodes the normalised texts into labels.
+        sample_rate: rate the waveforms are resampled to.
+        min_decoded_fraction: shortest acceptable decoded length, as a fraction of the listed duration.
+    """
+
+    def __init__(self, manifest: Manifest, vocab: Vocabulary, sample_rate: int = SAMPLE_RATE,
+                 min_decoded_fraction: float = 0.9) -> None:
+        if manifest.durations is None:
+            raise ValueError("the manifest has no durations; build it with build_manifest()")
+        self.manifest = manifest
+        self.vocab = vocab
+        self.sample_rate = sample_rate
+        self.min_decoded_fraction = min_decoded_fraction
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, indices: Sequence[int]) -> list[Example | None]:
+        return [self.load(i) for i in indices]
+
+    def load(self, index: int) -> Example | None:
+        """Clip ``index`` decoded, resampled, normalised and encoded; ``None`` (with a warning) if unusable."""
+        m = self.manifest
+        source = m.reader(m.keys[index])
+        try:
+            waveform = load_audio(source, self.sample_rate)
+        except (AudioDecodeError, OSError) as error:
+            log.warning("skipping clip %s: %s", m.ids[index], error)
+            return None
+        expected = m.durations[index] * self.sample_rate
+        if len(waveform) < self.min_decoded_fraction * expected:
+            log.warning("skipping clip %s: truncated, decodes to %d samples of the %d its listed duration "
+                        "(%.2f s) implies", m.ids[index], len(waveform), round(expected), m.durations[index])
+            return None
+        labels = torch.tensor(self.vocab.encode(m.texts[index]), dtype=torch.int64)
+        return Example(waveform, labels, m.texts[index], m.ids[index], m.ages[index], m.genders[index],
+                       m.accents[index])
+
+
+def collate_clips(examples: Sequence[Example | None]) -> dict[str, Any]:
+    """Pad a batch; clips that could not be loaded (``None``) are dropped and counted.
+
+    Returns:
+        ``waveforms`` float32 (B, S) zero-padded; ``lengths`` int64 (B,) samples; ``labels`` int64 (B, L)
+        padded with -100; ``label_lengths`` int64 (B,); ``texts``, ``ids``, ``age``, ``gender``, ``accent``
+        lists of B strings; ``num_skipped`` int. B may be 0 when every clip was unreadable.
+    """
+    kept = [e for e in examples if e is not None]
+    lengths = torch.tensor([len(e.waveform) for e in kept], dtype=torch.int64)
+    label_lengths = torch.tensor([len(e.labels) for e in kept], dtype=torch.int64)
+    waveforms = torch.zeros(len(kept), int(lengths.max()) if kept else 0, dtype=torch.float32)
+    labels = torch.full((len(kept), int(label_lengths.max()) if kept else 0), LABEL_PAD, dtype=torch.int64)
+    for i, example in enumerate(kept):
+        waveforms[i, : lengths[i]] = example.waveform
+        labels[i, : label_lengths[i]] = example.labels
+    return {
+        "waveforms": waveforms,
+        "lengths": lengths,
+        "labels": labels,
+        "label_lengths": label_lengths,
+        "texts": [e.text for e in kept],
+        "ids": [e.id for e in kept],
+        "age": [e.age for e in kept],
+        "gender": [e.gender for e in kept],
+        "accent": [e.accent for e in kept],
+        "num_skipped": len(examples) - len(kept),
+    }
+
+
+class ClipLoader(DataLoader):
+    """A DataLoader over :class:`ClipDataset` batches that Lightning can save and restore mid-epoch.
+
+    Lightning checkpoints ``state_dict()`` of every train loader that has one (``fit_loop`` ->
+    ``CombinedLoader._state_dicts``) and calls ``load_state_dict`` before iterating again on resume. The
+    position is counted here, as batches handed to the training loop, because the sampler itself runs
+    ahead by the batches that workers prefetch. Also counts clips skipped as unreadable (``num_skipped``).
+
+    Args:
+        dataset: the clips.
+        sampler: yields the batches (already sharded for this rank).
+        num_workers, pin_memory, persistent_workers, prefetch_factor: as for ``DataLoader``.
+    """
+
+    def __init__(self, dataset: ClipDataset, sampler: BucketBatchSampler, num_workers: int = 0,
+                 pin_memory: bool = False, persistent_workers: bool = False,
+                 prefetch_factor: int | None = None) -> None:
+        super().__init__(dataset, sampler=sampler, batch_size=None, collate_fn=collate_clips,
+                         num_workers=num_workers, pin_memory=pin_memory,
+                         persistent_workers=persistent_workers and num_workers > 0,
+                         prefetch_factor=prefetch_factor if num_workers > 0 else None)
+        self.batches_done = 0
+        self.num_skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # read the resume position before the workers start pulling batches from the sampler
+        self.batches_done = self.sampler.resume_batch
+        for batch in super().__iter__():
+            self.batches_done += 1
+            self.num_skipped += batch["num_skipped"]
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict(batches_done=self.batches_done)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
