@@ -1,0 +1,288 @@
+"""CTC beam search with a KenLM n-gram language model, through torchaudio's flashlight decoder.
+
+Decoding is lexicon-free: any character sequence can come out, the LM only rescores. flashlight's own
+lexicon-free decoder asks its LM about every emitted *token*, so a KenLM model plugged into it directly must
+be a token-level (character) model. Most n-gram models for ASR are word-level (``lmplz`` on sentences, the
+robust-speech-event's ``5gram.bin``), so for those (``unit="word"``, the default) ptasr puts a small adapter
+between flashlight and KenLM: it spells words out of the emitted characters and scores each word with KenLM
+when the word delimiter ``|`` (or the end of the utterance) closes it, as pyctcdecode does. A partial word
+that can no longer become an LM word is charged KenLM's ``<unk>`` score at once, so the beam drops it early.
+
+Scores follow flashlight's convention: acoustic log-probabilities (natural log) plus ``lm_weight`` times the
+LM's log10 probability plus ``word_score`` per word boundary.
+
+flashlight-text is an optional dependency (``pip install 'ptasr[lm]'``); it is imported only when a
+:class:`BeamSearchDecoder` is built.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ptasr.data.text import Vocabulary
+
+LMUnit = Literal["word", "token"]
+
+_ARPA_MAGIC = "\\data\\"
+_KENLM_BINARY_MAGIC = b"mmap lm http://kheafield.com/code"
+_SENTENCE_MARKERS = ("<s>", "</s>", "<unk>")
+
+
+class LMUnavailableError(ImportError):
+    """flashlight-text (the beam decoder behind torchaudio's ``ctc_decoder``) is not installed."""
+
+
+@dataclass
+class Hypothesis:
+    """The best beam of one utterance.
+
+    Attributes:
+        tokens: collapsed token ids, blanks removed (the word delimiter included where it was emitted).
+        timesteps: the frame at which each token was emitted, one per entry of ``tokens``.
+        score: total beam score (acoustic + weighted LM + word bonuses).
+    """
+
+    tokens: list[int]
+    timesteps: list[int]
+    score: float
+
+
+def _flashlight() -> Any:
+    """torchaudio's flashlight decoder module, or a one-line way out if flashlight-text is missing."""
+    try:
+        # import_module consults sys.modules, so an absent flashlight fails here even after a first import
+        _ctc_decoder = importlib.import_module("torchaudio.models.decoder._ctc_decoder")
+    except ImportError as error:
+        raise LMUnavailableError(
+            f"beam search decoding needs flashlight-text ({error}); install it with: pip install 'ptasr[lm]'"
+        ) from error
+    return _ctc_decoder
+
+
+# --- reading the LM's word list --------------------------------------------------------------------------------
+
+
+def lm_format(path: Path) -> Literal["arpa", "binary"]:
+    """Tell an ARPA text model from a KenLM binary one by their first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(_KENLM_BINARY_MAGIC):
+        return "binary"
+    if head.lstrip().startswith(_ARPA_MAGIC.encode()):
+        return "arpa"
+    raise ValueError(f"{path} is neither an ARPA n-gram model (starts with \\data\\) nor a KenLM binary model")
+
+
+def arpa_words(path: str | Path) -> list[str]:
+    """The unigrams of an ARPA file, sentence markers and ``<unk>`` left out."""
+    words, in_unigrams = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                if in_unigrams:
+                    break  # the next section ("\2-grams:" or "\end\") ends the unigrams
+                in_unigrams = line == "\\1-grams:"
+            elif in_unigrams and line:
+                word = line.split()[1]
+                if word not in _SENTENCE_MARKERS:
+                    words.append(word)
+    return words
+
+
+def lm_words(lm_path: Path, words_path: str | Path | None = None) -> list[str]:
+    """The vocabulary of a word-level KenLM model.
+
+    ARPA files list it themselves. A binary model cannot be read without the kenlm module, so its words come
+    from ``words_path`` or from the ``unigrams.txt`` (one word per line) that pyctcdecode-style LM folders keep
+    beside the model.
+    """
+    if words_path is not None:
+        return _read_word_list(Path(words_path))
+    if lm_format(lm_path) == "arpa":
+        return arpa_words(lm_path)
+    beside = lm_path.parent / "unigrams.txt"
+    if beside.is_file():
+        return _read_word_list(beside)
+    raise FileNotFoundError(
+        f"cannot list the words of the binary KenLM model {lm_path}: put its word list (one per line) in "
+        f"{beside}, pass it with --lm-words, or use the ARPA file"
+    )
+
+
+def _read_word_list(path: Path) -> list[str]:
+    words = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [word for word in words if word and word not in _SENTENCE_MARKERS]
+
+
+# --- the word-level adapter -------------------------------------------------------------------------------------
+
+
+def _word_lm_class(flashlight: Any) -> type:
+    """Define the adapter against the (lazily imported) flashlight base classes."""
+
+    class WordLM(flashlight.CTCDecoderLM):
+        """Scores whole words with KenLM while flashlight emits characters (see the module docstring).
+
+        Each decoder state is a node of flashlight's state tree (one child per emitted token); ``_info`` maps it
+        to ``(KenLM state, partial word, whether the partial word was already charged as <unk>)``.
+        """
+
+        def __init__(self, kenlm: Any, word_ids: dict[str, int], unk_id: int, tokens: list[str], delimiter: int):
+            flashlight.CTCDecoderLM.__init__(self)
+            self.kenlm, self.word_ids, self.unk_id = kenlm, word_ids, unk_id
+            self.tokens, self.delimiter = tokens, delimiter
+            self.sorted_words = sorted(word_ids)
+            self._info: dict[Any, tuple[Any, str, bool]] = {}
+
+        def start(self, start_with_nothing: bool) -> Any:
+            self._info.clear()  # called once per utterance: states of the previous one are dead
+            state = flashlight.CTCDecoderLMState()
+            self._info[state] = (self.kenlm.start(start_with_nothing), "", False)
+            return state
+
+        def score(self, state: Any, token: int) -> tuple[Any, float]:
+            child = state.child(token)
+            kenlm_state, partial, charged = self._info[state]
+            if token == self.delimiter:
+                kenlm_state, value = self._close_word(kenlm_state, partial, charged)
+                self._info[child] = (kenlm_state, "", False)
+                return child, value
+            partial += self.tokens[token]
+            value = 0.0
+            if not charged and not self._is_prefix(partial):
+                value, charged = self.kenlm.score(kenlm_state, self.unk_id)[1], True
+            self._info[child] = (kenlm_state, partial, charged)
+            return child, value
+
+        def finish(self, state: Any) -> tuple[Any, float]:
+            kenlm_state, partial, charged = self._info[state]
+            kenlm_state, value = self._close_word(kenlm_state, partial, charged)
+            return state, value + self.kenlm.finish(kenlm_state)[1]
+
+        def _close_word(self, kenlm_state: Any, partial: str, charged: bool) -> tuple[Any, float]:
+            if not partial:
+                return kenlm_state, 0.0  # a leading or doubled delimiter closes no word
+            new_state, value = self.kenlm.score(kenlm_state, self.word_ids.get(partial, self.unk_id))
+            return new_state, 0.0 if charged else value
+
+        def _is_prefix(self, partial: str) -> bool:
+            # A sorted word list answers "is this the start of some LM word?" in O(log n) without a trie.
+            i = bisect.bisect_left(self.sorted_words, partial)
+            return i < len(self.sorted_words) and self.sorted_words[i].startswith(partial)
+
+    return WordLM
+
+
+def _kenlm(path: Path, entries: list[str]) -> tuple[Any, dict[str, int]]:
+    """flashlight's KenLM wrapper whose user ids are the positions of ``entries`` (duplicates dropped)."""
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    entries = list(dict.fromkeys(entries))
+    return KenLM(str(path), Dictionary(entries)), {entry: i for i, entry in enumerate(entries)}
+
+
+# --- the decoder ------------------------------------------------------------------------------------------------
+
+
+class BeamSearchDecoder:
+    """Lexicon-free CTC beam search, optionally with a KenLM n-gram model (ARPA or binary).
+
+    Args:
+        vocab: the model's vocabulary; its pad token is the CTC blank and ``|`` the word delimiter.
+        lm: path of a KenLM model, or ``None`` for a beam search without LM.
+        unit: "word" for a word-level LM (the usual kind), "token" for a model over the vocabulary's tokens
+            (characters, with ``|`` between words).
+        words: a word list for a binary word-level model (default: ``unigrams.txt`` beside it).
+        beam_size: hypotheses kept after each frame.
+        beam_size_token: tokens tried per frame (``None``: all).
+        beam_threshold: drop hypotheses this far below the best.
+        lm_weight: weight of the LM's log10 probability.
+        word_score: bonus added at every word boundary (negative values favour fewer, longer words).
+    """
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        lm: str | Path | None = None,
+        unit: LMUnit = "word",
+        words: str | Path | None = None,
+        beam_size: int = 50,
+        beam_size_token: int | None = None,
+        beam_threshold: float = 50.0,
+        lm_weight: float = 2.0,
+        word_score: float = 0.0,
+    ) -> None:
+        flashlight = _flashlight()
+        self.vocab = vocab
+        lm_model = self._language_model(flashlight, Path(lm) if lm is not None else None, unit, words)
+        # Lexicon-free decoding has no word score of its own: its "silence score", added whenever the
+        # delimiter is emitted, is the per-word bonus.
+        self._decoder = flashlight.ctc_decoder(
+            lexicon=None,
+            tokens=vocab.tokens,
+            lm=lm_model,
+            beam_size=beam_size,
+            beam_size_token=beam_size_token,
+            beam_threshold=beam_threshold,
+            lm_weight=lm_weight,
+            sil_score=word_score,
+            blank_token=vocab.pad_token,
+            sil_token=vocab.word_delimiter,
+        )
+
+    def _language_model(self, flashlight: Any, path: Path | None, unit: LMUnit, words: str | Path | None) -> Any:
+        if path is None:
+            return None
+        if not path.is_file():
+            raise FileNotFoundError(f"no language model at {path}")
+        lm_format(path)  # a clear error for a file that is not an n-gram model, before KenLM aborts on it
+        if unit == "token":
+            # The decoder scores token id n as LM entry n, so the LM's dictionary must list the tokens in id
+            # order. (torchaudio builds it from an unordered map when given a path: ids come out shuffled.)
+            return _kenlm(path, [*self.vocab.tokens, "<unk>"])[0]
+        if unit != "word":
+            raise ValueError(f"unit must be 'word' or 'token', got {unit!r}")
+        return self._word_lm(flashlight, path, lm_words(path, words))
+
+    def _word_lm(self, flashlight: Any, path: Path, words: list[str]) -> Any:
+        if not words:
+            raise ValueError(f"{path} lists no words")
+        kenlm, ids = _kenlm(path, ["<unk>", *words])
+        word_ids = {word: ids[word] for word in words}
+        vocab = self.vocab
+        return _word_lm_class(flashlight)(kenlm, word_ids, ids["<unk>"], vocab.tokens, vocab.word_delimiter_id)
+
+    def __call__(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[Hypothesis]:
+        """Best hypothesis per utterance.
+
+        Args:
+            log_probs: (B, T, V) log-softmax scores (any device or dtype; decoded as float32 on CPU).
+            frame_lengths: int64 (B,) valid frames per utterance.
+        """
+        emissions = log_probs.detach().to("cpu", torch.float32).contiguous()
+        frame_lengths = frame_lengths.detach().cpu()
+        results = self._decoder(emissions, frame_lengths)
+        return [self._best(beams, int(frames)) for beams, frames in zip(results, frame_lengths, strict=True)]
+
+    def _best(self, beams: list[Any], frames: int) -> Hypothesis:
+        if not beams:  # an utterance with no frames
+            return Hypothesis([], [], -math.inf)
+        best = beams[0]
+        # flashlight's token path has a start state before frame 0 and an end state after the last frame, so
+        # its timestep t is frame t - 1; the delimiters it puts at those two ends were never emitted.
+        kept = [(token, step - 1) for token, step in zip(best.tokens.tolist(), best.timesteps.tolist(), strict=True)
+                if 1 <= step <= frames]
+        return Hypothesis([token for token, _ in kept], [frame for _, frame in kept], float(best.score))
+
+    def decode(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
+        """Transcripts of a batch: (B, T, V) log-probabilities, (B,) frames -> B strings."""
+        return [self.vocab.decode(h.tokens) for h in self(log_probs, frame_lengths)]

@@ -1,0 +1,148 @@
+"""n-gram LM beam search: hand-made emissions where greedy decoding and the LM disagree."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptasr.data.text import Vocabulary
+from ptasr.decode import greedy_decode
+
+pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (pip install 'ptasr[lm]') is not installed")
+
+from ptasr.lm import BeamSearchDecoder, LMUnavailableError, arpa_words, lm_words  # noqa: E402
+
+VOCAB = Vocabulary.build(["casa mesa caza"])  # ['|', 'a', 'c', 'e', 'm', 's', 'z', '[UNK]', '[PAD]']
+
+# A word bigram model that knows "casa" and "mesa" but not "caza" (log10 probabilities, backoffs).
+WORD_ARPA = """\\data\\
+ngram 1=5
+ngram 2=6
+
+\\1-grams:
+-1.0\t<unk>\t0
+-99\t<s>\t-0.3
+-0.5\t</s>\t0
+-0.3\tcasa\t-0.3
+-0.6\tmesa\t-0.3
+
+\\2-grams:
+-0.2\t<s> casa
+-0.4\t<s> mesa
+-0.3\tcasa mesa
+-0.5\tmesa casa
+-0.2\tcasa </s>
+-0.2\tmesa </s>
+
+\\end\\
+"""
+
+
+def char_arpa() -> str:
+    """A token-level bigram model: letters are 'words', '|' separates real words; 's' follows 'a', 'z' rarely."""
+    unigrams = ["<s>", "</s>", "<unk>", "|", "a", "c", "e", "m", "s", "z"]
+    bigrams = {("a", "s"): -0.1, ("a", "z"): -3.0, ("c", "a"): -0.1, ("s", "a"): -0.1, ("z", "a"): -0.1,
+               ("<s>", "c"): -0.3, ("a", "</s>"): -0.3}
+    lines = ["\\data\\", f"ngram 1={len(unigrams)}", f"ngram 2={len(bigrams)}", "", "\\1-grams:"]
+    lines += [f"-1.0\t{u}\t-0.5" for u in unigrams]
+    lines += ["", "\\2-grams:"] + [f"{p}\t{a} {b}" for (a, b), p in bigrams.items()] + ["", "\\end\\", ""]
+    return "\n".join(lines)
+
+
+def emissions(frames: list[dict[str, float]]) -> torch.Tensor:
+    """(1, T, V) log-probabilities from per-frame {token: probability}; '_' is the blank; the rest share 1e-4."""
+    rows = []
+    for frame in frames:
+        probs = torch.full((len(VOCAB),), 1e-4)
+        for token, p in frame.items():
+            probs[VOCAB.pad_id if token == "_" else VOCAB.tokens.index(token)] = p
+        rows.append(probs / probs.sum())
+    return torch.stack(rows).log()[None]
+
+
+def spoken(text_with_doubt: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Each symbol followed by a blank frame, as CTC models emit."""
+    return [frame for symbol in text_with_doubt for frame in (symbol, {"_": 0.9})]
+
+
+# "caza": the acoustic model slightly prefers 'z' over 's' in the third letter.
+CAZA = emissions(spoken([{"c": 0.9}, {"a": 0.9}, {"z": 0.55, "s": 0.45}, {"a": 0.9}]))
+# "caza meza": the same doubt in the second word.
+CAZA_MEZA = emissions(spoken([{"c": 0.9}, {"a": 0.9}, {"z": 0.55, "s": 0.45}, {"a": 0.9}, {"|": 0.9},
+                              {"m": 0.9}, {"e": 0.9}, {"z": 0.55, "s": 0.45}, {"a": 0.9}]))
+
+
+def greedy(log_probs: torch.Tensor) -> str:
+    ids = greedy_decode(log_probs, torch.tensor([log_probs.shape[1]]), VOCAB.pad_id)[0]
+    return VOCAB.decode(ids)
+
+
+def frames_of(log_probs: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([log_probs.shape[1]])
+
+
+@pytest.fixture
+def word_lm(tmp_path: Path) -> Path:
+    path = tmp_path / "words.arpa"
+    path.write_text(WORD_ARPA, encoding="utf-8")
+    return path
+
+
+def test_word_lm_picks_the_in_lm_word_where_greedy_does_not(word_lm: Path) -> None:
+    assert greedy(CAZA) == "caza"
+    decoder = BeamSearchDecoder(VOCAB, word_lm, lm_weight=1.0)
+    assert decoder.decode(CAZA, frames_of(CAZA)) == ["casa"]
+    assert decoder.decode(CAZA_MEZA, frames_of(CAZA_MEZA)) == ["casa mesa"]
+
+
+def test_without_lm_or_with_zero_weight_the_beam_agrees_with_greedy(word_lm: Path) -> None:
+    assert BeamSearchDecoder(VOCAB).decode(CAZA, frames_of(CAZA)) == ["caza"]
+    assert BeamSearchDecoder(VOCAB, word_lm, lm_weight=0.0).decode(CAZA_MEZA, frames_of(CAZA_MEZA)) == ["caza meza"]
+
+
+def test_token_level_lm(tmp_path: Path) -> None:
+    path = tmp_path / "chars.arpa"
+    path.write_text(char_arpa(), encoding="utf-8")
+    decoder = BeamSearchDecoder(VOCAB, path, unit="token", lm_weight=1.0)
+    assert decoder.decode(CAZA, frames_of(CAZA)) == ["casa"]
+
+
+def test_batch_with_padding_and_timesteps(word_lm: Path) -> None:
+    # Two utterances of different lengths in one padded batch; frames past an utterance's length are ignored.
+    batch = torch.cat([CAZA_MEZA, torch.cat([CAZA, CAZA_MEZA[:, CAZA.shape[1]:]], dim=1)])
+    decoder = BeamSearchDecoder(VOCAB, word_lm, lm_weight=1.0)
+    first, second = decoder(batch, torch.tensor([CAZA_MEZA.shape[1], CAZA.shape[1]]))
+    assert VOCAB.decode(second.tokens) == "casa"
+    # Letters sit on the even frames (each is followed by a blank frame): c a s a.
+    assert second.timesteps == [0, 2, 4, 6]
+    assert VOCAB.decode(first.tokens) == "casa mesa"
+    assert len(first.timesteps) == len(first.tokens)
+
+
+def test_word_lists(word_lm: Path, tmp_path: Path) -> None:
+    assert arpa_words(word_lm) == ["casa", "mesa"]
+    binary = tmp_path / "5gram.bin"
+    binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\0\0")
+    with pytest.raises(FileNotFoundError, match="unigrams.txt"):
+        lm_words(binary)
+    (tmp_path / "unigrams.txt").write_text("casa\nmesa\n<s>\n", encoding="utf-8")
+    assert lm_words(binary) == ["casa", "mesa"]
+
+
+def test_not_an_lm_file_is_refused_before_kenlm_sees_it(tmp_path: Path) -> None:
+    junk = tmp_path / "lm.arpa"
+    junk.write_text("hello\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="neither an ARPA"):
+        BeamSearchDecoder(VOCAB, junk)
+    with pytest.raises(FileNotFoundError, match="no language model"):
+        BeamSearchDecoder(VOCAB, tmp_path / "missing.arpa")
+
+
+def test_missing_flashlight_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules makes the import fail as if the package were absent.
+    monkeypatch.setitem(sys.modules, "torchaudio.models.decoder._ctc_decoder", None)
+    with pytest.raises(LMUnavailableError, match=r"pip install 'ptasr\[lm\]'"):
+        BeamSearchDecoder(VOCAB)
