@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -299,7 +299,7 @@ class HeaderDurationCache:
         # write then rename: DDP ranks may build the same cache at once, and a reader never sees half a file
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(f"{name}\t{stamp}\t{seconds!r}\n" for name, (stamp, seconds) in cached.items())
+            f.writelines(f"{name}\t{stamp}\t{float(seconds)!r}\n" for name, (stamp, seconds) in cached.items())
         os.replace(tmp, self.path)
 
 
@@ -360,7 +360,7 @@ class HFAudioColumn:
         audio = self.datasets[split][int(row)][self.column]
         if isinstance(audio, str):
             return audio
-        return audio["bytes"] if audio.get("bytes") else audio["path"]
+        return audio.get("bytes") or audio["path"]
 
 
 class HFDatasetSource:
@@ -416,20 +416,23 @@ class HFDatasetSource:
         dataset = self._load(split)
         sentences = [str(s) for s in dataset[self.text_column]]
         keys = [f"{split}/{i}" for i in range(len(dataset))]
-        ids = [name or key for name, key in zip(self._audio_names(dataset), keys)]
-        meta = {name: self._column(dataset, aliases) for name, aliases in COLUMN_ALIASES.items()
-                if name in ("client_id", "age", "gender", "accent")}
+        ids = [os.path.basename(path) or key for path, key in zip(self._audio_paths(split), keys)]
+        meta = {name: self._column(dataset, COLUMN_ALIASES[name]) for name in ("client_id", "age", "gender", "accent")}
         return Manifest(ids=ids, keys=keys, sentences=sentences, texts=[normalizer(s) for s in sentences],
                         client_ids=meta["client_id"], ages=meta["age"], genders=meta["gender"],
                         accents=meta["accent"], reader=self.reader)
 
-    def _audio_names(self, dataset: Any) -> list[str]:
-        names = []
-        for batch in dataset.select_columns([self.audio_column]).iter(batch_size=1024):
-            for audio in batch[self.audio_column]:
-                path = audio if isinstance(audio, str) else (audio or {}).get("path")
-                names.append(os.path.basename(path) if path else "")
-        return names
+    def _audio_batches(self, split: str) -> Iterator[Any]:
+        """The audio column in batches of 256 rows: ``{"bytes", "path"}`` dicts (or plain paths)."""
+        for batch in self._load(split).select_columns([self.audio_column]).iter(batch_size=256):
+            yield from batch[self.audio_column]
+
+    def _audio_paths(self, split: str) -> list[str]:
+        """Per row: the audio file path it names ("" if none), read without touching the bytes twice."""
+        paths = []
+        for audio in self._audio_batches(split):
+            paths.append(audio if isinstance(audio, str) else ((audio or {}).get("path") or ""))
+        return paths
 
     @staticmethod
     def _column(dataset: Any, aliases: tuple[str, ...]) -> list[str]:
@@ -440,22 +443,51 @@ class HFDatasetSource:
 
     def exists(self, manifest: Manifest) -> np.ndarray:
         """Rows with bytes always exist; rows that only name a file exist if the file does."""
-        present = np.ones(len(manifest), dtype=bool)
-        for i, key in enumerate(manifest.keys):
-            source = self.reader(key)
-            if isinstance(source, str) and not os.path.isfile(source):
-                present[i] = False
-        return present
+        rows = _split_rows(manifest.keys)
+        present = {split: np.array([_audio_present(a) for a in self._audio_batches(split)]) for split in set(rows[0])}
+        return np.array([present[split][row] for split, row in zip(*rows)], dtype=bool)
 
     def durations(self, manifest: Manifest) -> np.ndarray:
-        """Seconds (N,) from the audio headers (HF copies of Common Voice carry no durations), NaN if unreadable."""
-        result = np.full(len(manifest), np.nan)
-        for i, key in enumerate(manifest.keys):
+        """Seconds (N,) from the audio headers (HF copies of Common Voice carry none), NaN if unreadable.
+
+        Read once per split and cached under ``cache_dir/durations`` by the dataset's fingerprint.
+        """
+        rows = _split_rows(manifest.keys)
+        per_split = {split: self._split_durations(split) for split in set(rows[0])}
+        return np.array([per_split[split][row] for split, row in zip(*rows)], dtype=np.float64)
+
+    def _split_durations(self, split: str) -> np.ndarray:
+        path = self.cache_dir / "durations" / f"hf-{self._load(split)._fingerprint}.npy"
+        if path.is_file():
+            return np.load(path)
+        result = []
+        for audio in self._audio_batches(split):
+            source = audio if isinstance(audio, str) else (audio.get("bytes") or audio.get("path"))
             try:
-                result[i] = audio_duration(self.reader(key))
+                result.append(audio_duration(source))
             except AudioDecodeError as error:
-                log.warning("%s (row %s)", error, key)
-        return result
+                log.warning("%s (split %s row %d)", error, split, len(result))
+                result.append(np.nan)
+        durations = np.array(result, dtype=np.float64)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, durations)
+        os.replace(tmp, path)  # atomic: DDP ranks may compute the same file at once
+        return durations
+
+
+def _split_rows(keys: Sequence[str]) -> tuple[list[str], list[int]]:
+    """``["train/0", "test/3"]`` -> ``(["train", "test"], [0, 3])``."""
+    pairs = [key.rsplit("/", 1) for key in keys]
+    return [split for split, _ in pairs], [int(row) for _, row in pairs]
+
+
+def _audio_present(audio: Any) -> bool:
+    """A row's audio is usable if it carries bytes or names a file that exists."""
+    if isinstance(audio, str):
+        return os.path.isfile(audio)
+    audio = audio or {}
+    return bool(audio.get("bytes")) or os.path.isfile(audio.get("path") or "")
 
 
 Source = CommonVoiceRelease | HFDatasetSource
