@@ -1,0 +1,552 @@
+"""Running a trained model: load it from wherever it was saved, transcribe audio of any length, score a corpus.
+
+A :class:`Recognizer` is a model with its vocabulary and text normaliser. It loads from
+
+- a Lightning checkpoint written by ``python train.py fit`` (``checkpoint["ptasr"]`` holds the model config,
+  vocabulary and normaliser; the weights are the LightningModule's ``model.*`` entries),
+- a folder written by ``ptasr export`` or any Hugging Face wav2vec2 CTC folder (``config.json``,
+  ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.json``; ``normalizer.json`` if ptasr wrote it),
+- a hub id of such a folder (downloaded with huggingface_hub).
+
+Long recordings are cut into overlapping chunks exactly as transformers' ASR pipeline does with
+``chunk_length_s``/``stride_length_s``: each chunk sees ``stride`` seconds of context on both sides, and only
+the frames of its middle part are kept, so the stitched frames cover the recording once. The chunks of many
+files are sorted by length and run in batches; decoding (greedy, or beam search with an n-gram LM) runs on
+the stitched frames of each file, which is where word timestamps come from.
+
+Notation: S samples (16 kHz), T frames (one per ``samples_per_frame`` samples, 320 = 20 ms for wav2vec2),
+V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio, normalize_waveform, resample
+from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.decode import greedy_decode
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.model.convert import CheckpointError, load_checked, safe_torch_load
+from ptasr.model.wav2vec2 import Wav2Vec2CTC
+
+if TYPE_CHECKING:
+    from ptasr.lm import BeamSearchDecoder
+
+log = logging.getLogger(__name__)
+
+# A path, a 1-D tensor already at 16 kHz, or (samples (S,) or (C, S), sample rate).
+AudioInput = str | Path | torch.Tensor | tuple[np.ndarray | torch.Tensor, int]
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# What a ptasr or HF wav2vec2 CTC folder needs; tokenizer/processor files are read by transformers only.
+_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin*", "vocab.json",
+              "added_tokens.json", "normalizer.json"]
+
+
+# --- results -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WordSpan:
+    """One word and where it was said, in seconds from the start of the recording."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass
+class Transcript:
+    """The transcription of one input; ``error`` is set (and ``text`` empty) when its audio could not be read."""
+
+    source: str
+    text: str
+    duration: float
+    words: list[WordSpan] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "text": self.text, "duration": round(self.duration, 3)}
+        if self.words is not None:
+            out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.words]
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+# --- chunking, as transformers' pipeline does it -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Samples ``[start, end)`` of a recording; ``left``/``right`` samples at its edges are context only."""
+
+    start: int
+    end: int
+    left: int
+    right: int
+
+
+def chunk_recording(num_samples: int, chunk: int, left: int, right: int) -> list[Chunk]:
+    """Overlapping windows of ``chunk`` samples whose middles tile ``[0, num_samples)``.
+
+    Same windows as transformers' ``chunk_iter``: consecutive starts are ``chunk - left - right`` apart, the
+    first window has no left context and the last no right context.
+
+    >>> chunk_recording(10, chunk=6, left=1, right=1)
+    [Chunk(start=0, end=6, left=0, right=1), Chunk(start=4, end=10, left=1, right=0)]
+    >>> chunk_recording(3, chunk=6, left=1, right=1)
+    [Chunk(start=0, end=3, left=0, right=0)]
+    """
+    step = chunk - left - right
+    chunks = []
+    for start in range(0, max(num_samples, 1), step):
+        end = min(start + chunk, num_samples)
+        is_last = start + chunk >= num_samples
+        this_left, this_right = (0 if start == 0 else left), (0 if is_last else right)
+        if end - start > this_left:  # a tail made of context only adds nothing
+            chunks.append(Chunk(start, end, this_left, this_right))
+        if is_last:
+            break
+    return chunks
+
+
+def kept_frames(chunk: Chunk, samples_per_frame: int) -> tuple[int, int]:
+    """Frames ``[first, last)`` of a chunk's output that belong to its middle part.
+
+    transformers rounds ``samples / samples_per_frame`` (not the conv formula) and scales the strides by it;
+    ptasr rounds the same way so both libraries keep the same frames and give the same transcripts.
+
+    >>> kept_frames(Chunk(0, 16000, 0, 3200), 320)
+    (0, 40)
+    """
+    samples = chunk.end - chunk.start
+    frames = int(round(samples / samples_per_frame))
+    left = int(round(chunk.left / samples * frames))
+    right = int(round(chunk.right / samples * frames))
+    return left, frames - right
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """Chunk length and context in seconds; ``chunk_length_s=None`` runs every recording in one piece.
+
+    ``stride_length_s`` defaults to a sixth of the chunk on each side, as in transformers. Lengths are rounded
+    to whole frames.
+    """
+
+    chunk_length_s: float | None = 20.0
+    stride_length_s: float | None = None
+
+    def samples(self, samples_per_frame: int) -> tuple[int, int, int] | None:
+        """(chunk, left, right) in samples, or None when chunking is off."""
+        if not self.chunk_length_s:
+            return None
+        stride_s = self.chunk_length_s / 6 if self.stride_length_s is None else self.stride_length_s
+
+        def align(seconds: float) -> int:
+            return int(round(seconds * SAMPLE_RATE / samples_per_frame) * samples_per_frame)
+
+        chunk, stride = align(self.chunk_length_s), align(stride_s)
+        if chunk <= 2 * stride:
+            raise ValueError(f"chunk_length_s {self.chunk_length_s} must exceed twice stride_length_s {stride_s}")
+        return chunk, stride, stride
+
+    def split(self, num_samples: int, samples_per_frame: int) -> list[Chunk]:
+        sizes = self.samples(samples_per_frame)
+        if sizes is None:
+            return [Chunk(0, num_samples, 0, 0)]
+        return chunk_recording(num_samples, *sizes)
+
+
+# --- word timestamps ---------------------------------------------------------------------------------------
+
+
+def token_spans(frame_ids: Sequence[int], blank: int) -> list[tuple[int, int, int]]:
+    """CTC best path (one id per frame) -> (token, first frame, end frame) for each emitted token.
+
+    >>> token_spans([3, 3, 0, 0, 4, 0, 4], blank=0)
+    [(3, 0, 2), (4, 4, 5), (4, 6, 7)]
+    """
+    spans: list[tuple[int, int, int]] = []
+    previous = blank
+    for frame, token in enumerate(frame_ids):
+        if token != blank and token == previous:
+            spans[-1] = (token, spans[-1][1], frame + 1)
+        elif token != blank:
+            spans.append((token, frame, frame + 1))
+        previous = token
+    return spans
+
+
+def word_spans(spans: Sequence[tuple[int, int, int]], vocab: Vocabulary, seconds_per_frame: float) -> list[WordSpan]:
+    """Group token spans into words at the delimiter; a word runs from its first to its last character.
+
+    >>> vocab = Vocabulary(["|", "a", "b", "[UNK]", "[PAD]"])
+    >>> word_spans([(1, 0, 2), (0, 3, 4), (2, 5, 6), (1, 6, 8)], vocab, 0.02)
+    [WordSpan(word='a', start=0.0, end=0.04), WordSpan(word='ba', start=0.1, end=0.16)]
+    """
+    words: list[WordSpan] = []
+    letters: list[tuple[int, int, int]] = []
+    for span in [*spans, (vocab.word_delimiter_id, 0, 0)]:  # a final delimiter closes the last word
+        if span[0] != vocab.word_delimiter_id:
+            letters.append(span)
+            continue
+        if letters:
+            text = "".join(vocab.tokens[token] for token, _, _ in letters)
+            words.append(WordSpan(text, round(letters[0][1] * seconds_per_frame, 3),
+                                  round(letters[-1][2] * seconds_per_frame, 3)))
+            letters = []
+    return words
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` or None: CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_lightning_checkpoint(path: Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
+    """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint."""
+    checkpoint = safe_torch_load(path)
+    saved = checkpoint.get("ptasr") if isinstance(checkpoint, dict) else None
+    if not saved or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a ptasr training checkpoint (no 'ptasr' and 'state_dict' entries)")
+    if saved.get("vocab") is None:
+        raise CheckpointError(f"{path} was saved without a vocabulary (trained without the data module?)")
+    config = Wav2Vec2Config(**saved["model_config"])
+    # The LightningModule holds the network as `self.model`: its weights are the "model." entries.
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model = Wav2Vec2CTC(config)
+    load_checked(model, state, set(), source=str(path))
+    vocab = Vocabulary.from_dict(saved["vocab"])
+    normalizer = TextNormalizer.from_dict(saved["normalizer"]) if saved.get("normalizer") else TextNormalizer()
+    metadata = {key: checkpoint.get(key) for key in ("hyper_parameters", "datamodule_hyper_parameters",
+                                                     "global_step", "epoch")}
+    return model, vocab, normalizer, {**metadata, "checkpoint": str(path)}
+
+
+def load_folder_vocabulary(folder: Path) -> Vocabulary:
+    """``vocab.json`` plus the tokens of ``added_tokens.json`` (HF's script adds ``<s>``/``</s>`` there)."""
+    if not (folder / "vocab.json").is_file():
+        raise FileNotFoundError(f"no vocab.json in {folder}: a CTC model folder needs its vocabulary")
+    vocab = Vocabulary.load(folder / "vocab.json")
+    added = folder / "added_tokens.json"
+    if not added.is_file():
+        return vocab
+    extra = json.loads(added.read_text(encoding="utf-8"))
+    tokens = list(vocab.tokens)
+    for token, index in sorted(extra.items(), key=lambda item: item[1]):
+        if index == len(tokens):
+            tokens.append(token)
+    return Vocabulary(tokens, pad_token=vocab.pad_token, unk_token=vocab.unk_token)
+
+
+def load_folder(folder: Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
+    """Model, vocabulary and normaliser of an exported (or any HF wav2vec2 CTC) folder."""
+    model = Wav2Vec2CTC.from_pretrained(folder)
+    vocab = load_folder_vocabulary(folder)
+    if (folder / "normalizer.json").is_file():
+        normalizer = TextNormalizer.load(folder / "normalizer.json")
+    else:
+        log.info("%s has no normalizer.json; references will be normalised with the default", folder)
+        normalizer = TextNormalizer()
+    return model, vocab, normalizer, {"folder": str(folder)}
+
+
+def download(hub_id: str) -> Path:
+    """A hub model folder in the local cache; offline or unknown ids end in one clear OSError."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, allow_patterns=_HUB_FILES))
+    except Exception as error:  # noqa: BLE001 -- every hub failure has the same way out, cause attached
+        raise OSError(f"could not fetch {hub_id!r} from the Hugging Face hub ({type(error).__name__}); offline? "
+                      f"Pass a local checkpoint or exported folder instead") from error
+
+
+def load_any(source: str | Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
+    """Dispatch on what ``source`` is: checkpoint file, model folder, or hub id."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return load_lightning_checkpoint(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a folder without config.json: not an exported model")
+        return load_folder(path)
+    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
+        return load_folder(download(str(source)))
+    raise FileNotFoundError(f"no model at {source}: not a checkpoint file, a model folder or a hub id")
+
+
+# --- the recognizer ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recognizer:
+    """A CTC model with its vocabulary and normaliser, ready to transcribe.
+
+    >>> vocab = Vocabulary.build(["ab"])
+    >>> model = Wav2Vec2CTC(Wav2Vec2Config.preset("tiny", vocab_size=len(vocab), pad_token_id=vocab.pad_id))
+    >>> recognizer = Recognizer(model, vocab, TextNormalizer())
+    >>> [t.duration for t in recognizer.transcribe([torch.zeros(8000)])]
+    [0.5]
+    """
+
+    model: Wav2Vec2CTC
+    vocab: Vocabulary
+    normalizer: TextNormalizer
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        head = self.model.config.vocab_size
+        if head != len(self.vocab):
+            raise CheckpointError(f"the vocabulary has {len(self.vocab)} tokens but the model's CTC head has {head}: "
+                                  f"vocab.json and the weights do not belong together")
+        self.model.eval()
+
+    @classmethod
+    def load(cls, source: str | Path, device: str | torch.device | None = "cpu") -> Recognizer:
+        """From a Lightning checkpoint, an exported/HF folder, or a hub id (see the module docstring)."""
+        model, vocab, normalizer, metadata = load_any(source)
+        recognizer = cls(model, vocab, normalizer, {**metadata, "source": str(source)})
+        return recognizer.to(device)
+
+    def to(self, device: str | torch.device | None) -> Recognizer:
+        self.model.to(resolve_device(device))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def samples_per_frame(self) -> int:
+        return math.prod(self.model.config.conv_stride)
+
+    # --- model outputs -------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def log_probs(self, waveforms: Sequence[torch.Tensor], batch_size: int = 8) -> list[torch.Tensor]:
+        """Per-frame log-probabilities of each waveform: B tensors (S_i,) -> B tensors (T_i, V) on the CPU.
+
+        Waveforms are sorted by length and padded into batches of ``batch_size``, so batches waste little on
+        padding; results come back in input order.
+        """
+        order = sorted(range(len(waveforms)), key=lambda i: -waveforms[i].shape[0])
+        results: list[torch.Tensor | None] = [None] * len(waveforms)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            for row, out in zip(rows, self._forward([waveforms[i] for i in rows]), strict=True):
+                results[row] = out
+        return results  # type: ignore[return-value]
+
+    def _forward(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One padded batch: B tensors (S_i,) -> B tensors (T_i, V) float32 log-probabilities on the CPU."""
+        lengths = torch.tensor([w.shape[0] for w in waveforms], dtype=torch.long)
+        batch = torch.nn.utils.rnn.pad_sequence(list(waveforms), batch_first=True)  # (B, S), zero padded
+        logits, frame_lengths = self.model(batch.to(self.device), lengths.to(self.device))
+        log_probs = logits.float().log_softmax(dim=-1).cpu()  # (B, T, V)
+        return [row[:n] for row, n in zip(log_probs, frame_lengths.tolist(), strict=True)]
+
+    # --- transcription -------------------------------------------------------------------------------------
+
+    def transcribe(self, inputs: Sequence[AudioInput], **options: Any) -> list[Transcript]:
+        """Transcripts of ``inputs`` in order; see :meth:`transcribe_iter` for the options."""
+        return list(self.transcribe_iter(inputs, **options))
+
+    def transcribe_iter(
+        self,
+        inputs: Iterable[AudioInput],
+        batch_size: int = 8,
+        chunking: Chunking = Chunking(),
+        word_timestamps: bool = False,
+        decoder: BeamSearchDecoder | None = None,
+        group_size: int | None = None,
+    ) -> Iterator[Transcript]:
+        """Transcribe audio files or waveforms, yielding results in input order.
+
+        Args:
+            inputs: paths (any format soundfile reads, any rate, mono or stereo), 1-D 16 kHz tensors, or
+                ``(samples, sample_rate)`` pairs with samples (S,) or (C, S).
+            batch_size: chunks per forward pass.
+            chunking: how long recordings are cut (default: 20 s chunks with 3.3 s of context each side).
+            word_timestamps: also return each word's start and end time.
+            decoder: a beam search decoder (``ptasr.lm.BeamSearchDecoder``); greedy decoding when None.
+            group_size: inputs read and batched together (default ``8 * batch_size``); bounds memory.
+        """
+        inputs = iter(inputs)
+        group_size = group_size or max(16, 8 * batch_size)
+        while group := list(islice(inputs, group_size)):
+            yield from self._transcribe_group(group, batch_size, chunking, word_timestamps, decoder)
+
+    def _transcribe_group(
+        self, group: list[AudioInput], batch_size: int, chunking: Chunking, word_timestamps: bool,
+        decoder: BeamSearchDecoder | None,
+    ) -> list[Transcript]:
+        audio = [self._read(item) for item in group]
+        pieces: list[tuple[int, Chunk]] = []
+        for index, waveform in enumerate(audio):
+            if isinstance(waveform, torch.Tensor):
+                pieces += [(index, chunk) for chunk in chunking.split(waveform.shape[0], self.samples_per_frame)]
+        waveforms = [self._chunk_waveform(audio[index], chunk) for index, chunk in pieces]
+        chunk_log_probs = self.log_probs(waveforms, batch_size)
+        stitched: dict[int, list[torch.Tensor]] = {}
+        for (index, chunk), log_probs in zip(pieces, chunk_log_probs, strict=True):
+            first, last = kept_frames(chunk, self.samples_per_frame)
+            stitched.setdefault(index, []).append(log_probs[first:last])
+        results = []
+        for index, (item, waveform) in enumerate(zip(group, audio, strict=True)):
+            source = _describe(item)
+            if isinstance(waveform, str):
+                results.append(Transcript(source, "", 0.0, error=waveform))
+                continue
+            frames = torch.cat(stitched[index]) if index in stitched else torch.zeros(0, len(self.vocab))
+            results.append(self._decode(source, frames, waveform.shape[0] / SAMPLE_RATE, word_timestamps, decoder))
+        return results
+
+    def _chunk_waveform(self, waveform: torch.Tensor, chunk: Chunk) -> torch.Tensor:
+        piece = waveform[chunk.start:chunk.end]
+        # transformers' feature extractor normalises every chunk on its own; so do we, for the same input.
+        return piece if chunk.end - chunk.start == waveform.shape[0] else normalize_waveform(piece)
+
+    def _read(self, item: AudioInput) -> torch.Tensor | str:
+        """A normalised 16 kHz mono waveform (S,), or the reason it could not be read."""
+        try:
+            if isinstance(item, (str, Path)):
+                return load_audio(item)
+            if isinstance(item, torch.Tensor):
+                return normalize_waveform(item.float())
+            samples, sample_rate = item
+            waveform = torch.as_tensor(samples, dtype=torch.float32)
+            mono = waveform.mean(dim=0) if waveform.ndim == 2 else waveform  # (C, S) -> (S,)
+            return normalize_waveform(resample(mono, int(sample_rate)))
+        except (AudioDecodeError, OSError) as error:
+            return str(error)
+
+    def _decode(
+        self, source: str, log_probs: torch.Tensor, duration: float, word_timestamps: bool,
+        decoder: BeamSearchDecoder | None,
+    ) -> Transcript:
+        """Decode one recording's stitched (T, V) log-probabilities."""
+        frames = torch.tensor([log_probs.shape[0]])
+        if decoder is not None:
+            hypothesis = decoder(log_probs[None], frames)[0]
+            ids = hypothesis.tokens
+            spans = [(token, t, t + 1) for token, t in zip(ids, hypothesis.timesteps, strict=True)]
+        else:
+            ids = greedy_decode(log_probs[None], frames, self.vocab.pad_id)[0]
+            spans = token_spans(log_probs.argmax(dim=-1).tolist(), self.vocab.pad_id) if word_timestamps else []
+        words = word_spans(spans, self.vocab, self.samples_per_frame / SAMPLE_RATE) if word_timestamps else None
+        return Transcript(source, self.vocab.decode(ids), duration, words)
+
+
+def _describe(item: AudioInput) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, torch.Tensor):
+        return f"<waveform of {item.shape[-1]} samples>"
+    return f"<waveform of {np.shape(item[0])[-1]} samples at {item[1]} Hz>"
+
+
+# --- audio files -------------------------------------------------------------------------------------------
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
+
+
+def find_audio(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the audio files (by extension) under folders, sorted; a missing path raises."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no audio file or folder at {path}")
+    return found
+
+
+# --- scoring -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scored:
+    """One evaluated utterance with its word and character edit counts (S, D, I, H)."""
+
+    id: str
+    reference: str
+    prediction: str
+    word_counts: tuple[int, int, int, int]
+    char_counts: tuple[int, int, int, int]
+    groups: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def word_errors(self) -> int:
+        return sum(self.word_counts[:3])
+
+    @property
+    def reference_words(self) -> int:
+        substitutions, deletions, _, hits = self.word_counts
+        return substitutions + deletions + hits
+
+
+def score_utterance(
+    id: str, reference: str, prediction: str, groups: dict[str, str] | None = None
+) -> Scored:
+    """Edit counts of one utterance from jiwer 4 (its counts are what sums across a corpus)."""
+    import jiwer
+
+    prediction = " ".join(prediction.split())
+    words = jiwer.process_words(reference, prediction)
+    chars = jiwer.process_characters(reference, prediction)
+    counts = ("substitutions", "deletions", "insertions", "hits")
+    return Scored(id, reference, prediction, tuple(getattr(words, k) for k in counts),
+                  tuple(getattr(chars, k) for k in counts), groups or {})
+
+
+def error_rates(scored: Sequence[Scored]) -> dict[str, float | int]:
+    """Corpus WER and CER: edit counts summed over utterances, divided by the summed reference length.
+
+    >>> error_rates([score_utterance("1", "a b", "a c"), score_utterance("2", "c d e f", "c d e f")])
+    {'wer': 0.166667, 'cer': 0.1, 'utterances': 2, 'words': 6}
+    """
+    words = np.sum([s.word_counts for s in scored], axis=0) if scored else np.zeros(4)
+    chars = np.sum([s.char_counts for s in scored], axis=0) if scored else np.zeros(4)
+
+    def rate(counts: np.ndarray) -> float:
+        substitutions, deletions, insertions, hits = counts.tolist()
+        return round((substitutions + deletions + insertions) / max(substitutions + deletions + hits, 1), 6)
+
+    return {"wer": rate(words), "cer": rate(chars), "utterances": len(scored),
+            "words": int(words[0] + words[1] + words[3])}
+
+
+def breakdown(scored: Sequence[Scored], key: str) -> dict[str, dict[str, float | int]]:
+    """Error rates per value of one metadata column (age, gender, accent); blank values read "(unknown)"."""
+    by_value: dict[str, list[Scored]] = {}
+    for item in scored:
+        by_value.setdefault(item.groups.get(key) or "(unknown)", []).append(item)
+    ordered = sorted(by_value.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return {value: error_rates(items) for value, items in ordered}
+
+
+def worst(scored: Sequence[Scored], count: int) -> list[Scored]:
+    """The ``count`` utterances with the most word errors (ties: the higher WER first)."""
+    return sorted(scored, key=lambda s: (s.word_errors, s.word_errors / max(s.reference_words, 1)),
+                  reverse=True)[:count]
