@@ -1,0 +1,287 @@
+"""The ``ptasr`` command: ``transcribe``, ``evaluate`` and ``export`` a trained model.
+
+MODEL is anything :meth:`ptasr.inference.Recognizer.load` takes: a ``train.py`` checkpoint (``.ckpt``), a
+folder written by ``ptasr export`` (or any Hugging Face wav2vec2 CTC folder), or a hub id.
+
+A wrong path, a checkpoint that does not fit, or unreadable data ends the command with one line on stderr
+saying what and where, and a non-zero exit status; ``PTASR_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ptasr.data.audio import AudioDecodeError
+
+log = logging.getLogger("ptasr")
+
+BREAKDOWN_COLUMNS = ("gender", "age", "accent")
+
+# Errors that describe a problem with the user's input, not a bug: reported in one line.
+_USER_ERRORS = (OSError, ValueError, AudioDecodeError, ImportError)
+
+
+# --- argument parsing ----------------------------------------------------------------------------------------
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a train.py checkpoint (.ckpt), an exported model folder, or a hub id")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, default=8, help="audio chunks per forward pass (default: 8)")
+    parser.add_argument("--chunk-length-s", type=float, default=20.0,
+                        help="cut longer recordings into chunks of this many seconds; 0 disables (default: 20)")
+    parser.add_argument("--stride-length-s", type=float, default=None,
+                        help="context on each side of a chunk, seconds (default: chunk length / 6)")
+
+
+def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("beam search with an n-gram LM (needs: pip install 'ptasr[lm]')")
+    group.add_argument("--lm", default=None, help="KenLM model (ARPA or binary); enables beam search")
+    group.add_argument("--beam", action="store_true", help="beam search without an LM")
+    group.add_argument("--lm-unit", choices=("word", "token"), default="word",
+                       help="word-level LM (default) or one over the model's tokens (characters, '|' between words)")
+    group.add_argument("--lm-words", default=None,
+                       help="word list of a binary word-level LM (default: unigrams.txt beside it)")
+    group.add_argument("--lm-weight", type=float, default=2.0, help="weight of the LM's log10 probability (default: 2)")
+    group.add_argument("--word-score", type=float, default=0.0, help="score added per word (default: 0)")
+    group.add_argument("--beam-size", type=int, default=50, help="hypotheses kept per frame (default: 50)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptasr", description="Run, score and share wav2vec2 CTC models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    transcribe = commands.add_parser("transcribe", help="transcribe audio files or folders")
+    _add_model_arguments(transcribe)
+    transcribe.add_argument("audio", nargs="+", help="audio files (any format soundfile reads) or folders of them")
+    transcribe.add_argument("--format", choices=("text", "jsonl"), default="text",
+                            help="text: one transcript per line (prefixed by the file when several); jsonl: one "
+                                 "JSON object per file")
+    transcribe.add_argument("--word-timestamps", action="store_true", help="start and end time of every word")
+    transcribe.add_argument("--output", "-o", default=None, help="write here instead of stdout")
+    _add_lm_arguments(transcribe)
+    transcribe.set_defaults(run=run_transcribe)
+
+    evaluate = commands.add_parser("evaluate", help="WER and CER on a Common Voice split or TSV")
+    _add_model_arguments(evaluate)
+    evaluate.add_argument("--data", required=True,
+                          help="a Common Voice release folder (or .tar.gz), or a split TSV (clips in ./clips beside it)")
+    evaluate.add_argument("--split", default="test", help="split of a release folder (default: test)")
+    evaluate.add_argument("--language", default=None, help="language folder, when --data holds several")
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
+    evaluate.add_argument("--worst", type=int, default=10, help="worst utterances to show (default: 10)")
+    evaluate.add_argument("--output-dir", default=".", help="where the results files go (default: .)")
+    _add_lm_arguments(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
+    export = commands.add_parser("export", help="write a Hugging Face model folder with a model card")
+    export.add_argument("model", help="a train.py checkpoint (.ckpt) (or a model folder / hub id to re-export)")
+    export.add_argument("out_dir", help="the folder to write")
+    export.add_argument("--logs", default=None,
+                        help="TensorBoard run folder for the results table (default: the checkpoint's run folder)")
+    export.add_argument("--name", default=None, help="model name in the card (default: the folder's name)")
+    export.add_argument("--language", default=None, help="language code for the card, e.g. pt")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload to this hub repo")
+    export.add_argument("--private", action="store_true", help="create the hub repo as private")
+    export.set_defaults(run=run_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ptasr`` console script; returns the exit status (tests call it in-process)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error argparse has already printed
+        return int(exit.code or 0)
+    logging.basicConfig(level=logging.WARNING, format="ptasr: %(message)s")
+    try:
+        return args.run(args)
+    except _USER_ERRORS as error:
+        if os.environ.get("PTASR_DEBUG"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"ptasr {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- shared pieces -------------------------------------------------------------------------------------------
+
+
+def _recognizer(args: argparse.Namespace) -> Any:
+    from ptasr.inference import Recognizer
+
+    return Recognizer.load(args.model, device=args.device)
+
+
+def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
+    """The beam search decoder the LM options ask for, or None for greedy decoding."""
+    if args.lm is None and not args.beam:
+        return None
+    from ptasr.lm import BeamSearchDecoder
+
+    return BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
+                             beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score)
+
+
+def _options(args: argparse.Namespace, recognizer: Any, word_timestamps: bool = False) -> dict[str, Any]:
+    from ptasr.inference import Chunking
+
+    return {"batch_size": args.batch_size, "chunking": Chunking(args.chunk_length_s or None, args.stride_length_s),
+            "word_timestamps": word_timestamps, "decoder": _decoder(args, recognizer)}
+
+
+def _open_output(path: str | None) -> TextIO:
+    return open(path, "w", encoding="utf-8") if path else sys.stdout
+
+
+# --- transcribe ----------------------------------------------------------------------------------------------
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    from ptasr.inference import find_audio
+
+    files = find_audio(args.audio)
+    if not files:
+        raise FileNotFoundError(f"no audio files in {', '.join(args.audio)}")
+    recognizer = _recognizer(args)
+    options = _options(args, recognizer, word_timestamps=args.word_timestamps)
+    failed = 0
+    out = _open_output(args.output)
+    try:
+        for transcript in recognizer.transcribe_iter(files, **options):
+            if transcript.error is not None:
+                failed += 1
+                print(f"ptasr transcribe: skipped {transcript.source}: {transcript.error}", file=sys.stderr)
+                continue
+            out.write(_format(transcript, args.format, with_source=len(files) > 1))
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 1 if failed else 0
+
+
+def _format(transcript: Any, fmt: str, with_source: bool) -> str:
+    if fmt == "jsonl":
+        return json.dumps(transcript.to_dict(), ensure_ascii=False) + "\n"
+    line = f"{transcript.source}\t{transcript.text}\n" if with_source else f"{transcript.text}\n"
+    if transcript.words is None:
+        return line
+    return line + "".join(f"{w.start:.2f}\t{w.end:.2f}\t{w.word}\n" for w in transcript.words)
+
+
+# --- evaluate ------------------------------------------------------------------------------------------------
+
+
+def load_eval_manifest(data: str, split: str, normalizer: Any, language: str | None) -> tuple[Any, str]:
+    """The rows to score and a name for the data set: a release folder's split, or a TSV file."""
+    from ptasr.data.commonvoice import ClipFiles, CommonVoiceRelease, Manifest, read_tsv
+
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix == ".tsv":
+        table = read_tsv(path)
+        clips = path.parent / "clips" if (path.parent / "clips").is_dir() else path.parent
+        manifest = Manifest(ids=table["path"], keys=table["path"], sentences=table["sentence"],
+                            texts=[normalizer(s) for s in table["sentence"]], client_ids=table["client_id"],
+                            ages=table["age"], genders=table["gender"], accents=table["accent"],
+                            reader=ClipFiles(clips))
+        return manifest, f"{path.parent.name}_{path.stem}"
+    release = CommonVoiceRelease(path, language=language)
+    return release.read_split(split, normalizer), f"{release.root.name}_{split}"
+
+
+def _rows(manifest: Any, limit: int | None) -> list[int]:
+    rows = [i for i, text in enumerate(manifest.texts) if text]  # an empty reference has no word to get wrong
+    return rows[:limit] if limit is not None else rows
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ptasr.inference import breakdown, error_rates, score_utterance, worst
+
+    recognizer = _recognizer(args)
+    manifest, name = load_eval_manifest(args.data, args.split, recognizer.normalizer, args.language)
+    rows = _rows(manifest, args.limit)
+    if not rows:
+        raise ValueError(f"{args.data} ({args.split}) has no utterances with a non-empty transcript")
+    options = _options(args, recognizer)
+    started, seconds, skipped, scored = time.perf_counter(), 0.0, [], []
+    audio = (manifest.reader(manifest.keys[i]) for i in rows)
+    for i, transcript in zip(rows, recognizer.transcribe_iter(audio, **options), strict=True):
+        if transcript.error is not None:
+            skipped.append(f"{manifest.ids[i]}: {transcript.error}")
+            continue
+        seconds += transcript.duration
+        groups = {"gender": manifest.genders[i], "age": manifest.ages[i], "accent": manifest.accents[i]}
+        prediction = recognizer.normalizer(transcript.text)  # the same normalisation on both sides
+        scored.append(score_utterance(manifest.ids[i], manifest.texts[i], prediction, groups))
+    if not scored:
+        raise AudioDecodeError(f"none of the {len(rows)} clips of {args.data} could be read; first: {skipped[0]}")
+    elapsed = time.perf_counter() - started
+    results = {
+        "model": args.model, "data": args.data, "split": args.split,
+        "decoder": "beam+lm" if args.lm else ("beam" if args.beam else "greedy"),
+        **error_rates(scored),
+        "skipped": len(skipped), "audio_hours": round(seconds / 3600, 4), "real_time_factor": round(elapsed / max(seconds, 1e-9), 4),
+        "by": {column: breakdown(scored, column) for column in BREAKDOWN_COLUMNS},
+        "worst": [{"id": s.id, "errors": s.word_errors, "reference": s.reference, "prediction": s.prediction}
+                  for s in worst(scored, args.worst)],
+    }
+    for line in skipped[:5]:
+        print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
+    print(report(results))
+    write_results(Path(args.output_dir), name, results, scored)
+    return 0
+
+
+def report(results: dict[str, Any]) -> str:
+    """The human-readable summary: totals, the breakdown tables, the worst utterances."""
+    lines = [f"{results['model']} on {results['data']} ({results['split']}), {results['decoder']} decoding",
+             f"WER: {results['wer']:.4f}", f"CER: {results['cer']:.4f}",
+             f"utterances: {results['utterances']} ({results['skipped']} skipped), words: {results['words']}, "
+             f"audio: {results['audio_hours'] * 60:.1f} min, real-time factor: {results['real_time_factor']:.3f}"]
+    for column, table in results["by"].items():
+        if set(table) == {"(unknown)"}:
+            continue  # the data has no such metadata
+        lines += ["", f"| {column} | utterances | words | WER | CER |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {value} | {r['utterances']} | {r['words']} | {r['wer']:.4f} | {r['cer']:.4f} |"
+                  for value, r in table.items()]
+    if results["worst"]:
+        lines += ["", "| worst utterances | word errors | reference | prediction |", "|---|---:|---|---|"]
+        lines += [f"| {w['id']} | {w['errors']} | {w['reference']} | {w['prediction']} |" for w in results["worst"]]
+    return "\n".join(lines)
+
+
+def write_results(directory: Path, name: str, results: dict[str, Any], scored: Sequence[Any]) -> None:
+    """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / name
+    Path(f"{stem}_eval_results.txt").write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")
+    Path(f"{stem}_eval_results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n",
+                                                 encoding="utf-8")
+    with open(f"{stem}_predictions.tsv", "w", encoding="utf-8") as f:
+        f.write("id\tword_errors\treference_words\treference\tprediction\n")
+        f.writelines(f"{s.id}\t{s.word_errors}\t{s.reference_words}\t{s.reference}\t{s.prediction}\n" for s in scored)
+    print(f"\nresults written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv", file=sys.stderr)
+
+
+# --- export --------------------------------------------------------------------------------------------------
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ptasr.export import export
+
+    out = export(args.model, args.out_dir, logs=args.logs, name=args.name, language=args.language,
+                 push_to_hub=args.push_to_hub, private=args.private)
+    print(f"exported to {out}" + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
