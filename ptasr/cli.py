@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -184,49 +185,73 @@ def _format(transcript: Any, fmt: str, with_source: bool) -> str:
 # --- evaluate ------------------------------------------------------------------------------------------------
 
 
-def load_eval_manifest(data: str, split: str, normalizer: Any, language: str | None) -> tuple[Any, str]:
-    """The rows to score and a name for the data set: a release folder's split, or a TSV file."""
-    from ptasr.data.commonvoice import ClipFiles, CommonVoiceRelease, Manifest, read_tsv
+@dataclass
+class EvalSet:
+    """The utterances to score: ids, audio (paths), normalised references and metadata, row for row."""
 
+    name: str
+    ids: list[str]
+    audio: list[str]
+    references: list[str]
+    groups: list[dict[str, str]]
+
+    def take(self, limit: int | None) -> EvalSet:
+        """Rows with a non-empty reference (an empty one has no word to get wrong), the first ``limit`` of them."""
+        rows = [i for i, text in enumerate(self.references) if text][:limit]
+        return EvalSet(self.name, *([column[i] for i in rows] for column in
+                                    (self.ids, self.audio, self.references, self.groups)))
+
+
+def load_eval_set(data: str, split: str, normalizer: Any, language: str | None) -> EvalSet:
+    """A release folder's split (or archive), or one split TSV whose clips are in ``clips/`` beside it."""
     path = Path(data).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no Common Voice release folder, archive or TSV at {path}")
     if path.is_file() and path.suffix == ".tsv":
-        table = read_tsv(path)
-        clips = path.parent / "clips" if (path.parent / "clips").is_dir() else path.parent
-        manifest = Manifest(ids=table["path"], keys=table["path"], sentences=table["sentence"],
-                            texts=[normalizer(s) for s in table["sentence"]], client_ids=table["client_id"],
-                            ages=table["age"], genders=table["gender"], accents=table["accent"],
-                            reader=ClipFiles(clips))
-        return manifest, f"{path.parent.name}_{path.stem}"
+        return _tsv_eval_set(path, normalizer)
+    return _release_eval_set(path, split, normalizer, language)
+
+
+def _tsv_eval_set(path: Path, normalizer: Any) -> EvalSet:
+    from ptasr.data.commonvoice import read_tsv
+
+    table = read_tsv(path)
+    clips = path.parent / "clips" if (path.parent / "clips").is_dir() else path.parent
+    groups = [dict(zip(BREAKDOWN_COLUMNS, values)) for values in zip(*(table[c] for c in BREAKDOWN_COLUMNS))]
+    return EvalSet(f"{path.parent.name}_{path.stem}", table["path"], [str(clips / clip) for clip in table["path"]],
+                   [normalizer(sentence) for sentence in table["sentence"]], groups)
+
+
+def _release_eval_set(path: Path, split: str, normalizer: Any, language: str | None) -> EvalSet:
+    from ptasr.data.commonvoice import CommonVoiceRelease
+
     release = CommonVoiceRelease(path, language=language)
-    return release.read_split(split, normalizer), f"{release.root.name}_{split}"
-
-
-def _rows(manifest: Any, limit: int | None) -> list[int]:
-    rows = [i for i, text in enumerate(manifest.texts) if text]  # an empty reference has no word to get wrong
-    return rows[:limit] if limit is not None else rows
+    manifest = release.read_split(split, normalizer)  # texts come back normalised
+    columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
+    groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return EvalSet(f"{release.root.name}_{split}", list(manifest.ids), [manifest.reader(key) for key in manifest.keys],
+                   list(manifest.texts), groups)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ptasr.inference import breakdown, error_rates, score_utterance, worst
 
     recognizer = _recognizer(args)
-    manifest, name = load_eval_manifest(args.data, args.split, recognizer.normalizer, args.language)
-    rows = _rows(manifest, args.limit)
-    if not rows:
+    data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
+    if not data.ids:
         raise ValueError(f"{args.data} ({args.split}) has no utterances with a non-empty transcript")
     options = _options(args, recognizer)
     started, seconds, skipped, scored = time.perf_counter(), 0.0, [], []
-    audio = (manifest.reader(manifest.keys[i]) for i in rows)
-    for i, transcript in zip(rows, recognizer.transcribe_iter(audio, **options), strict=True):
+    transcripts = recognizer.transcribe_iter(data.audio, **options)
+    for i, transcript in enumerate(transcripts):
         if transcript.error is not None:
-            skipped.append(f"{manifest.ids[i]}: {transcript.error}")
+            skipped.append(f"{data.ids[i]}: {transcript.error}")
             continue
         seconds += transcript.duration
-        groups = {"gender": manifest.genders[i], "age": manifest.ages[i], "accent": manifest.accents[i]}
         prediction = recognizer.normalizer(transcript.text)  # the same normalisation on both sides
-        scored.append(score_utterance(manifest.ids[i], manifest.texts[i], prediction, groups))
+        scored.append(score_utterance(data.ids[i], data.references[i], prediction, data.groups[i]))
     if not scored:
-        raise AudioDecodeError(f"none of the {len(rows)} clips of {args.data} could be read; first: {skipped[0]}")
+        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read; first: {skipped[0]}")
     elapsed = time.perf_counter() - started
     results = {
         "model": args.model, "data": args.data, "split": args.split,
@@ -240,7 +265,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for line in skipped[:5]:
         print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
     print(report(results))
-    write_results(Path(args.output_dir), name, results, scored)
+    write_results(Path(args.output_dir), data.name, results, scored)
     return 0
 
 

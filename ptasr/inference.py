@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import re
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -223,6 +224,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_lightning_checkpoint(path: Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
     """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint."""
+    if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives; anything else is not ours
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (.ckpt) file")
     checkpoint = safe_torch_load(path)
     saved = checkpoint.get("ptasr") if isinstance(checkpoint, dict) else None
     if not saved or "state_dict" not in checkpoint:
@@ -316,8 +319,9 @@ class Recognizer:
     def __post_init__(self) -> None:
         head = self.model.config.vocab_size
         if head != len(self.vocab):
-            raise CheckpointError(f"the vocabulary has {len(self.vocab)} tokens but the model's CTC head has {head}: "
-                                  f"vocab.json and the weights do not belong together")
+            where = self.metadata.get("source", "the model")
+            raise CheckpointError(f"{where}: the vocabulary has {len(self.vocab)} tokens but the CTC head has {head}; "
+                                  f"the vocabulary and the weights do not belong together")
         self.model.eval()
 
     @classmethod

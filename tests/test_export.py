@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jiwer
 import lightning as L
-import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -185,8 +185,6 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pyte
 
 def test_waveform_input_equals_file_input(run: Run) -> None:
     recognizer = Recognizer.load(run.checkpoint)
-    from ptasr.data.audio import read_audio
-
-    samples, rate = read_audio(run.clips[2])  # (C, S) at 48 kHz
-    from_file, from_array = recognizer.transcribe([run.clips[2], (np.asarray(samples), rate)])
+    samples, rate = sf.read(run.clips[2], dtype="float32", always_2d=True)  # (S, C) at 48 kHz
+    from_file, from_array = recognizer.transcribe([run.clips[2], (samples.T, rate)])
     assert from_file.text == from_array.text
