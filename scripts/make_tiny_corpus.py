@@ -52,7 +52,8 @@ import torchaudio
 
 SEED = 20241126
 SAMPLE_RATE = 48_000  # Common Voice releases are 48 kHz mono MP3
-OLD_COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent", "locale", "segment"]
+OLD_COLUMNS = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent", "locale",
+               "segment"]
 SPLIT_SIZES = {"train": 420, "dev": 50, "test": 50}
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "ptasr" / "assets" / "cv-tiny-pt"
 

@@ -101,7 +101,7 @@ def test_fixture_corpus_schemas_read_alike(tmp_path, schema):
     rows = CommonVoiceRelease(corpus.root).read_split("train", TextNormalizer())
     reference = read_tsv(Path(BUNDLED_CORPUS) / "train.tsv")
     assert rows.ids == reference["path"][:8]
-    assert rows.sentences[0] == '"' + reference["sentence"][0]
+    assert read_tsv(corpus.root / "train.tsv")["sentence"][0] == '"' + reference["sentence"][0]
     assert rows.texts[0] == TextNormalizer()(reference["sentence"][0])
     assert rows.accents == reference["accent"][:8]
 
@@ -494,6 +494,17 @@ def test_hf_parquet_dataset_source(tmp_path, monkeypatch):
     assert manifest.ids == corpus.splits["train"][1:] + corpus.splits["test"]
     batch = collate_clips(ClipDataset(manifest, Vocabulary.build(manifest.texts))[[0, 1, 2, 3]])
     assert batch["num_skipped"] == 0 and batch["texts"] == manifest.texts
+
+    from ptasr.data import CommonVoiceDataModule
+
+    dm = CommonVoiceDataModule(hf_dataset=str(tmp_path / "hf_data"), train_splits=["train"], num_workers=0,
+                               cache_dir=str(tmp_path / "cache"))
+    # like the reference, the vocabulary covers every row's text, filtered or not
+    texts = [TextNormalizer()(sentence) for split in ("train", "test")
+             for sentence in read_tsv(corpus.root / f"{split}.tsv")["sentence"]]
+    assert dm.vocab == Vocabulary.build(texts)
+    dm.setup("fit")
+    assert sorted(i for b in dm.train_dataloader() for i in b["ids"]) == sorted(corpus.splits["train"][1:])
 
 
 def test_lightning_resumes_mid_epoch_exactly(tmp_path):

@@ -16,6 +16,7 @@ logs once. Everything is column-wise lists so a million-row release stays within
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import logging
 import os
@@ -50,6 +51,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "accent": ("accents", "accent"),
 }
 REQUIRED_COLUMNS = ("path", "sentence")
+UNIQUE_COLUMNS = {"path", "sentence", "clip"}  # columns whose values rarely repeat (not worth sharing)
 SPLIT_ALIASES = {"dev": ("dev", "validation"), "validation": ("validation", "dev")}
 
 
@@ -76,7 +78,6 @@ class Manifest:
 
     ids: list[str]
     keys: list[str]
-    sentences: list[str]
     texts: list[str]
     client_ids: list[str]
     ages: list[str]
@@ -85,7 +86,7 @@ class Manifest:
     reader: Callable[[str], AudioSource]
     durations: np.ndarray | None = None  # float64 (N,), seconds
 
-    _COLUMNS = ("ids", "keys", "sentences", "texts", "client_ids", "ages", "genders", "accents")
+    _COLUMNS = ("ids", "keys", "texts", "client_ids", "ages", "genders", "accents")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -141,13 +142,17 @@ def read_tsv(path: str | Path, columns: dict[str, tuple[str, ...]] = COLUMN_ALIA
             raise ValueError(f"{path} is empty: a Common Voice TSV starts with a header line")
         where = _column_positions(path, header, columns)
         out: dict[str, list[str]] = {name: [] for name in columns}
+        # speaker, age, gender and accent repeat across rows: one string object per distinct value instead of
+        # one per row saves hundreds of MB on a million-row release
+        shared: dict[str, dict[str, str]] = {name: {} for name in columns if name not in UNIQUE_COLUMNS}
         bad_rows = 0
         for row in reader:
             if len(row) != len(header):
                 bad_rows += bool(row)  # blank lines (e.g. a trailing one) are not worth a warning
                 continue
             for name, position in where.items():
-                out[name].append(row[position] if position is not None else "")
+                value = row[position] if position is not None else ""
+                out[name].append(shared[name].setdefault(value, value) if name in shared else value)
     if bad_rows:
         log.warning("%s: skipped %d rows whose field count differs from the header's %d", path, bad_rows, len(header))
     return out
@@ -165,10 +170,25 @@ def _column_positions(path: Path, header: list[str], columns: dict[str, tuple[st
 
 def read_clip_durations(path: str | Path) -> dict[str, float]:
     """``clip_durations.tsv`` (``clip``, ``duration[ms]``) as ``{clip: seconds}``."""
-    table = read_tsv(path, {"clip": ("clip",), "duration": ("duration[ms]", "duration")})
-    if not table["clip"] or not any(table["duration"]):
-        raise ValueError(f"{path} has no clip/duration[ms] rows")
-    return {clip: int(ms) / 1000.0 for clip, ms in zip(table["clip"], table["duration"])}
+    return dict(_clip_durations(Path(path)))
+
+
+def _clip_durations(path: Path) -> Iterator[tuple[str, float]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [name.strip() for name in next(reader, [])]
+        if "clip" not in header or not {"duration[ms]", "duration"} & set(header):
+            raise ValueError(f"{path} has the header {header}; clip_durations.tsv has clip and duration[ms]")
+        clip = header.index("clip")
+        ms = header.index("duration[ms]" if "duration[ms]" in header else "duration")
+        for row in reader:
+            if len(row) == len(header):
+                yield row[clip], int(row[ms]) / 1000.0
+
+
+def _row_index(keys: Sequence[str]) -> dict[str, int]:
+    """``{key: row}``; its strings are the manifest's own, so this costs the dict only."""
+    return {key: row for row, key in enumerate(keys)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,7 +228,6 @@ class CommonVoiceRelease:
         self.root = find_language_dir(root, language)
         self.clips_dir = self.root / "clips"
         self.reader = ClipFiles(self.clips_dir)
-        self._clip_names: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"CommonVoiceRelease({str(self.root)!r})"
@@ -222,25 +241,36 @@ class CommonVoiceRelease:
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; splits in {self.root}: {self.splits()}")
         table = read_tsv(path)
-        return Manifest(ids=table["path"], keys=table["path"], sentences=table["sentence"],
-                        texts=[normalizer(s) for s in table["sentence"]], client_ids=table["client_id"],
+        return Manifest(ids=table["path"], keys=table["path"], texts=[normalizer(s) for s in table["sentence"]],
+                        client_ids=table["client_id"],
                         ages=table["age"], genders=table["gender"], accents=table["accent"], reader=self.reader)
 
     def exists(self, manifest: Manifest) -> np.ndarray:
-        """Boolean (N,): which clips are in ``clips/``. One directory listing, not a stat per clip."""
-        if self._clip_names is None:
-            self._clip_names = set(os.listdir(self.clips_dir)) if self.clips_dir.is_dir() else set()
-        names = self._clip_names
-        return np.fromiter((key in names for key in manifest.keys), dtype=bool, count=len(manifest))
+        """Boolean (N,): which clips are in ``clips/``. One directory scan, not a stat per clip."""
+        present = np.zeros(len(manifest), dtype=bool)
+        if self.clips_dir.is_dir():
+            rows = _row_index(manifest.keys)
+            with os.scandir(self.clips_dir) as entries:
+                for entry in entries:
+                    row = rows.get(entry.name)
+                    if row is not None:
+                        present[row] = True
+        return present
 
     def durations(self, manifest: Manifest) -> np.ndarray:
         """Seconds (N,) from ``clip_durations.tsv``; clips it lacks are read from their headers (cached).
 
         Unreadable headers give NaN (filtered and counted by :func:`build_manifest`).
         """
+        result = np.full(len(manifest), np.nan)
         table_path = self.root / "clip_durations.tsv"
-        known = read_clip_durations(table_path) if table_path.is_file() else {}
-        result = np.fromiter((known.get(key, np.nan) for key in manifest.keys), dtype=np.float64, count=len(manifest))
+        if table_path.is_file():
+            # streamed into the rows we need: the table lists every clip of the release, ours are a subset
+            rows = _row_index(manifest.keys)
+            for clip, seconds in _clip_durations(table_path):
+                row = rows.get(clip)
+                if row is not None:
+                    result[row] = seconds
         unknown = np.flatnonzero(np.isnan(result))
         if len(unknown):
             cache = HeaderDurationCache(self.cache_dir / "durations", self.clips_dir)
@@ -317,17 +347,18 @@ def extract_release(archive: Path, releases_dir: Path) -> Path:
     if target.is_dir():
         return target
     releases_dir.mkdir(parents=True, exist_ok=True)
-    tmp = releases_dir / f".{target.name}.{os.getpid()}.partial"
-    log.info("extracting %s into %s (once)", archive, target)
-    with tarfile.open(archive, "r:*") as tar:
-        # filter="data" refuses absolute paths, links out of the folder and device files
-        tar.extractall(tmp, filter="data")
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():  # another process won the race only if the target now exists
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    # DDP ranks all build the data module (LightningCLI reads data.vocab_size before any barrier): the lock
+    # makes one extract while the others wait, and then find the folder
+    with open(releases_dir / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            tmp = releases_dir / f".{target.name}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)  # left by an extraction that was killed
+            log.info("extracting %s into %s (once)", archive, target)
+            with tarfile.open(archive, "r:*") as tar:
+                # filter="data" refuses absolute paths, links out of the folder and device files
+                tar.extractall(tmp, filter="data")
+            os.rename(tmp, target)  # atomic: a folder named `target` is always complete
     return target
 
 
@@ -418,7 +449,7 @@ class HFDatasetSource:
         keys = [f"{split}/{i}" for i in range(len(dataset))]
         ids = [os.path.basename(path) or key for path, key in zip(self._audio_paths(split), keys)]
         meta = {name: self._column(dataset, COLUMN_ALIASES[name]) for name in ("client_id", "age", "gender", "accent")}
-        return Manifest(ids=ids, keys=keys, sentences=sentences, texts=[normalizer(s) for s in sentences],
+        return Manifest(ids=ids, keys=keys, texts=[normalizer(s) for s in sentences],
                         client_ids=meta["client_id"], ages=meta["age"], genders=meta["gender"],
                         accents=meta["accent"], reader=self.reader)
 
