@@ -545,3 +545,26 @@ def test_lightning_resumes_mid_epoch_exactly(tmp_path):
     # setup saved the text side where the run logs (the trainer's log_dir; default_root_dir without a logger)
     assert Vocabulary.load(tmp_path) == CommonVoiceDataModule(str(corpus.root)).vocab
     assert TextNormalizer.load(tmp_path).to_dict() == TextNormalizer().to_dict()
+
+
+def test_lightning_finds_our_sampler_and_sets_its_epoch(tmp_path):
+    """Lightning injects a DistributedSampler unless the loader's sampler is one, and calls set_epoch only on
+    ``loader.sampler`` / ``loader.batch_sampler.sampler``: ours must be where it looks."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DistributedSampler
+
+    dataset = _dataset(make_corpus(tmp_path).root)
+    loader = ClipLoader(dataset, BucketBatchSampler(dataset.manifest.durations, batch_size=2, seed=0))
+    assert isinstance(loader.sampler, DistributedSampler)
+    _set_sampler_epoch(loader, 4)
+    assert loader.sampler.epoch == 4 and len(loader) == len(loader.sampler)
+
+
+def test_data_modules_other_than_datamodule_import_without_lightning_or_model():
+    import subprocess
+    import sys
+
+    code = ("import sys, ptasr.data, ptasr.data.dataset, ptasr.data.testing; "
+            "print('lightning' in sys.modules, any(m.startswith('ptasr.model') for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

@@ -6,7 +6,7 @@ Two sources give the same :class:`Manifest` (parallel columns, one row per clip)
   ``dev.tsv``, ``test.tsv``, ``validated.tsv``, ``clip_durations.tsv`` and ``clips/``, or the ``.tar.gz``
   archive Mozilla Data Collective distributes (extracted once into the cache folder);
 - :class:`HFDatasetSource` — a Hugging Face ``datasets`` dataset (hub id or local folder), read with audio
-  decoding off; we decode the bytes ourselves (``datasets`` 4+ would need torchcodec and FFmpeg).
+  decoding off; we decode the bytes ourselves (``datasets`` 4+ decodes through torchcodec and FFmpeg).
 
 :func:`build_manifest` applies the filters (missing files, empty text, duration bounds, unreadable headers,
 CTC feasibility) and returns a :class:`FilterReport` with the count of every reason, which the data module
@@ -21,10 +21,9 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,10 +35,6 @@ from ptasr.data.text import TextNormalizer
 from ptasr.lengths import conv_output_lengths
 
 log = logging.getLogger(__name__)
-
-# Common Voice sentences carry unmatched quotes; the default csv dialect would swallow tabs and newlines
-# up to the next quote. Raise the field limit too: a few validated_sentences rows are long.
-csv.field_size_limit(sys.maxsize)
 
 # canonical column -> the header names releases have used for it (v17+ renamed accent -> accents)
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
@@ -113,10 +108,6 @@ class Manifest:
         return float(self.durations.sum()) if self.durations is not None else float("nan")
 
 
-def _empty_columns() -> dict[str, list[str]]:
-    return {name: [] for name in Manifest._COLUMNS}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # TSV parsing
 # ---------------------------------------------------------------------------------------------------------
@@ -134,7 +125,9 @@ def read_tsv(path: str | Path, columns: dict[str, tuple[str, ...]] = COLUMN_ALIA
         ``{canonical name: list of values}`` for every key of ``columns``.
     """
     path = Path(path)
-    # newline="" lets csv see "\r\n" as one line end instead of leaving "\r" in the last field
+    # newline="" lets csv see "\r\n" as one line end instead of leaving "\r" in the last field; QUOTE_NONE
+    # because Common Voice sentences carry unmatched quotes, and the default dialect would read from such a
+    # quote across tabs and line ends up to the next quote, merging rows
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
@@ -242,8 +235,8 @@ class CommonVoiceRelease:
             raise FileNotFoundError(f"{path} does not exist; splits in {self.root}: {self.splits()}")
         table = read_tsv(path)
         return Manifest(ids=table["path"], keys=table["path"], texts=[normalizer(s) for s in table["sentence"]],
-                        client_ids=table["client_id"],
-                        ages=table["age"], genders=table["gender"], accents=table["accent"], reader=self.reader)
+                        client_ids=table["client_id"], ages=table["age"], genders=table["gender"],
+                        accents=table["accent"], reader=self.reader)
 
     def exists(self, manifest: Manifest) -> np.ndarray:
         """Boolean (N,): which clips are in ``clips/``. One directory scan, not a stat per clip."""
@@ -281,8 +274,8 @@ class CommonVoiceRelease:
 class HeaderDurationCache:
     """Durations read from audio headers, cached on disk per clips folder and keyed by (name, size, mtime).
 
-    Common Voice before v12 had no ``clip_durations.tsv``; reading a header costs about a millisecond, so a
-    big release would pay minutes on every start without this cache.
+    Older Common Voice releases have no ``clip_durations.tsv``; reading a header costs about a millisecond,
+    so a big release would pay minutes on every start without this cache.
     """
 
     def __init__(self, cache_dir: Path, clips_dir: Path) -> None:
@@ -398,9 +391,11 @@ class HFDatasetSource:
     """A Hugging Face ``datasets`` dataset with an audio column and a transcript column.
 
     Args:
-        name: hub id, local dataset folder, or builder name (``"audiofolder"`` with ``data_dir``).
+        name: hub id, local dataset folder (e.g. of parquet files, split by file name), or a builder name
+            such as ``"parquet"`` with ``data_dir``. (``"audiofolder"`` needs torchcodec in ``datasets`` 4+,
+            even with decoding off.)
         config: dataset configuration (e.g. a language code), if it has several.
-        data_dir: passed to ``load_dataset`` (for ``audiofolder`` and friends).
+        data_dir: passed to ``load_dataset``.
         audio_column: column holding audio (an ``Audio`` feature or file paths).
         text_column: column holding the transcript.
         cache_dir: where header durations are cached (default :func:`default_cache_dir`).
@@ -493,9 +488,9 @@ class HFDatasetSource:
             return np.load(path)
         result = []
         for audio in self._audio_batches(split):
-            source = audio if isinstance(audio, str) else (audio.get("bytes") or audio.get("path"))
+            source = audio if isinstance(audio, str) else ((audio or {}).get("bytes") or (audio or {}).get("path"))
             try:
-                result.append(audio_duration(source))
+                result.append(audio_duration(source or b""))
             except AudioDecodeError as error:
                 log.warning("%s (split %s row %d)", error, split, len(result))
                 result.append(np.nan)
@@ -582,7 +577,7 @@ def filter_manifest(source: Source, manifest: Manifest, settings: FilterSettings
     if settings.check_files:
         apply("missing file", source.exists(manifest))
     apply("empty text", np.array([bool(t) for t in manifest.texts], dtype=bool))
-    manifest.durations = source.durations(manifest)
+    manifest = replace(manifest, durations=source.durations(manifest))  # a copy: the caller's rows stay as read
     apply("unreadable audio header", ~np.isnan(manifest.durations))
     too_long = manifest.durations > settings.max_duration if settings.max_duration is not None else False
     apply("outside duration bounds", ~((manifest.durations < settings.min_duration) | too_long))

@@ -40,10 +40,10 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         root: Common Voice language folder (``cv-corpus-<ver>/<lang>``), a folder of such, or the release
             ``.tar.gz``; default the bundled synthetic Portuguese corpus. Ignored when ``hf_dataset`` is set.
         language: language folder to use when ``root`` holds several (e.g. ``"pt"``).
-        hf_dataset: a Hugging Face dataset (hub id, local folder, or builder such as ``"audiofolder"``) to read
-            instead of ``root``.
+        hf_dataset: a Hugging Face dataset (hub id, local folder of parquet files, or a builder such as
+            ``"parquet"`` with ``hf_data_dir``) to read instead of ``root``.
         hf_config: its configuration name (e.g. a language code).
-        hf_data_dir: its ``data_dir`` (for ``audiofolder``).
+        hf_data_dir: its ``data_dir``.
         hf_audio_column: its audio column (Audio feature or file paths).
         hf_text_column: its transcript column.
         train_splits: splits trained on, concatenated (``"dev"`` also finds an HF ``"validation"`` split).
