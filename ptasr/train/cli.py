@@ -3,7 +3,8 @@
 The data module decides the vocabulary; the CLI links its size and blank id into the model when both are
 instantiated. Without ``-c/--config``, the demo config (``configs/demo.yaml``) is the default, so
 ``python train.py fit`` trains the bundled corpus. ``--ckpt_path last`` resumes the newest run of the
-configured logger in its own folder instead of starting a new ``version_N``.
+configured logger in its own folder instead of starting a new ``version_N``; likewise a checkpoint path inside
+a run folder (``runs/demo/version_0/checkpoints/x.ckpt``) logs the evaluation or the resumed training there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.train.module import Wav2Vec2CTCModule
@@ -23,7 +25,7 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class PtasrCLI(LightningCLI):
-    """LightningCLI with the data -> model links and resume-into-the-same-run for ``--ckpt_path last``."""
+    """LightningCLI with the data -> model links, and runs resumed or evaluated in their own folder."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The vocabulary is built by the data module (from the corpus text), so the head size follows it.
@@ -32,16 +34,29 @@ class PtasrCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("ckpt_path") == "last":
-            _continue_latest_run(config.trainer)
+        if config.get("ckpt_path"):
+            _log_into_checkpoint_run(config.trainer, config.ckpt_path)
 
 
-def _continue_latest_run(trainer_config) -> None:
-    """Point a TensorBoardLogger without a fixed version at the newest run folder holding ``last.ckpt``.
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the resolved config into the run folder: ``config.yaml`` for fit, ``config_<stage>.yaml`` otherwise.
 
-    Lightning resolves ``ckpt_path="last"`` inside the checkpoint folder of *this* run, which is a fresh
-    ``version_N`` unless the logger's version is pinned; pinning it to the run being resumed keeps its
-    curves, checkpoints and config.yaml together.
+    A validate/test/predict run logged into a training run's folder must not overwrite its training config.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        self.config_filename = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        super().setup(trainer, pl_module, stage)
+
+
+def _log_into_checkpoint_run(trainer_config, ckpt_path: str) -> None:
+    """Pin a TensorBoardLogger without a fixed version to the run folder the checkpoint belongs to.
+
+    ``last`` means the newest run of this logger holding ``checkpoints/last.ckpt``: Lightning resolves it
+    inside the checkpoint folder of *this* run, which is a fresh ``version_N`` unless the version is pinned.
+    A path ``<save_dir>/<name>/<version>/checkpoints/<file>`` pins ``<version>``. Pinning keeps the run's
+    curves, checkpoints and configs together; anything else (``best``, other paths) is left to Lightning.
     """
     logger = trainer_config.get("logger")
     if not hasattr(logger, "class_path") or not logger.class_path.endswith("TensorBoardLogger"):
@@ -50,9 +65,15 @@ def _continue_latest_run(trainer_config) -> None:
     if args.get("version") is not None:
         return
     runs = Path(args.save_dir) / (args.get("name") or "lightning_logs")
-    candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
-    if candidates:
-        args.version = candidates[-1].parent.parent.name
+    if ckpt_path == "last":
+        candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        run = candidates[-1].parent.parent if candidates else None
+    else:
+        run = Path(ckpt_path).resolve().parent.parent
+        if Path(ckpt_path).resolve().parent.name != "checkpoints" or run.parent != runs.resolve():
+            run = None
+    if run is not None:
+        args.version = run.name
 
 
 def _has_config_arg(args: list[str]) -> bool:
@@ -75,6 +96,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         args=args,
         run=run,
         parser_kwargs=parser_kwargs,
+        save_config_callback=RunConfigSaver,
         # Resuming writes config.yaml into the same run folder again: overwrite instead of refusing.
         save_config_kwargs={"overwrite": True},
         # The module's configure_optimizers builds parameter groups and the schedule from its own arguments.

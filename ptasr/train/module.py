@@ -57,8 +57,6 @@ class Wav2Vec2CTCModule(L.LightningModule):
         decay_steps: tri_stage: updates of exponential decay; ``None`` decays over the rest of training.
         init_lr_scale, final_lr_scale: tri_stage: start and end multipliers of the peak learning rate.
         total_steps: updates the schedule spans; ``None`` uses the Trainer's (``max_steps`` or epochs).
-        seed: base of the per-step seeds for SpecAugment and LayerDrop; ``None`` uses the seed that
-            ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0.
     """
 
     def __init__(
@@ -86,7 +84,6 @@ class Wav2Vec2CTCModule(L.LightningModule):
         init_lr_scale: float = 0.01,
         final_lr_scale: float = 0.05,
         total_steps: int | None = None,
-        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -243,9 +240,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # SpecAugment and LayerDrop randomness derived from (seed, update, batch), never from global RNG state:
         # identical on every DDP rank (LayerDrop must drop the same layers everywhere) and after a resume.
         # A CPU generator: the model draws on the generator's device and copies, so no host sync.
-        seed = self.hparams.seed
-        if seed is None:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # The seed is the CLI's `seed_everything` (which exports PL_GLOBAL_SEED to every rank).
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         step_seed = hash((seed, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF
         return torch.Generator().manual_seed(step_seed)
 
@@ -294,19 +290,12 @@ class Wav2Vec2CTCModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("ptasr")
-        if not saved or saved.get("vocab") is None:
-            return
-        saved_vocab = Vocabulary.from_dict(saved["vocab"])
-        if self.vocab is None:  # loaded outside a Trainer: take the text side from the checkpoint
-            self.vocab = saved_vocab
+        # Outside a Trainer (``load_from_checkpoint`` for inference) take the text side from the checkpoint.
+        # Inside one, the data module's `load_state_dict` refuses a checkpoint whose vocabulary differs.
+        saved = checkpoint.get("ptasr") or {}
+        if self.vocab is None and saved.get("vocab") is not None:
+            self.vocab = Vocabulary.from_dict(saved["vocab"])
             self.normalizer = TextNormalizer.from_dict(saved["normalizer"])
-        elif list(saved_vocab.tokens) != list(self.vocab.tokens):
-            raise ValueError(
-                f"the checkpoint's vocabulary ({len(saved_vocab)} tokens) differs from the data's "
-                f"({len(self.vocab)} tokens): resume with the data the checkpoint was trained on, or start a new "
-                "run (a different alphabet needs a fresh CTC head: model.pretrained=<exported folder>)"
-            )
 
 
 def _is_bias_or_norm(name: str, parameter: torch.nn.Parameter) -> bool:

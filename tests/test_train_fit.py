@@ -1,0 +1,203 @@
+"""The training CLI end to end on the bundled corpus, in process, with a model small enough for CPU tests.
+
+One module-scoped run trains a few steps; the tests then read its checkpoint and TensorBoard events,
+validate and test from the checkpoint, and resume it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.data.text import Vocabulary
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.train.cli import cli_main
+from ptasr.train.module import Wav2Vec2CTCModule
+
+# A wav2vec2 of ~40 k parameters: same layout as "tiny", every width shrunk.
+SMALL_MODEL = [
+    "--model.config_overrides.hidden_size=32",
+    "--model.config_overrides.num_hidden_layers=1",
+    "--model.config_overrides.num_attention_heads=2",
+    "--model.config_overrides.intermediate_size=64",
+    "--model.config_overrides.conv_dim=[16,16,16,16,16,16,16]",
+    "--model.config_overrides.num_conv_pos_embeddings=16",
+    "--model.config_overrides.num_conv_pos_embedding_groups=4",
+]
+# 50 training clips (the dev split), one validation batch, a few steps: seconds on CPU.
+SMALL_RUN = [
+    "--data.train_splits=[dev]",
+    "--data.num_workers=0",
+    "--data.batch_size=8",
+    "--data.eval_batch_size=10",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.val_check_interval=2",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--model.schedule=linear",
+    "--model.warmup_steps=2",
+]
+STEPS = 4
+
+
+def _args(save_dir: Path, subcommand: str = "fit", *extra: str) -> list[str]:
+    return [subcommand, f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL_MODEL, *SMALL_RUN, *extra]
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not the CLI's
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, L.Trainer]:
+    save_dir = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["train.py"])
+        cli = cli_main(_args(save_dir, "fit", f"--trainer.max_steps={STEPS}"))
+    return save_dir / "demo" / "version_0", cli.trainer
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_fit_trains_and_writes_a_run_folder(run: tuple[Path, L.Trainer]) -> None:
+    run_dir, trainer = run
+    assert trainer.global_step == STEPS
+    assert {"checkpoints", "config.yaml", "vocab.json", "normalizer.json"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert any(p.name.startswith("best-") for p in (run_dir / "checkpoints").iterdir())
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/loss"])
+    assert 0.0 <= float(metrics["val/cer"]) and 0.0 <= float(metrics["val/wer"])
+
+
+def test_checkpoint_carries_everything_to_rebuild_the_model(run: tuple[Path, L.Trainer]) -> None:
+    run_dir, trainer = run
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = checkpoint["ptasr"]
+    config = Wav2Vec2Config(**saved["model_config"])
+    vocab = Vocabulary.from_dict(saved["vocab"])
+    assert config.hidden_size == 32 and config.vocab_size == len(vocab) and config.pad_token_id == vocab.pad_id
+    assert vocab == trainer.datamodule.vocab
+    assert saved["normalizer"] == trainer.datamodule.normalizer.to_dict()
+    # Outside a Trainer the module takes its vocabulary from the checkpoint and can decode.
+    module = Wav2Vec2CTCModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert module.vocab == vocab
+    logits, frames = module(torch.randn(1, 16000), torch.tensor([16000]))
+    assert isinstance(module.decode(logits, frames)[0], str)
+
+
+def test_tensorboard_has_the_scalars_and_text(run: tuple[Path, L.Trainer]) -> None:
+    run_dir, _ = run
+    scalars = _scalars(run_dir)
+    expected = {"train/loss", "val/loss", "val/wer", "val/cer", "lr", "train/grad_norm",
+                "train/audio_seconds_per_second", "train/blank_share", "val/blank_share",
+                "train/infeasible_utterances", "train/nonfinite_losses", "train/skipped_steps"}
+    assert expected <= set(scalars), expected - set(scalars)
+    assert all(value > 0 for _, value in scalars["train/audio_seconds_per_second"])
+    assert {1, 3} <= {step for step, _ in scalars["val/wer"]}  # validation after updates 2 and 4
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"val/predictions/text_summary", "val/worst/text_summary"} <= set(events.Tags()["tensors"])
+
+
+def test_validate_and_test_from_the_checkpoint_log_into_its_run(run: tuple[Path, L.Trainer]) -> None:
+    run_dir, _ = run
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    save_dir = run_dir.parent.parent
+    fit_config = (run_dir / "config.yaml").read_text()
+    validated = cli_main(_args(save_dir, "validate", f"--ckpt_path={ckpt}"))
+    assert {"val/wer", "val/cer", "val/loss"} <= set(validated.trainer.callback_metrics)
+    tested = cli_main(_args(save_dir, "test", f"--ckpt_path={ckpt}"))
+    assert {"test/wer", "test/cer", "test/loss"} <= set(tested.trainer.callback_metrics)
+    assert Path(tested.trainer.log_dir) == run_dir
+    assert {"test/wer", "test/cer"} <= set(_scalars(run_dir))  # beside the training curves
+    assert (run_dir / "config.yaml").read_text() == fit_config  # the training config is kept
+    assert (run_dir / "config_test.yaml").is_file() and (run_dir / "config_validate.yaml").is_file()
+
+
+def test_resume_from_last_continues_in_the_same_run_folder(run: tuple[Path, L.Trainer]) -> None:
+    run_dir, _ = run
+    save_dir = run_dir.parent.parent
+    resumed = cli_main(_args(save_dir, "fit", "--ckpt_path=last", f"--trainer.max_steps={STEPS + 2}"))
+    assert resumed.trainer.global_step == STEPS + 2
+    assert Path(resumed.trainer.log_dir) == run_dir
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]  # no new version_1
+    # The resumed curve continues where the first one stopped (the scheduler state came back too).
+    steps = [step for step, _ in _scalars(run_dir)["train/loss"]]
+    assert max(steps) == STEPS + 1 and steps.count(STEPS) == 1
+
+
+def test_a_fresh_fit_gets_a_new_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "demo" / "version_0" / "checkpoints").mkdir(parents=True)
+    cli = cli_main(_args(tmp_path, "fit", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"))
+    assert Path(cli.trainer.log_dir).name == "version_1"
+
+
+def _small_module(vocab: Vocabulary, **hparams: object) -> Wav2Vec2CTCModule:
+    overrides = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                     conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                     ctc_loss_reduction="mean")
+    return Wav2Vec2CTCModule(len(vocab), vocab.pad_id, config_overrides=overrides, **hparams)
+
+
+class _NaNLossAtStep(Wav2Vec2CTCModule):
+    """Poisons the loss of one update, as a diverging batch would."""
+
+    bad_step = 1
+
+    def training_step(self, batch, batch_idx):
+        outputs = super().training_step(batch, batch_idx)
+        if self.global_step == self.bad_step:
+            outputs["loss"] = outputs["loss"] * float("nan")
+        return outputs
+
+
+def test_a_nonfinite_loss_skips_the_update_on_device(tmp_path: Path) -> None:
+    data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
+    module = _small_module(data.vocab, lr=1e-3)
+    module.__class__ = _NaNLossAtStep  # same weights and hparams, poisoned step
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=1.0)
+    trainer.fit(module, datamodule=data)
+    optimizer = trainer.optimizers[0]
+    assert optimizer.defaults["fused"]  # the device-side skip path
+    assert int(module.skipped_steps) == 1
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    # Fused Adam undid the skipped update's step count: 3 updates attempted, 2 applied.
+    assert {int(state["step"]) for state in optimizer.state.values()} == {2}
+
+
+def test_frozen_transformer_trains_only_the_head(tmp_path: Path) -> None:
+    data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
+    module = _small_module(data.vocab, lr=1e-3, freeze_transformer_steps=2, freeze_feature_encoder=True)
+    before = {name: p.detach().clone() for name, p in module.model.named_parameters()}
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    changed = {name for name, p in module.model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"lm_head.weight", "lm_head.bias"}
+
+
+def test_an_empty_batch_is_skipped() -> None:
+    vocab = Vocabulary.build(["ab"])
+    module = _small_module(vocab)
+    module.trainer = L.Trainer(accelerator="cpu", logger=False)
+    empty = {"waveforms": torch.zeros(0, 0), "lengths": torch.zeros(0, dtype=torch.long),
+             "labels": torch.zeros(0, 0, dtype=torch.long), "label_lengths": torch.zeros(0, dtype=torch.long),
+             "texts": [], "ids": []}
+    assert module.training_step(empty, 0) is None
+    assert module.validation_step(empty, 0) is None
