@@ -207,7 +207,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
 
     def _save_text_files(self) -> None:
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+        # Without a logger, trainer.log_dir falls back to the working directory: write nothing there.
+        if trainer is None or trainer.logger is None or not trainer.is_global_zero or trainer.log_dir is None:
             return
         log_dir = Path(trainer.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
