@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from ptasr.data.audio import AudioDecodeError
 
 log = logging.getLogger("ptasr")
 
 BREAKDOWN_COLUMNS = ("gender", "age", "accent")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Errors that describe a problem with the user's input, not a bug: reported in one line.
 _USER_ERRORS = (OSError, ValueError, AudioDecodeError, ImportError)
@@ -36,6 +39,8 @@ _USER_ERRORS = (OSError, ValueError, AudioDecodeError, ImportError)
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a train.py checkpoint (.ckpt), an exported model folder, or a hub id")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
+                        help="precision of the network (bfloat16: faster on GPUs and CPUs with bf16 units)")
     parser.add_argument("--batch-size", type=int, default=8, help="audio chunks per forward pass (default: 8)")
     parser.add_argument("--chunk-length-s", type=float, default=20.0,
                         help="cut longer recordings into chunks of this many seconds; 0 disables (default: 20)")
@@ -122,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _recognizer(args: argparse.Namespace) -> Any:
     from ptasr.inference import Recognizer
 
-    return Recognizer.load(args.model, device=args.device)
+    return Recognizer.load(args.model, device=args.device, dtype=_DTYPES[args.dtype])
 
 
 def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:

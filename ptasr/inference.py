@@ -166,6 +166,8 @@ class Chunking:
 
     def split(self, num_samples: int, samples_per_frame: int) -> list[Chunk]:
         sizes = self.samples(samples_per_frame)
+        if num_samples == 0:
+            return []
         if sizes is None:
             return [Chunk(0, num_samples, 0, 0)]
         return chunk_recording(num_samples, *sizes)
@@ -325,19 +327,29 @@ class Recognizer:
         self.model.eval()
 
     @classmethod
-    def load(cls, source: str | Path, device: str | torch.device | None = "cpu") -> Recognizer:
-        """From a Lightning checkpoint, an exported/HF folder, or a hub id (see the module docstring)."""
+    def load(
+        cls, source: str | Path, device: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Recognizer:
+        """From a Lightning checkpoint, an exported/HF folder, or a hub id (see the module docstring).
+
+        ``dtype`` bfloat16 (or float16 on GPUs) runs the network at half precision, roughly twice as fast on GPUs
+        and on CPUs with bf16 instructions (AVX512-BF16, AMX); emissions are still decoded in float32.
+        """
         model, vocab, normalizer, metadata = load_any(source)
         recognizer = cls(model, vocab, normalizer, {**metadata, "source": str(source)})
-        return recognizer.to(device)
+        return recognizer.to(device, dtype)
 
-    def to(self, device: str | torch.device | None) -> Recognizer:
-        self.model.to(resolve_device(device))
+    def to(self, device: str | torch.device | None, dtype: torch.dtype | None = None) -> Recognizer:
+        self.model.to(device=resolve_device(device), dtype=dtype)
         return self
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @property
     def samples_per_frame(self) -> int:
@@ -364,7 +376,7 @@ class Recognizer:
         """One padded batch: B tensors (S_i,) -> B tensors (T_i, V) float32 log-probabilities on the CPU."""
         lengths = torch.tensor([w.shape[0] for w in waveforms], dtype=torch.long)
         batch = torch.nn.utils.rnn.pad_sequence(list(waveforms), batch_first=True)  # (B, S), zero padded
-        logits, frame_lengths = self.model(batch.to(self.device), lengths.to(self.device))
+        logits, frame_lengths = self.model(batch.to(self.device, self.dtype), lengths.to(self.device))
         log_probs = logits.float().log_softmax(dim=-1).cpu()  # (B, T, V)
         return [row[:n] for row, n in zip(log_probs, frame_lengths.tolist(), strict=True)]
 
