@@ -1,4 +1,4 @@
-"""Transcription speed (on CPU unless --device cuda): ptasr vs transformers' ASR pipeline, same model, same audio, one process.
+"""Transcription speed, ptasr vs transformers' ASR pipeline: same model, same audio, one process, CPU by default.
 
 Both load the same exported folder (a randomly initialised model of the chosen preset, its CTC head scaled so
 transcripts are long and stable) and get the same decoded 48 kHz audio, so each side pays for its own
@@ -130,10 +130,12 @@ def main() -> None:
                                                    batch_size=batch_size, **kw)]
 
     ptasr_run([(u, rate) for u in utterances[:2]])(), hf_run(utterances[:2])()  # warm-up
-    print(f"{args.device}: preset {args.preset} ({args.dtype}), {audio_seconds:.1f} s of audio in {len(utterances)} utterances, "
+    print(f"{args.device}: preset {args.preset} ({args.dtype}), {audio_seconds:.1f} s of audio in {len(utterances)} "
+          f"utterances, "
           f"batch {args.batch_size}, chunks {args.chunk_length_s} s, torch threads {torch.get_num_threads()}, "
           f"best of {args.repeats}")
-    print("| workload | ptasr RTF | transformers RTF | ptasr / transformers (best) | (median) | transcripts differ (CER) |")
+    print("| workload | ptasr RTF | transformers RTF | ptasr / transformers (best) | (median) "
+          "| transcripts differ (CER) |")
     print("|---|---:|---:|---:|---:|---:|")
     pairs = [(u, rate) for u in utterances]
     print(compare("utterances", ptasr_run(pairs), hf_run(utterances), audio_seconds, args.repeats))

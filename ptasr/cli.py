@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="WER and CER on a Common Voice split or TSV")
     _add_model_arguments(evaluate)
     evaluate.add_argument("--data", required=True,
-                          help="a Common Voice release folder (or .tar.gz), or a split TSV (clips in ./clips beside it)")
+                          help="a Common Voice release folder (or .tar.gz), or a split TSV with clips/ beside it")
     evaluate.add_argument("--split", default="test", help="split of a release folder (default: test)")
     evaluate.add_argument("--language", default=None, help="language folder, when --data holds several")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
@@ -111,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="ptasr: %(message)s")
     try:
         return args.run(args)
+    except BrokenPipeError:  # `ptasr transcribe ... | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except _USER_ERRORS as error:
         if os.environ.get("PTASR_DEBUG"):
             raise
@@ -239,39 +242,53 @@ def _release_eval_set(path: Path, split: str, normalizer: Any, language: str | N
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ptasr.inference import breakdown, error_rates, score_utterance, worst
-
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     if not data.ids:
         raise ValueError(f"{args.data} ({args.split}) has no utterances with a non-empty transcript")
-    options = _options(args, recognizer)
-    started, seconds, skipped, scored = time.perf_counter(), 0.0, [], []
-    transcripts = recognizer.transcribe_iter(data.audio, **options)
-    for i, transcript in enumerate(transcripts):
+    started = time.perf_counter()
+    scored, skipped, seconds = score_eval_set(recognizer, data, _options(args, recognizer))
+    if not scored:
+        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read; first: {skipped[0]}")
+    results = summarise(args, scored, skipped, seconds, time.perf_counter() - started)
+    for line in skipped[:5]:
+        print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
+    print(report(results))
+    write_results(Path(args.output_dir), data.name, results, scored)
+    return 0
+
+
+def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any]) -> tuple[list[Any], list[str], float]:
+    """Transcribe and score every row: (scored utterances, "id: reason" of skipped ones, audio seconds scored)."""
+    from ptasr.inference import score_utterance
+
+    scored, skipped, seconds = [], [], 0.0
+    for i, transcript in enumerate(recognizer.transcribe_iter(data.audio, **options)):
         if transcript.error is not None:
             skipped.append(f"{data.ids[i]}: {transcript.error}")
             continue
         seconds += transcript.duration
         prediction = recognizer.normalizer(transcript.text)  # the same normalisation on both sides
         scored.append(score_utterance(data.ids[i], data.references[i], prediction, data.groups[i]))
-    if not scored:
-        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read; first: {skipped[0]}")
-    elapsed = time.perf_counter() - started
-    results = {
+    return scored, skipped, seconds
+
+
+def summarise(args: argparse.Namespace, scored: list[Any], skipped: list[str], seconds: float,
+              elapsed: float) -> dict[str, Any]:
+    """Everything the results files hold: corpus rates, breakdowns, worst utterances, settings and speed."""
+    from ptasr.inference import breakdown, error_rates, worst
+
+    return {
         "model": args.model, "data": args.data, "split": args.split,
         "decoder": "beam+lm" if args.lm else ("beam" if args.beam else "greedy"),
         **error_rates(scored),
-        "skipped": len(skipped), "audio_hours": round(seconds / 3600, 4), "real_time_factor": round(elapsed / max(seconds, 1e-9), 4),
+        "skipped": len(skipped),
+        "audio_hours": round(seconds / 3600, 4),
+        "real_time_factor": round(elapsed / max(seconds, 1e-9), 4),
         "by": {column: breakdown(scored, column) for column in BREAKDOWN_COLUMNS},
         "worst": [{"id": s.id, "errors": s.word_errors, "reference": s.reference, "prediction": s.prediction}
                   for s in worst(scored, args.worst)],
     }
-    for line in skipped[:5]:
-        print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
-    print(report(results))
-    write_results(Path(args.output_dir), data.name, results, scored)
-    return 0
 
 
 def report(results: dict[str, Any]) -> str:

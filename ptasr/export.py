@@ -180,7 +180,7 @@ def hyperparameters(metadata: dict[str, Any], config: dict[str, Any]) -> dict[st
         "lr_scheduler_type": model.get("schedule"),
         "lr_scheduler_warmup_steps": model.get("warmup_steps"),
         "training_steps": trainer.get("max_steps") if (trainer.get("max_steps") or -1) > 0 else None,
-        "trained_steps": metadata.get("global_step"),
+        "checkpoint_step": metadata.get("global_step"),
         "mixed_precision_training": trainer.get("precision"),
     }
     return {key: value for key, value in values.items() if value is not None}
@@ -189,7 +189,8 @@ def hyperparameters(metadata: dict[str, Any], config: dict[str, Any]) -> dict[st
 def _optimizer(model: dict[str, Any]) -> str:
     betas = tuple(model.get("betas") or (0.9, 0.999))
     name = {"adamw": "AdamW", "adam": "Adam"}.get(model.get("optimizer", "adamw"), model.get("optimizer"))
-    return f"{name} with betas={betas} and epsilon={model.get('eps', 1e-8)}, weight decay {model.get('weight_decay', 0.0)}"
+    eps, decay = model.get("eps", 1e-8), model.get("weight_decay", 0.0)
+    return f"{name} with betas={betas} and epsilon={eps}, weight decay {decay}"
 
 
 # --- the model card ------------------------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def export(
     rows = training_results(read_scalars(log_dir)) if log_dir is not None else []
     data = recognizer.metadata.get("datamodule_hyper_parameters") or {}
     dataset = data.get("hf_dataset") or (Path(data["root"]).name if data.get("root") else None)
-    card = model_card(name or out_dir.resolve().name, recognizer, rows,
+    card = model_card(name or push_to_hub or out_dir.resolve().name, recognizer, rows,
                       hyperparameters(recognizer.metadata, run_config(log_dir)),
                       language=language or data.get("language"), dataset=dataset)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
