@@ -40,7 +40,6 @@ SMALL_RUN = [
     "--trainer.limit_test_batches=2",
     "--trainer.val_check_interval=2",
     "--trainer.log_every_n_steps=1",
-    "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--model.schedule=linear",
     "--model.warmup_steps=2",
@@ -165,11 +164,13 @@ class _NaNLossAtStep(Wav2Vec2CTCModule):
         return outputs
 
 
-def test_a_nonfinite_loss_skips_the_update_on_device(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_nonfinite_loss_skips_the_update_on_device(precision: str) -> None:
+    # bf16-mixed also covers fused AdamW + clipping, which Lightning's own clipping refuses under autocast.
     data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
     module = _small_module(data.vocab, lr=1e-3)
     module.__class__ = _NaNLossAtStep  # same weights and hparams, poisoned step
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False,
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, precision=precision,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         gradient_clip_val=1.0)
     trainer.fit(module, datamodule=data)
@@ -201,3 +202,18 @@ def test_an_empty_batch_is_skipped() -> None:
              "texts": [], "ids": []}
     assert module.training_step(empty, 0) is None
     assert module.validation_step(empty, 0) is None
+
+
+def test_clipping_uses_the_measured_norm() -> None:
+    vocab = Vocabulary.build(["ab"])
+    module = _small_module(vocab)
+    module.trainer = L.Trainer(accelerator="cpu", logger=False)
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    for parameter in parameters:
+        parameter.grad = torch.full_like(parameter, 3.0)
+    module._grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+    assert module._grad_norm > 1.0
+    module.configure_gradient_clipping(torch.optim.AdamW(parameters, fused=True), gradient_clip_val=1.0,
+                                       gradient_clip_algorithm="norm")
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+    assert clipped == pytest.approx(1.0, rel=1e-4)

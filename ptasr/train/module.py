@@ -49,8 +49,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         head_lr: a separate peak learning rate for the CTC head, or ``None`` for ``lr``.
         betas, eps: Adam moments and epsilon.
         weight_decay: applied to matrices only; biases and norm parameters never decay (as HF Trainer).
-        fused: fused Adam kernel; ``None`` picks it unless fp16 loss scaling is active (Lightning cannot
-            clip gradients that a fused optimiser unscales internally).
+        fused: fused Adam kernel; ``None`` picks it unless fp16 loss scaling is active (gradients that a
+            fused optimiser unscales internally cannot be clipped before the step).
         schedule: "linear" (HF warm-up then linear decay to 0), "tri_stage" (fairseq), or "constant".
         warmup_steps: updates of linear warm-up (both schedules).
         hold_steps: tri_stage: updates held at the peak after warm-up.
@@ -104,6 +104,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # counting needs no host sync. Logged by the MixedPrecisionHealth callback.
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
         self._compiled = False
+        self._grad_norm: torch.Tensor | None = None
 
     # --- set-up --------------------------------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        # Here rather than in __init__: Lightning calls it once the module is on its device.
+        # Lightning's hook for model-changing set-up, called before the strategy wraps the model (DDP).
         if self.hparams.compile and not self._compiled:
             self.model.compile()  # nn.Module.compile: in place, so checkpoints keep plain parameter names
             self._compiled = True
@@ -157,7 +158,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if self.hparams.fused is not None:
             return self.hparams.fused
         # Fused Adam is fastest on GPU and CPU and can skip a step on device (`found_inf`), but with fp16
-        # loss scaling it unscales inside `step`, after Lightning would clip: Lightning refuses that pair.
+        # loss scaling it unscales inside `step`, after clipping would have to happen.
         return self._grad_scaler() is None
 
     def _grad_scaler(self) -> torch.amp.GradScaler | None:
@@ -215,7 +216,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
             raise RuntimeError(
                 "no vocabulary to decode with: run through a Trainer with the data module, or load a checkpoint"
             )
-        return [self.vocab.decode(ids) for ids in greedy_decode(logits, frame_lengths, self.model.config.pad_token_id)]
+        blank = self.model.config.pad_token_id
+        return [self.vocab.decode(ids) for ids in greedy_decode(logits, frame_lengths, blank)]
 
     def _ctc_loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         config = self.model.config
@@ -252,13 +254,38 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if self.global_step < self.hparams.freeze_transformer_steps:
             self._drop_body_gradients()
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self._grad_norm = None
         if not grads:
             return
         grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping, as HF logs it
         self.log("train/grad_norm", grad_norm)
+        self._grad_norm = grad_norm  # reused by the clipping that follows
         nonfinite = ~torch.isfinite(grad_norm)
         self.skipped_steps += nonfinite
         self._skip_update_if(nonfinite, optimizer)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by global norm (Trainer's ``gradient_clip_val``) with the norm measured just before.
+
+        Lightning's own clipping refuses fused optimisers under any mixed precision, since it cannot tell bf16
+        (no loss scale) from fp16 (scaled gradients that a fused step unscales itself). Here the gradients are
+        always unscaled: fp16 runs use the unfused optimiser, whose gradients Lightning unscales before this.
+        """
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm not in (None, "norm") or self._grad_norm is None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if self._grad_scaler() is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            raise ValueError("model.fused=true cannot clip fp16-scaled gradients; use precision bf16-mixed or fused=null")
+        parameters = [p for p in self.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grads_with_norm_(parameters, gradient_clip_val, self._grad_norm)  # no host sync
+        self._grad_norm = None
 
     def _drop_body_gradients(self) -> None:
         # Adam leaves parameters without a gradient untouched (no moment update, no decay): frozen.
@@ -299,11 +326,19 @@ class Wav2Vec2CTCModule(L.LightningModule):
 
 
 def _is_bias_or_norm(name: str, parameter: torch.nn.Parameter) -> bool:
-    """Parameters that HF Trainer (and most recipes) exempt from weight decay: biases, norms, vectors.
+    """Parameters exempt from weight decay: biases, norm gains and other vectors (as HF Trainer), plus the
+    magnitude ``g`` of the positional conv's weight norm, which is a gain too.
 
     >>> _is_bias_or_norm("lm_head.bias", torch.nn.Parameter(torch.zeros(3)))
     True
-    >>> _is_bias_or_norm("wav2vec2.encoder.layers.0.attention.q_proj.weight", torch.nn.Parameter(torch.zeros(3, 3)))
+    >>> _is_bias_or_norm("encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+    ...                  torch.nn.Parameter(torch.zeros(1, 1, 3)))
+    True
+    >>> _is_bias_or_norm("encoder.layers.0.attention.q_proj.weight", torch.nn.Parameter(torch.zeros(3, 3)))
     False
     """
-    return parameter.ndim < 2 or name.endswith(".bias") or "norm" in name
+    return (
+        parameter.ndim < 2
+        or name.endswith((".bias", ".weight_g", ".parametrizations.weight.original0"))
+        or "norm" in name
+    )
