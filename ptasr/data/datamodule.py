@@ -208,9 +208,13 @@ class CommonVoiceDataModule(pl.LightningDataModule):
     def _save_text_files(self) -> None:
         trainer = self.trainer
         # Without a logger, trainer.log_dir falls back to the working directory: write nothing there.
-        if trainer is None or trainer.logger is None or not trainer.is_global_zero or trainer.log_dir is None:
+        if trainer is None or trainer.logger is None:
             return
-        log_dir = Path(trainer.log_dir)
+        # Every rank must ask: trainer.log_dir broadcasts rank 0's answer, so asking on rank 0 alone hangs DDP.
+        log_dir = trainer.log_dir
+        if not trainer.is_global_zero or log_dir is None:
+            return
+        log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.vocab.save(log_dir)
         self.normalizer.save(log_dir)
