@@ -217,3 +217,24 @@ def test_clipping_uses_the_measured_norm() -> None:
                                        gradient_clip_algorithm="norm")
     clipped = torch.nn.utils.get_total_norm([p.grad for p in parameters])
     assert clipped == pytest.approx(1.0, rel=1e-4)
+
+
+def test_parameter_groups_and_switches_reach_the_model() -> None:
+    vocab = Vocabulary.build(["ab"])
+    module = _small_module(vocab, lr=1e-3, head_lr=5e-3, weight_decay=0.1, total_steps=10,
+                           freeze_feature_encoder=True, gradient_checkpointing=True)
+    module.trainer = L.Trainer(accelerator="cpu", logger=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    groups = {(g["name"], g["lr"], g["weight_decay"]): {names[id(p)] for p in g["params"]}
+              for g in optimizer.param_groups}
+    assert groups[("head", 5e-3, 0.1)] == {"lm_head.weight"}
+    assert groups[("head", 5e-3, 0.0)] == {"lm_head.bias"}
+    body_decayed = groups[("body", 1e-3, 0.1)]
+    assert "wav2vec2.encoder.layers.0.attention.q_proj.weight" in body_decayed
+    assert not any(n.endswith((".bias", "original0")) or "norm" in n for n in body_decayed)
+    assert "wav2vec2.encoder.layers.0.layer_norm.weight" in groups[("body", 1e-3, 0.0)]
+    grouped = set().union(*groups.values())
+    assert not any("feature_extractor" in n for n in grouped)  # frozen: not in the optimiser at all
+    assert grouped == {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert module.model.wav2vec2.encoder.gradient_checkpointing
