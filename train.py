@@ -9,7 +9,20 @@
 See ``ptasr/train/cli.py`` for the CLI and ``configs/`` for the recipes.
 """
 
+import os
+import sys
+
+from ptasr.model.convert import CheckpointError
 from ptasr.train.cli import cli_main
 
+# What a user can fix: a wrong path, a mismatched checkpoint, a bad value. These end with one line naming
+# the problem; PTASR_TRACEBACK=1 shows the traceback instead.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError, OSError)
+
 if __name__ == "__main__":
-    cli_main()
+    try:
+        cli_main()
+    except USER_ERRORS as error:
+        if os.environ.get("PTASR_TRACEBACK"):
+            raise
+        sys.exit(f"train.py: error: {error} (PTASR_TRACEBACK=1 shows where)")
