@@ -533,7 +533,8 @@ def test_lightning_resumes_mid_epoch_exactly(tmp_path):
         model = Recorder()
         checkpoints = pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1,
                                                    filename="{step}")
-        trainer = pl.Trainer(max_epochs=max_epochs, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        logger = pl.loggers.CSVLogger(tmp_path, name="run", version=0)
+        trainer = pl.Trainer(max_epochs=max_epochs, limit_val_batches=0, logger=logger, enable_progress_bar=False,
                              enable_model_summary=False, callbacks=[checkpoints], default_root_dir=tmp_path)
         trainer.fit(model, dm, ckpt_path=ckpt_path)
         return model
@@ -542,9 +543,10 @@ def test_lightning_resumes_mid_epoch_exactly(tmp_path):
     assert len(full) == 14 and full[:7] != full[7:]  # two epochs, reshuffled
     resumed = fit(max_epochs=2, ckpt_path=str(tmp_path / "ckpt" / "step=9.ckpt")).seen  # epoch 1 after 2 batches
     assert resumed == full[9:]
-    # setup saved the text side where the run logs (the trainer's log_dir; default_root_dir without a logger)
-    assert Vocabulary.load(tmp_path) == CommonVoiceDataModule(str(corpus.root)).vocab
-    assert TextNormalizer.load(tmp_path).to_dict() == TextNormalizer().to_dict()
+    # setup saved the text side where the run logs (the logger's log_dir; nowhere without a logger)
+    run_dir = tmp_path / "run" / "version_0"
+    assert Vocabulary.load(run_dir) == CommonVoiceDataModule(str(corpus.root)).vocab
+    assert TextNormalizer.load(run_dir).to_dict() == TextNormalizer().to_dict()
 
 
 def test_lightning_finds_our_sampler_and_sets_its_epoch(tmp_path):
