@@ -1,6 +1,6 @@
 """CTC decoding of model logits into token ids.
 
-Only greedy (best-path) decoding lives here for now; an n-gram LM beam search will join it.
+Greedy (best-path) decoding; beam search with an n-gram LM is in :mod:`ptasr.lm`.
 """
 
 from __future__ import annotations
