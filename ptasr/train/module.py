@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 
 from ptasr.data.text import TextNormalizer, Vocabulary
@@ -105,6 +107,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
         self._compiled = False
         self._grad_norm: torch.Tensor | None = None
+        self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for the first resumed update
 
     # --- set-up --------------------------------------------------------------------------------------------
 
@@ -314,6 +317,9 @@ class Wav2Vec2CTCModule(L.LightningModule):
             "model_config": dataclasses.asdict(self.model.config),
             "vocab": self.vocab.to_dict() if self.vocab is not None else None,
             "normalizer": self.normalizer.to_dict() if self.normalizer is not None else None,
+            # Lightning saves no RNG state, and resuming re-seeds from `seed_everything`: without these the
+            # dropout masks after a resume would differ from those of an uninterrupted run.
+            "rng": _rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -323,6 +329,47 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if self.vocab is None and saved.get("vocab") is not None:
             self.vocab = Vocabulary.from_dict(saved["vocab"])
             self.normalizer = TextNormalizer.from_dict(saved["normalizer"])
+        # Only a Trainer resuming a fit continues the random streams; inference loading leaves them alone.
+        if self._trainer is not None and self.trainer.state.fn == "fit" and saved.get("rng") is not None:
+            self._rng_to_restore = saved["rng"]
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # The saved random states are restored just before the first update after a resume, not on loading:
+        # between the two, Lightning starts a new iterator over the train loader, and torch's DataLoader
+        # draws its worker base seed from the global RNG -- a draw the uninterrupted run made at the start
+        # of the epoch, before a mid-epoch checkpoint was taken. (From a checkpoint at the very end of an
+        # epoch the uninterrupted run draws again before its next update and the resumed one does not,
+        # until the train loader gets a generator of its own; tests/test_resume.py marks that case.)
+        if self._rng_to_restore is not None:
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+
+def _rng_states() -> dict[str, Any]:
+    """The global random states (torch CPU and CUDA, ``random``, numpy) as tensors, ints and lists only,
+    so that the checkpoint still loads with ``torch.load(weights_only=True)``."""
+    numpy_state = np.random.get_state(legacy=False)
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(),
+                                           "pos": numpy_state["state"]["pos"]}},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    numpy_state = states["numpy"]
+    key = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state({**numpy_state, "state": {"key": key, "pos": numpy_state["state"]["pos"]}})
+    # One state per device: restored only onto the same number of GPUs (a resume on other hardware cannot
+    # reproduce the GPU streams anyway).
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _is_bias_or_norm(name: str, parameter: torch.nn.Parameter) -> bool:

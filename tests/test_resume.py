@@ -1,0 +1,234 @@
+"""Exact resume: a fit killed with SIGKILL mid-epoch and resumed from ``last.ckpt`` continues with the same
+losses as a run that was never interrupted; and a checkpoint write cut short leaves the previous one usable.
+
+The training runs are subprocesses of ``train.py`` (a SIGKILL must not take pytest with it). Two tiny
+callbacks, written into the test's folder and loaded by ``class_path``, record every update's loss with full
+precision and kill the process at a given update.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ptasr.train.checkpoint_io import AtomicCheckpointIO
+from ptasr.train.cli import CONFIG_DIR, cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+# The dev split: 50 clips in batches of 8 are 7 updates per epoch. A checkpoint after every update (all kept);
+# the kill comes before update 10, 2 updates into the second epoch, whose order the restored sampler decides.
+EPOCH = 7
+MAX_STEPS = 11
+KILL_AT = 9
+
+CALLBACKS = '''
+import os
+import signal
+
+from lightning.pytorch import Callback
+
+
+class LossLog(Callback):
+    """Appends "<update> <loss>" to a file after every update, the loss as Python's exact repr."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with open(self.path, "a") as log:
+            log.write(f"{trainer.global_step} {float(outputs['loss'])!r}\\n")
+
+
+class KillAt(Callback):
+    """SIGKILLs its own process once `step` updates are done (a pre-emption: no clean-up, no saving)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def _config(tmp_path: Path, name: str, loss_log: Path, kill_at: int | None = None) -> Path:
+    """The demo config shrunk to seconds on CPU, with dropout and LayerDrop on (so the RNG state matters)."""
+    config = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
+    trainer = config["trainer"]
+    trainer.update(max_steps=MAX_STEPS, max_time=None, precision="32-true", limit_val_batches=0,
+                   val_check_interval=None, check_val_every_n_epoch=1, log_every_n_steps=1,
+                   enable_model_summary=False, enable_progress_bar=False)
+    trainer["logger"]["init_args"]["save_dir"] = str(tmp_path / name)
+    trainer["callbacks"] = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": 1, "save_last": True, "save_top_k": -1}},
+        {"class_path": "resume_callbacks.LossLog", "init_args": {"path": str(loss_log)}},
+    ]
+    if kill_at is not None:
+        trainer["callbacks"].append({"class_path": "resume_callbacks.KillAt", "init_args": {"step": kill_at}})
+    model = config["model"]
+    model["config_overrides"].update(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[16] * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, feat_proj_dropout=0.1,
+        final_dropout=0.1, layerdrop=0.1,
+    )
+    model.update(schedule="linear", warmup_steps=2)
+    config["data"].update(train_splits=["dev"], num_workers=0)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _start_fit(tmp_path: Path, config: Path, *extra: str) -> subprocess.Popen:
+    # One thread each: two fits run side by side on small machines.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), "fit", "-c", str(config), *extra],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(fit: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = fit.communicate(timeout=300)
+    return fit.returncode, stderr[-3000:]
+
+
+def _fit(tmp_path: Path, config: Path, *extra: str) -> tuple[int, str]:
+    return _finish(_start_fit(tmp_path, config, *extra))
+
+
+def _losses(path: Path) -> dict[int, float]:
+    return {int(step): float(loss) for step, loss in (line.split() for line in path.read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, float]]:
+    """The losses of an uninterrupted fit, and the folder of the same fit SIGKILLed after update `KILL_AT`."""
+    tmp_path = tmp_path_factory.mktemp("resume")
+    (tmp_path / "resume_callbacks.py").write_text(CALLBACKS)
+    # Side by side: the two runs share nothing but the corpus.
+    reference = _start_fit(tmp_path, _config(tmp_path, "reference", tmp_path / "reference.log"))
+    killed = _start_fit(tmp_path, _config(tmp_path, "run", tmp_path / "killed.log", kill_at=KILL_AT))
+    returncode, stderr = _finish(reference)
+    assert returncode == 0, stderr
+    returncode, stderr = _finish(killed)
+    assert returncode == -signal.SIGKILL, stderr
+    expected = _losses(tmp_path / "reference.log")
+    assert sorted(expected) == list(range(1, MAX_STEPS + 1))
+    # Up to the kill both are the same run: the comparisons after the resume are not vacuous.
+    assert _losses(tmp_path / "killed.log") == {step: expected[step] for step in range(1, KILL_AT + 1)}
+    return tmp_path, expected
+
+
+def _assert_same_losses(got: dict[int, float], expected: dict[int, float], first: int) -> None:
+    assert sorted(got) == list(range(first, MAX_STEPS + 1))
+    for step, loss in got.items():
+        assert loss == pytest.approx(expected[step], abs=1e-6, rel=0), (step, got, expected)
+
+
+def test_a_killed_fit_resumes_with_the_losses_of_an_uninterrupted_one(runs: tuple[Path, dict[int, float]]) -> None:
+    tmp_path, expected = runs
+    last = tmp_path / "run" / "demo" / "version_0" / "checkpoints" / "last.ckpt"
+    # The RNG states are plain tensors, ints and lists: the checkpoint loads without arbitrary unpickling.
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == KILL_AT and {"torch", "python", "numpy"} <= set(saved["ptasr"]["rng"])
+    returncode, stderr = _fit(tmp_path, _config(tmp_path, "run", tmp_path / "resumed.log"), "--ckpt_path", "last")
+    assert returncode == 0, stderr
+    _assert_same_losses(_losses(tmp_path / "resumed.log"), expected, first=KILL_AT + 1)
+
+
+@pytest.mark.xfail(strict=True, reason="torch's DataLoader draws its base seed from the global RNG when an "
+                   "epoch's iterator starts: the uninterrupted run draws after the end-of-epoch checkpoint, the "
+                   "resumed run before restoring it. Exact once the train loader has a generator of its own.")
+def test_a_fit_resumed_from_the_end_of_an_epoch_continues_exactly(runs: tuple[Path, dict[int, float]]) -> None:
+    tmp_path, expected = runs
+    [end_of_epoch] = (tmp_path / "run" / "demo" / "version_0" / "checkpoints").glob(f"*step={EPOCH}.ckpt")
+    returncode, stderr = _fit(tmp_path, _config(tmp_path, "from_epoch_end", tmp_path / "from_epoch_end.log"),
+                              "--ckpt_path", str(end_of_epoch))
+    assert returncode == 0, stderr
+    _assert_same_losses(_losses(tmp_path / "from_epoch_end.log"), expected, first=EPOCH + 1)
+
+
+# --- atomic checkpoint writes ------------------------------------------------------------------------------
+
+def _checkpoint(step: int) -> dict[str, object]:
+    return {"global_step": step, "weights": torch.full((100_000,), float(step))}
+
+
+def _save_half_then(failure):
+    """A `torch.save` that writes half of the checkpoint's bytes into the file, then calls `failure`."""
+    real_save = torch.save
+
+    def save(obj, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        file.write(data[: len(data) // 2])
+        file.flush()
+        failure()
+
+    return save
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint_io, last = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint_io.save_checkpoint(_checkpoint(1), last)
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", _save_half_then(disk_full))
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint_io.save_checkpoint(_checkpoint(2), last)
+    monkeypatch.undo()
+    assert checkpoint_io.load_checkpoint(last, weights_only=True)["global_step"] == 1
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # the partial file is cleaned up
+    checkpoint_io.save_checkpoint(_checkpoint(3), last)
+    assert checkpoint_io.load_checkpoint(last, weights_only=True)["global_step"] == 3
+
+
+KILLED_DURING_SAVE = '''
+import os, signal, sys
+import torch
+from ptasr.train.checkpoint_io import AtomicCheckpointIO
+from test_resume import _checkpoint, _save_half_then
+
+checkpoint_io, last = AtomicCheckpointIO(), sys.argv[1]
+checkpoint_io.save_checkpoint(_checkpoint(1), last)
+torch.save = _save_half_then(lambda: os.kill(os.getpid(), signal.SIGKILL))
+checkpoint_io.save_checkpoint(_checkpoint(2), last)
+'''
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path: Path) -> None:
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-c", KILLED_DURING_SAVE, str(last)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert AtomicCheckpointIO().load_checkpoint(last, weights_only=True)["global_step"] == 1
+    # The half-written file was beside the target (same filesystem, so the rename is atomic), hidden from
+    # ModelCheckpoint, which lists *.ckpt.
+    [partial] = [p for p in last.parent.iterdir() if p != last]
+    assert partial.name.startswith(".last.ckpt.") and partial.suffix == ".partial"
+
+
+def test_the_configs_write_checkpoints_atomically(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    for config in sorted(CONFIG_DIR.glob("*.yaml")):
+        with pytest.raises(SystemExit):
+            cli_main(["fit", "-c", str(config), "--print_config"])
+        plugins = yaml.safe_load(capsys.readouterr().out)["trainer"]["plugins"]
+        assert "ptasr.train.checkpoint_io.AtomicCheckpointIO" in [p["class_path"] for p in plugins], config.name
+    demo = cli_main(["-c", str(CONFIG_DIR / "demo.yaml")], run=False)
+    assert isinstance(demo.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
