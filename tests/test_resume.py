@@ -145,9 +145,6 @@ def test_a_killed_fit_resumes_with_the_losses_of_an_uninterrupted_one(runs: tupl
     _assert_same_losses(_losses(tmp_path / "resumed.log"), expected, first=KILL_AT + 1)
 
 
-@pytest.mark.xfail(strict=True, reason="torch's DataLoader draws its base seed from the global RNG when an "
-                   "epoch's iterator starts: the uninterrupted run draws after the end-of-epoch checkpoint, the "
-                   "resumed run before restoring it. Exact once the train loader has a generator of its own.")
 def test_a_fit_resumed_from_the_end_of_an_epoch_continues_exactly(runs: tuple[Path, dict[int, float]]) -> None:
     tmp_path, expected = runs
     [end_of_epoch] = (tmp_path / "run" / "demo" / "version_0" / "checkpoints").glob(f"*step={EPOCH}.ckpt")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.data import BUNDLED_CORPUS
@@ -241,6 +242,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         # persistent workers: forking a worker re-copies the manifest, so do it once, not every epoch
         loader = ClipLoader(ClipDataset(manifest, self.vocab), sampler, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, persistent_workers=True)
+        # Its own generator: otherwise each new iterator draws the workers' base seed from the global RNG,
+        # which shifts every later random draw (dropout) and breaks exact resume at an epoch boundary.
+        loader.generator = torch.Generator().manual_seed(self.seed)
         self._loaders.append(loader)
         return loader
 
