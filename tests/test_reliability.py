@@ -20,16 +20,11 @@ import soundfile as sf
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.train.cli import cli_main
+from test_train_fit import SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [
-    "--model.config_overrides.hidden_size=32",
-    "--model.config_overrides.num_hidden_layers=1",
-    "--model.config_overrides.num_attention_heads=2",
-    "--model.config_overrides.intermediate_size=64",
-    "--model.config_overrides.conv_dim=[16,16,16,16,16,16,16]",
-    "--model.config_overrides.num_conv_pos_embeddings=16",
-    "--model.config_overrides.num_conv_pos_embedding_groups=4",
+    *SMALL_MODEL,
     "--data.num_workers=0",
     "--data.batch_size=4",
     "--data.eval_batch_size=4",
