@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio, normaliz
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.model.convert import CheckpointError, load_checked, safe_torch_load
+from ptasr.model.convert import MODEL_FILES, CheckpointError, download, is_hub_id, load_checked, safe_torch_load
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
 if TYPE_CHECKING:
@@ -49,10 +48,9 @@ log = logging.getLogger(__name__)
 # A path, a 1-D tensor already at 16 kHz, or (samples (S,) or (C, S), sample rate).
 AudioInput = str | Path | torch.Tensor | tuple[np.ndarray | torch.Tensor, int]
 
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # What a ptasr or HF wav2vec2 CTC folder needs; tokenizer/processor files are read by transformers only.
-_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin*", "vocab.json",
-              "added_tokens.json", "normalizer.json"]
+# the model files plus the text side an exported folder carries
+_HUB_FILES = [*MODEL_FILES, "vocab.json", "added_tokens.json", "normalizer.json"]
 
 
 # --- results -----------------------------------------------------------------------------------------------
@@ -274,17 +272,6 @@ def load_folder(folder: Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, 
     return model, vocab, normalizer, {"folder": str(folder)}
 
 
-def download(hub_id: str) -> Path:
-    """A hub model folder in the local cache; offline or unknown ids end in one clear OSError."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(hub_id, allow_patterns=_HUB_FILES))
-    except Exception as error:  # noqa: BLE001 -- every hub failure has the same way out, cause attached
-        raise OSError(f"could not fetch {hub_id!r} from the Hugging Face hub ({type(error).__name__}); offline? "
-                      f"Pass a local checkpoint or exported folder instead") from error
-
-
 def load_any(source: str | Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
     """Dispatch on what ``source`` is: checkpoint file, model folder, or hub id."""
     path = Path(source).expanduser()
@@ -294,8 +281,8 @@ def load_any(source: str | Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalize
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is a folder without config.json: not an exported model")
         return load_folder(path)
-    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
-        return load_folder(download(str(source)))
+    if is_hub_id(source):
+        return load_folder(download(str(source), _HUB_FILES))
     raise FileNotFoundError(f"no model at {source}: not a checkpoint file, a model folder or a hub id")
 
 

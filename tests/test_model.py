@@ -372,7 +372,7 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="could not fetch 'facebook/wav2vec2-xls-r-300m'.*Offline"):
+    with pytest.raises(OSError, match="could not fetch 'facebook/wav2vec2-xls-r-300m'.*offline"):
         Wav2Vec2CTC.from_pretrained("facebook/wav2vec2-xls-r-300m", vocab_size=40)
 
 

@@ -85,10 +85,6 @@ class Wav2Vec2Config:
         if self.feat_extract_norm not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
     def replace(self, **overrides: Any) -> Wav2Vec2Config:
         """A copy with some fields changed; unknown names raise a TypeError naming them."""
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
@@ -191,8 +187,4 @@ PRESETS: dict[str, Wav2Vec2Config] = {
 }
 
 
-def preset_names() -> list[str]:
-    return sorted(PRESETS)
-
-
-__all__ = ["PRESETS", "Wav2Vec2Config", "preset_names"]
+__all__ = ["PRESETS", "Wav2Vec2Config"]

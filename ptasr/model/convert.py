@@ -93,17 +93,29 @@ def resolve_source(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if not _HUB_ID.match(str(source)):
+    if not is_hub_id(source):
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}: not a file or folder, and not a hub id")
+    return download(str(source), MODEL_FILES)
+
+
+MODEL_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin*"]
+
+
+def is_hub_id(source: str | Path) -> bool:
+    """``org/name``, as the hub spells repositories (a local path that exists is never asked)."""
+    return bool(_HUB_ID.match(str(source)))
+
+
+def download(hub_id: str, patterns: list[str]) -> Path:
+    """The files of a hub repository matching ``patterns``, in the local cache; any failure is one OSError."""
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin*"]
-        return Path(snapshot_download(str(source), allow_patterns=patterns))
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
     except Exception as error:  # noqa: BLE001 -- every hub failure gets the same way out, with its cause attached
         raise OSError(
-            f"could not fetch {source!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
-            f"Offline? Download the model folder on a connected machine and pass its path instead."
+            f"could not fetch {hub_id!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
+            f"If you are offline, download the model folder on a connected machine and pass its path instead."
         ) from error
 
 
