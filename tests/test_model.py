@@ -95,9 +95,8 @@ def test_against_hf_components(layout: str, tmp_path: Path) -> None:
     ours = ours_from(hf, tmp_path)
     waveforms, lengths = batch([4000])
     with torch.no_grad():
-        features, _ = ours.wav2vec2.feature_extractor(waveforms, lengths)
-        torch.testing.assert_close(features, hf.wav2vec2.feature_extractor(waveforms), atol=ATOL, rtol=0)
-        frames = features.transpose(1, 2)
+        frames, _ = ours.wav2vec2.feature_extractor(waveforms, lengths)  # (B, T, C); transformers': (B, C, T)
+        torch.testing.assert_close(frames, hf.wav2vec2.feature_extractor(waveforms).transpose(1, 2), atol=ATOL, rtol=0)
         projected = ours.wav2vec2.feature_projection(frames)
         torch.testing.assert_close(projected, hf.wav2vec2.feature_projection(frames)[0], atol=ATOL, rtol=0)
         frame_lengths = torch.tensor([projected.shape[1]])

@@ -48,6 +48,21 @@ def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
 # --- feature encoder: waveform -> frames ---------------------------------------------------------------------
 
 
+def channels_last_conv(conv: nn.Conv1d, features: torch.Tensor) -> torch.Tensor:
+    """Apply a Conv1d to time-major features: (B, S, C_in) -> (B, S', C_out), no transposed copies.
+
+    (B, S, C) memory is exactly a channels-last (NHWC) image of height 1, so the conv runs as a 2-D
+    channels-last convolution, the layout oneDNN and cuDNN prefer, and its output is again (B, S', C) in
+    memory. The LayerNorms and activations between convs then work on the last axis without the two
+    transposed copies per layer that a (B, C, S) layout needs (about a third of the conv stack's CPU time).
+    """
+    image = features.transpose(1, 2).unsqueeze(2)  # (B, C_in, 1, S), channels-last strides
+    weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (C_out, C_in, 1, k)
+    padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
+    out = F.conv2d(image, weight, conv.bias, stride=(1, conv.stride[0]), padding=padding, groups=conv.groups)
+    return out.squeeze(2).transpose(1, 2).contiguous()  # a view, unless a backend chose another layout
+
+
 class ConvLayer(nn.Module):
     """Conv1d, optional norm over channels (layer) or over time per channel (group), activation."""
 
@@ -70,12 +85,12 @@ class ConvLayer(nn.Module):
         self.activation = _activation(config.feat_extract_activation)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, S') -> (B, C, S'')."""
-        features = self.conv(features)
+        """(B, S', C_in) -> (B, S'', C), time-major throughout."""
+        features = channels_last_conv(self.conv, features)
         if self.norm == "layer":
-            features = self.layer_norm(features.transpose(1, 2)).transpose(1, 2)
-        elif self.norm == "group":
             features = self.layer_norm(features)
+        elif self.norm == "group":  # per channel over time: wants (B, C, S), once, on the first layer only
+            features = self.layer_norm(features.transpose(1, 2)).transpose(1, 2)
         return self.activation(features)
 
 
@@ -94,8 +109,8 @@ class FeatureEncoder(nn.Module):
         self.kernels, self.strides = config.conv_kernel, config.conv_stride
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) float, (B,) samples -> features (B, C, T), (B,) frames."""
-        features = waveforms[:, None]  # (B, 1, S)
+        """(B, S) float, (B,) samples -> features (B, T, C), (B,) frames."""
+        features = waveforms[:, :, None]  # (B, S, 1)
         for layer in self.conv_layers:
             features = layer(features)
         return features, conv_output_lengths(lengths, self.kernels, self.strides)
@@ -135,9 +150,8 @@ class PositionalConvEmbedding(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D) positional term."""
-        positions = self.conv(hidden.transpose(1, 2))  # (B, D, T + trim)
-        positions = positions[..., : positions.shape[-1] - self.trim]
-        return self.activation(positions).transpose(1, 2)
+        positions = channels_last_conv(self.conv, hidden)  # (B, T + trim, D)
+        return self.activation(positions[:, : positions.shape[1] - self.trim])
 
 
 class SelfAttention(nn.Module):
@@ -272,7 +286,7 @@ class Wav2Vec2Model(nn.Module):
         """(B, S) float, (B,) int64 samples -> hidden (B, T, D), (B,) int64 frames."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.feature_extractor_frozen):
             features, frame_lengths = self.feature_extractor(waveforms, lengths)
-        hidden = self.feature_projection(features.transpose(1, 2))  # (B, T, D)
+        hidden = self.feature_projection(features)  # (B, T, D)
         hidden = self.mask(hidden, frame_lengths, generator)
         return self.encoder(hidden, frame_lengths, generator), frame_lengths
 
