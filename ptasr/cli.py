@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
 
 from ptasr.data.audio import AudioDecodeError
 
 log = logging.getLogger("ptasr")
 
 BREAKDOWN_COLUMNS = ("gender", "age", "accent")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Errors that describe a problem with the user's input, not a bug: reported in one line.
 _USER_ERRORS = (OSError, ValueError, AudioDecodeError, ImportError)
@@ -39,8 +37,9 @@ _USER_ERRORS = (OSError, ValueError, AudioDecodeError, ImportError)
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a train.py checkpoint (.ckpt), an exported model folder, or a hub id")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
-                        help="precision of the network (bfloat16: faster on GPUs and CPUs with bf16 units)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="precision of the network; auto (default): bfloat16 where the device computes it "
+                             "natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), else float32")
     parser.add_argument("--batch-size", type=int, default=8, help="audio chunks per forward pass (default: 8)")
     parser.add_argument("--chunk-length-s", type=float, default=20.0,
                         help="cut longer recordings into chunks of this many seconds; 0 disables (default: 20)")
@@ -130,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _recognizer(args: argparse.Namespace) -> Any:
     from ptasr.inference import Recognizer
 
-    return Recognizer.load(args.model, device=args.device, dtype=_DTYPES[args.dtype])
+    return Recognizer.load(args.model, device=args.device, dtype=args.dtype)
 
 
 def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
@@ -250,7 +249,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     scored, skipped, seconds = score_eval_set(recognizer, data, _options(args, recognizer))
     if not scored:
         raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read; first: {skipped[0]}")
-    results = summarise(args, scored, skipped, seconds, time.perf_counter() - started)
+    results = summarise(args, recognizer, scored, skipped, seconds, time.perf_counter() - started)
     for line in skipped[:5]:
         print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
     print(report(results))
@@ -273,7 +272,7 @@ def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any]) -> t
     return scored, skipped, seconds
 
 
-def summarise(args: argparse.Namespace, scored: list[Any], skipped: list[str], seconds: float,
+def summarise(args: argparse.Namespace, recognizer: Any, scored: list[Any], skipped: list[str], seconds: float,
               elapsed: float) -> dict[str, Any]:
     """Everything the results files hold: corpus rates, breakdowns, worst utterances, settings and speed."""
     from ptasr.inference import breakdown, error_rates, worst
@@ -281,6 +280,7 @@ def summarise(args: argparse.Namespace, scored: list[Any], skipped: list[str], s
     return {
         "model": args.model, "data": args.data, "split": args.split,
         "decoder": "beam+lm" if args.lm else ("beam" if args.beam else "greedy"),
+        "device": str(recognizer.device), "dtype": str(recognizer.dtype).removeprefix("torch."),
         **error_rates(scored),
         "skipped": len(skipped),
         "audio_hours": round(seconds / 3600, 4),
@@ -293,7 +293,8 @@ def summarise(args: argparse.Namespace, scored: list[Any], skipped: list[str], s
 
 def report(results: dict[str, Any]) -> str:
     """The human-readable summary: totals, the breakdown tables, the worst utterances."""
-    lines = [f"{results['model']} on {results['data']} ({results['split']}), {results['decoder']} decoding",
+    lines = [f"{results['model']} on {results['data']} ({results['split']}), {results['decoder']} decoding, "
+             f"{results['dtype']} on {results['device']}",
              f"WER: {results['wer']:.4f}", f"CER: {results['cer']:.4f}",
              f"utterances: {results['utterances']} ({results['skipped']} skipped), words: {results['words']}, "
              f"audio: {results['audio_hours'] * 60:.1f} min, real-time factor: {results['real_time_factor']:.3f}"]

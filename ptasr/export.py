@@ -298,7 +298,7 @@ def export(
         private: create that repo as private.
     """
     out_dir = Path(out_dir)
-    recognizer = Recognizer.load(source, device="cpu")
+    recognizer = Recognizer.load(source, device="cpu", dtype="float32")  # the weights as trained
     log_dir = Path(logs) if logs is not None else find_log_dir(Path(source))
     if log_dir is not None and not log_dir.is_dir():
         raise FileNotFoundError(f"no TensorBoard run folder at {log_dir}")

@@ -85,7 +85,7 @@ def test_folder_has_the_hf_files(exported: Path) -> None:
 
 def test_transformers_loads_the_same_model(run: Run, exported: Path) -> None:
     hf_model = transformers.Wav2Vec2ForCTC.from_pretrained(exported).eval()
-    ours = Recognizer.load(run.checkpoint).model
+    ours = Recognizer.load(run.checkpoint, dtype=torch.float32).model
     waveforms = torch.stack([load_audio(run.clips[0])[:16000], load_audio(run.clips[1])[:16000]])
     with torch.no_grad():
         expected = hf_model(waveforms).logits
@@ -111,7 +111,8 @@ def test_pipeline_gives_the_transcripts_of_ptasr_transcribe(run: Run, exported: 
     asr = transformers.pipeline("automatic-speech-recognition", model=str(exported), device="cpu")
     clip = run.clips[0]
     out = tmp_path / "out.txt"
-    assert main(["transcribe", str(run.checkpoint), str(clip), "--device", "cpu", "-o", str(out)]) == 0
+    assert main(["transcribe", str(run.checkpoint), str(clip), "--device", "cpu", "--dtype", "float32",
+                 "-o", str(out)]) == 0
     ptasr_text = out.read_text(encoding="utf-8").strip()
     # transformers reads audio through FFmpeg, which this machine lacks: give it the decoded 16 kHz samples.
     expected = asr({"raw": load_audio(clip).numpy(), "sampling_rate": 16000})["text"]
@@ -124,7 +125,7 @@ def test_chunked_long_audio_matches_the_pipeline(run: Run, exported: Path) -> No
     asr = transformers.pipeline("automatic-speech-recognition", model=str(exported), device="cpu")
     expected = asr({"raw": recording.numpy(), "sampling_rate": 16000}, chunk_length_s=3.0, stride_length_s=0.5)
     for source in (run.checkpoint, exported):
-        recognizer = Recognizer.load(source)
+        recognizer = Recognizer.load(source, dtype=torch.float32)
         ours = recognizer.transcribe([recording], chunking=Chunking(3.0, 0.5), batch_size=4)[0]
         assert ours.text == " ".join(expected["text"].split())
     whole = recognizer.transcribe([recording], chunking=Chunking(None))[0].text
@@ -184,7 +185,7 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pyte
 
 
 def test_waveform_input_equals_file_input(run: Run) -> None:
-    recognizer = Recognizer.load(run.checkpoint)
+    recognizer = Recognizer.load(run.checkpoint, dtype=torch.float32)
     samples, rate = sf.read(run.clips[2], dtype="float32", always_2d=True)  # (S, C) at 48 kHz
     from_file, from_array = recognizer.transcribe([run.clips[2], (samples.T, rate)])
     assert from_file.text == from_array.text
