@@ -9,18 +9,29 @@ resampling, normalisation, chunking, batching, forward passes and decoding. Work
 - ``long``: all of them joined into one recording, cut into 20 s chunks with the default stride (20 / 6 s);
 - ``utterances, batch 1``: the pipeline's default batch size, one utterance per forward pass on both sides.
 
-Runs alternate between the systems after a warm-up of each; the best of ``--repeats`` gives the real-time
-factor (processing seconds per audio second; lower is faster). The last row times ptasr reading the MP3 files
-itself (decoding included), which transformers cannot do without FFmpeg.
+Each system runs in float32 and in bfloat16 (``--dtypes``); all of them alternate, one repeat at a time, after
+a warm-up of each, and the best of ``--repeats`` gives the real-time factor (processing seconds per audio
+second; lower is faster). Two ratios come out of the same timings:
 
-    python benchmarks/transcribe_rtf.py --preset xls-r-300m --seconds 60 --repeats 3 [--dtype bfloat16]
+- same precision: ptasr / transformers, both float32 (and both bfloat16);
+- as shipped: ptasr with its default ``--dtype auto`` (bfloat16 where the device computes it natively, else
+  float32) / transformers' pipeline with its default (float32).
+
+The "differ" columns are the character error rate of one system's transcripts against the other's (0 when
+they agree). transformers' pipeline gives other transcripts when it batches than one at a time (its batch-1
+output agrees with ptasr's); ptasr's transcripts do not depend on the batch size. The last row times ptasr
+reading the files itself (decoding included), which transformers cannot do without FFmpeg.
+
+    python benchmarks/transcribe_rtf.py --preset xls-r-300m --seconds 60 --repeats 3 --out results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import random
-import statistics
 import tempfile
 import time
 import warnings
@@ -35,7 +46,7 @@ import torch
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.export import write_hf_folder
-from ptasr.inference import Chunking, Recognizer
+from ptasr.inference import Chunking, Recognizer, resolve_dtype
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
@@ -78,20 +89,20 @@ def timed(run: Runner) -> tuple[float, list[str]]:
     return time.perf_counter() - start, texts
 
 
-def compare(name: str, ours: Runner, theirs: Runner, audio_seconds: float, repeats: int) -> str:
-    """One table row: alternate the two systems ``repeats`` times; best and median times, transcript agreement."""
-    ours_s, theirs_s = [], []
+def differ(reference: list[str], texts: list[str]) -> float:
+    """CER of ``texts`` against ``reference``, whitespace runs collapsed (transformers keeps doubled spaces)."""
+    return jiwer.cer([" ".join(t.split()) for t in reference], [" ".join(t.split()) for t in texts])
+
+
+def measure(runners: dict[str, Runner], repeats: int) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Best wall time of each runner over ``repeats`` alternating rounds, and its transcripts."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    texts: dict[str, list[str]] = {}
     for _ in range(repeats):
-        seconds, ours_texts = timed(ours)
-        ours_s.append(seconds)
-        seconds, theirs_texts = timed(theirs)
-        theirs_s.append(seconds)
-    # Character error rate of ptasr's transcripts against transformers': 0 when they agree. Random weights leave
-    # a few near-ties between the two best tokens of a frame, which float rounding may break either way.
-    differ = jiwer.cer([" ".join(t.split()) for t in theirs_texts], ours_texts)
-    return (f"| {name} | {min(ours_s) / audio_seconds:.3f} | {min(theirs_s) / audio_seconds:.3f} | "
-            f"{min(ours_s) / min(theirs_s):.2f} | {statistics.median(ours_s) / statistics.median(theirs_s):.2f} | "
-            f"{differ:.2%} |")
+        for name, run in runners.items():
+            seconds, texts[name] = timed(run)
+            times[name].append(seconds)
+    return {name: min(t) for name, t in times.items()}, texts
 
 
 def main() -> None:
@@ -101,9 +112,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--chunk-length-s", type=float, default=20.0)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="both systems")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="precisions to time, for both systems")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu (the benchmark's subject) or cuda")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,39 +123,69 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    dtypes = args.dtypes.split(",")
+    auto = str(resolve_dtype("auto", device)).removeprefix("torch.")
+    if auto not in dtypes:
+        dtypes.append(auto)
     workdir = Path(tempfile.mkdtemp())
     folder = make_model_folder(args.preset, workdir / args.preset)
-    recognizer = Recognizer.load(folder, device=args.device, dtype=dtype)
-    asr = transformers.pipeline("automatic-speech-recognition", model=str(folder), device=args.device, dtype=dtype)
+    recognizers = {dtype: Recognizer.load(folder, device=device, dtype=dtype) for dtype in dtypes}
+    pipelines = {dtype: transformers.pipeline("automatic-speech-recognition", model=str(folder), device=device,
+                                              dtype=getattr(torch, dtype)) for dtype in dtypes}
     paths, utterances, rate = make_utterances(args.seconds, workdir)
     audio_seconds = sum(len(u) for u in utterances) / rate
     recording = np.concatenate(utterances)
     chunking = Chunking(args.chunk_length_s)
+    pairs = [(u, rate) for u in utterances]
 
-    def ptasr_run(inputs: list, batch_size: int = args.batch_size) -> Runner:
+    def ptasr_run(dtype: str, inputs: list, batch_size: int) -> Runner:
+        recognizer = recognizers[dtype]
         return lambda: [t.text for t in recognizer.transcribe(inputs, batch_size=batch_size, chunking=chunking)]
 
-    def hf_run(arrays: list[np.ndarray], batch_size: int = args.batch_size, **kw: float) -> Runner:
-        # fresh dicts every call: the pipeline pops their keys
+    def hf_run(dtype: str, arrays: list[np.ndarray], batch_size: int, **kw: float) -> Runner:
+        asr = pipelines[dtype]  # fresh dicts every call: the pipeline pops their keys
         return lambda: [out["text"] for out in asr([{"raw": a, "sampling_rate": rate} for a in arrays],
                                                    batch_size=batch_size, **kw)]
 
-    ptasr_run([(u, rate) for u in utterances[:2]])(), hf_run(utterances[:2])()  # warm-up
-    print(f"{args.device}: preset {args.preset} ({args.dtype}), {audio_seconds:.1f} s of audio in {len(utterances)} "
-          f"utterances, "
-          f"batch {args.batch_size}, chunks {args.chunk_length_s} s, torch threads {torch.get_num_threads()}, "
-          f"best of {args.repeats}")
-    print("| workload | ptasr RTF | transformers RTF | ptasr / transformers (best) | (median) "
-          "| transcripts differ (CER) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    pairs = [(u, rate) for u in utterances]
-    print(compare("utterances", ptasr_run(pairs), hf_run(utterances), audio_seconds, args.repeats))
-    print(compare("long", ptasr_run([(recording, rate)]),
-                  hf_run([recording], chunk_length_s=args.chunk_length_s), audio_seconds, args.repeats))
-    print(compare("utterances, batch 1", ptasr_run(pairs, 1), hf_run(utterances, 1), audio_seconds, args.repeats))
-    from_files = min(timed(ptasr_run(paths))[0] for _ in range(args.repeats))
-    print(f"| utterances, ptasr from FLAC files | {from_files / audio_seconds:.3f} | | | | |")
+    workloads = {
+        "utterances": (lambda d: ptasr_run(d, pairs, args.batch_size), lambda d: hf_run(d, utterances, args.batch_size)),
+        "long": (lambda d: ptasr_run(d, [(recording, rate)], args.batch_size),
+                 lambda d: hf_run(d, [recording], args.batch_size, chunk_length_s=args.chunk_length_s)),
+        "utterances, batch 1": (lambda d: ptasr_run(d, pairs, 1), lambda d: hf_run(d, utterances, 1)),
+    }
+    for dtype in dtypes:  # warm-up: first calls select kernels and allocate
+        ptasr_run(dtype, pairs[:2], 2)(), hf_run(dtype, utterances[:2], 2)()
+
+    info = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                transformers=transformers.__version__, preset=args.preset, audio_seconds=round(audio_seconds, 1),
+                utterances=len(utterances), batch_size=args.batch_size, chunk_length_s=args.chunk_length_s,
+                repeats=args.repeats, ptasr_auto_dtype=auto)
+    print(json.dumps(info))
+    header = " | ".join(f"ptasr {d} | transformers {d}" for d in dtypes)
+    print(f"real-time factor (best of {args.repeats}; lower is faster) and ratios ptasr / transformers\n")
+    print(f"| workload | {header} | same precision | as shipped (ptasr auto = {auto} / transformers float32) |"
+          f" differ: ptasr float32 vs transformers float32 | differ: ptasr {auto} vs transformers float32 |")
+    print("|---" * (5 + 2 * len(dtypes)) + "|")
+    results = []
+    for name, (ours, theirs) in workloads.items():
+        runners = {f"ptasr {d}": ours(d) for d in dtypes} | {f"transformers {d}": theirs(d) for d in dtypes}
+        best, texts = measure(runners, args.repeats)
+        rtf = {key: seconds / audio_seconds for key, seconds in best.items()}
+        same = " / ".join(f"{rtf[f'ptasr {d}'] / rtf[f'transformers {d}']:.2f}" for d in dtypes)
+        shipped = rtf[f"ptasr {auto}"] / rtf["transformers float32"]
+        row = dict(workload=name, rtf={k: round(v, 4) for k, v in rtf.items()}, shipped_ratio=round(shipped, 3),
+                   differ_fp32=round(differ(texts["transformers float32"], texts["ptasr float32"]), 4),
+                   differ_shipped=round(differ(texts["transformers float32"], texts[f"ptasr {auto}"]), 4))
+        results.append(row)
+        cells = " | ".join(f"{rtf[f'ptasr {d}']:.3f} | {rtf[f'transformers {d}']:.3f}" for d in dtypes)
+        print(f"| {name} | {cells} | {same} | **{shipped:.2f}** | {row['differ_fp32']:.2%} | "
+              f"{row['differ_shipped']:.2%} |", flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(dict(info=info, results=results), indent=1) + "\n")
+    from_files = min(timed(ptasr_run(auto, paths, args.batch_size))[0] for _ in range(args.repeats))
+    print(f"\nptasr {auto} reading the FLAC files itself (decoding included): RTF {from_files / audio_seconds:.3f}")
 
 
 if __name__ == "__main__":
