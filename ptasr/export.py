@@ -90,7 +90,7 @@ def write_hf_folder(recognizer: Recognizer, directory: Path) -> None:
 class ResultRow:
     """One evaluation during training, as a row of the model card's results table."""
 
-    step: int
+    step: int  # optimiser updates done, as the reference card counts (TensorBoard's step + 1)
     epoch: float | None
     training_loss: float | None
     validation_loss: float | None
@@ -116,9 +116,11 @@ def training_results(scalars: dict[str, dict[int, float]]) -> list[ResultRow]:
     """One row per evaluation step (``val/loss`` or ``val/wer`` logged).
 
     Training Loss is the last ``train/loss`` logged at or before that step, Epoch the logged epoch there.
+    Lightning logs at the index of the update just done, counting from 0: the evaluation after 250 updates is
+    at TensorBoard step 249, and its row says 250, like the reference card's Step column.
 
     >>> training_results({"train/loss": {0: 9.0, 5: 3.0}, "val/wer": {4: 0.5}, "epoch": {4: 1.0}})
-    [ResultRow(step=4, epoch=1.0, training_loss=9.0, validation_loss=None, wer=0.5, cer=None)]
+    [ResultRow(step=5, epoch=1.0, training_loss=9.0, validation_loss=None, wer=0.5, cer=None)]
     """
     train = sorted(scalars.get("train/loss", {}).items())
     steps = sorted(set(scalars.get("val/loss", {})) | set(scalars.get("val/wer", {})))
@@ -126,7 +128,7 @@ def training_results(scalars: dict[str, dict[int, float]]) -> list[ResultRow]:
     for step in steps:
         before = [value for s, value in train if s <= step]
         rows.append(ResultRow(
-            step=step,
+            step=step + 1,
             epoch=scalars.get("epoch", {}).get(step),
             training_loss=before[-1] if before else None,
             validation_loss=scalars.get("val/loss", {}).get(step),

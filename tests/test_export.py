@@ -138,7 +138,7 @@ def test_model_card_reports_the_run(run: Run, exported: Path) -> None:
     assert card.startswith("---\nlanguage:\n- pt\n")
     assert "| Training Loss | Epoch | Step | Validation Loss | Wer |" in card
     rows = training_results(read_scalars(run.log_dir))
-    assert len(rows) == 2  # max_steps=4, val_check_interval=2
+    assert [row.step for row in rows] == [2, 4]  # max_steps=4, val_check_interval=2: after updates 2 and 4
     assert rows[-1].wer == pytest.approx(run.final_wer)
     assert results_table(rows) in card
     assert "- learning_rate: 0.001" in card and "- train_batch_size: 4" in card
@@ -157,8 +157,8 @@ def test_results_table_from_known_events(tmp_path: Path) -> None:
     writer.close()
     rows = training_results(read_scalars(tmp_path))
     assert [(r.step, r.training_loss, r.validation_loss, r.epoch) for r in rows] == [
-        (5, 9.0, 7.5, 0.0), (20, 4.0, 3.5, 2.0), (30, 4.0, 3.0, 3.0)]
-    assert results_table(rows).splitlines()[2] == "| 9.0000 | 0 | 5 | 7.5000 | 0.9000 | No log |"
+        (6, 9.0, 7.5, 0.0), (21, 4.0, 3.5, 2.0), (31, 4.0, 3.0, 3.0)]  # updates done: TensorBoard step + 1
+    assert results_table(rows).splitlines()[2] == "| 9.0000 | 0 | 6 | 7.5000 | 0.9000 | No log |"
 
 
 def test_group_norm_models_get_no_attention_mask() -> None:
