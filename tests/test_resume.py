@@ -13,13 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from ptasr.train.checkpoint_io import AtomicCheckpointIO
+from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
 from ptasr.train.cli import CONFIG_DIR, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,7 +197,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(tmp_path: Pa
 KILLED_DURING_SAVE = '''
 import os, signal, sys
 import torch
-from ptasr.train.checkpoint_io import AtomicCheckpointIO
+from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
 from test_resume import _checkpoint, _save_half_then
 
 checkpoint_io, last = AtomicCheckpointIO(), sys.argv[1]
@@ -217,6 +218,40 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     # ModelCheckpoint, which lists *.ckpt.
     [partial] = [p for p in last.parent.iterdir() if p != last]
     assert partial.name.startswith(".last.ckpt.") and partial.suffix == ".partial"
+    # The resumed run's first save removes it, once it has been untouched for STALE_AFTER_SECONDS.
+    _backdate(partial, 2 * STALE_AFTER_SECONDS)
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(3), last)
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+    assert AtomicCheckpointIO().load_checkpoint(last, weights_only=True)["global_step"] == 3
+
+
+def _backdate(path: Path, seconds: float) -> None:
+    modified = time.time() - seconds
+    os.utime(path, (modified, modified))
+
+
+def test_a_save_removes_leftovers_of_killed_writes_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as clock:  # a process that started 20 minutes ago
+        clock.setattr(time, "time", lambda now=time.time(): now - 1200)
+        checkpoint_io = AtomicCheckpointIO()
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    files = {  # name -> seconds since it was last written
+        ".last.ckpt.0123456789ab.partial": 3600,  # a write killed before this process started
+        ".best-step4-wer0.500.ckpt.0123456789ab.partial": 3600,  # one of a name that is never saved again
+        ".last.ckpt.ba9876543210.partial": 0,  # another process saving right now
+        ".last.ckpt.abcdefabcdef.partial": STALE_AFTER_SECONDS / 2,  # ... or stalled for a moment
+        ".last.ckpt.fedcbafedcba.partial": 600,  # ... or stalled for long, but since this process started
+        ".notes.partial": 3600,  # not a name this class makes
+        "best-step2-wer0.700.ckpt": 3600,
+    }
+    for name, age in files.items():
+        (folder / name).write_bytes(b"x")
+        _backdate(folder / name, age)
+    checkpoint_io.save_checkpoint(_checkpoint(5), folder / "last.ckpt")
+    kept = {".last.ckpt.ba9876543210.partial", ".last.ckpt.abcdefabcdef.partial", ".last.ckpt.fedcbafedcba.partial",
+            ".notes.partial", "best-step2-wer0.700.ckpt", "last.ckpt"}
+    assert {p.name for p in folder.iterdir()} == kept
 
 
 def test_the_configs_write_checkpoints_atomically(monkeypatch: pytest.MonkeyPatch,

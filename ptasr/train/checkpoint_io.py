@@ -7,11 +7,17 @@ disk, the usual case on shared machines) that move is a copy into the open targe
 leaves a truncated ``last.ckpt`` and the previous one is gone. Here the temporary file is in the
 checkpoint's own folder, so ``os.replace`` is an atomic rename, and it is fsynced first so that the rename
 never publishes data still in flight. Configured in ``configs/*.yaml`` as a trainer plugin.
+
+A kill during a write (SIGKILL, pre-emption, power loss) leaves its hidden temporary file behind; the next
+successful save into the same folder, typically by the resumed run, removes such leftovers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import time
 import uuid
 from typing import Any
 
@@ -21,6 +27,14 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+log = logging.getLogger(__name__)
+
+# ".<checkpoint name>.<12 hex digits>.partial": the temporary files save_checkpoint makes, and nothing else.
+_PARTIAL_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.partial")
+# A temporary file is left over, not being written, when untouched since before this process began saving
+# and for at least this long (the margin absorbs a network filesystem's clock running ahead of ours).
+STALE_AFTER_SECONDS = 60.0
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes are atomic: the target holds the old or the new checkpoint.
@@ -28,6 +42,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Remote paths (``s3://`` ...) keep Lightning's own transaction, where the object store's upload is the
     atomic step.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started = time.time()  # temporary files last written before this are not this process's
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
@@ -49,6 +67,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.remove(partial)
             raise
         _fsync_folder(folder)  # make the rename itself durable
+        self._remove_leftovers(folder)
+
+    def _remove_leftovers(self, folder: str) -> None:
+        """Delete temporary files of writes that were killed before they finished.
+
+        Only the rank that saves gets here (Lightning saves on global rank 0). Another process may be saving
+        into the same folder right now; its temporary file is safe: a write in progress keeps changing its
+        file, so the file's modification time is recent, while a killed write's file stopped changing before
+        this process started. Leftovers of any checkpoint name go, not only this one's: a killed write of
+        ``best-step250-wer0.500.ckpt`` will never be retried under that name.
+        """
+        oldest_live = min(self._started, time.time() - STALE_AFTER_SECONDS)
+        for entry in os.scandir(folder):
+            if not _PARTIAL_NAME.fullmatch(entry.name):
+                continue
+            try:
+                if entry.stat().st_mtime < oldest_live:
+                    os.remove(entry.path)
+            except FileNotFoundError:
+                continue  # another process cleaned it up first
+            except OSError as error:  # e.g. another user's file in a shared folder: not worth failing a save
+                log.warning("could not remove the leftover checkpoint file %s: %s", entry.path, error)
 
 
 def _is_local(path: _PATH) -> bool:
