@@ -562,6 +562,29 @@ def test_lightning_finds_our_sampler_and_sets_its_epoch(tmp_path):
     assert loader.sampler.epoch == 4 and len(loader) == len(loader.sampler)
 
 
+def test_lightning_recreates_our_loader_for_predict(tmp_path):
+    """For predict, Lightning re-creates the loader from the arguments of its call in ``predict_dataloader``
+    plus ``sampler=``, ``shuffle=False`` and ``batch_sampler=None``: every clip still comes out once."""
+    import lightning.pytorch as pl
+
+    dataset = _dataset(make_corpus(tmp_path, clips_per_split={"train": 7}).root)
+
+    class Clips(pl.LightningDataModule):
+        def predict_dataloader(self):
+            return ClipLoader(dataset, sampler=BucketBatchSampler(dataset.manifest.durations, batch_size=2,
+                                                                  shuffle=False), num_workers=1)
+
+    class Ids(pl.LightningModule):
+        def predict_step(self, batch, batch_idx):
+            return batch["ids"]
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    batches = trainer.predict(Ids(), datamodule=Clips())
+    assert len(batches) == 4 and sorted(i for b in batches for i in b) == sorted(dataset.manifest.ids)
+    with pytest.raises(ValueError, match="BucketBatchSampler decides"):
+        ClipLoader(dataset, sampler=BucketBatchSampler(dataset.manifest.durations), shuffle=True)
+
+
 def test_data_modules_other_than_datamodule_import_without_lightning_or_model():
     import subprocess
     import sys

@@ -124,19 +124,31 @@ class ClipLoader(DataLoader):
     position is counted here, as batches handed to the training loop, because the sampler itself runs
     ahead by the batches that workers prefetch. Also counts clips skipped as unreadable (``num_skipped``).
 
+    Lightning re-creates a loader from its ``__init__`` arguments for ``predict`` (to track batch indices),
+    adding ``sampler=``, ``shuffle=False`` and ``batch_sampler=None``; hence those two arguments, which take
+    no other value here (the sampler decides order and batching). Pass ``sampler`` by keyword: Lightning
+    repeats the original call's arguments, and a positional sampler would then be given twice.
+
     Args:
         dataset: the clips.
         sampler: yields the batches (already sharded for this rank).
         num_workers, pin_memory, persistent_workers, prefetch_factor: as for ``DataLoader``.
+        generator: seeds the workers' base seed (as for ``DataLoader``).
+        shuffle: ``None`` or ``False`` only; set ``shuffle`` on the sampler.
+        batch_sampler: ``None`` only; the sampler yields the batches.
     """
 
     def __init__(self, dataset: ClipDataset, sampler: BucketBatchSampler, num_workers: int = 0,
-                 pin_memory: bool = False, persistent_workers: bool = False,
-                 prefetch_factor: int | None = None) -> None:
+                 pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = None,
+                 generator: torch.Generator | None = None, shuffle: bool | None = None,
+                 batch_sampler: None = None) -> None:
+        if shuffle or batch_sampler is not None:
+            raise ValueError(f"ClipLoader takes shuffle=None/False and batch_sampler=None (got {shuffle!r}, "
+                             f"{batch_sampler!r}): its BucketBatchSampler decides order and batches")
         super().__init__(dataset, sampler=sampler, batch_size=None, collate_fn=collate_clips,
                          num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers and num_workers > 0,
-                         prefetch_factor=prefetch_factor if num_workers > 0 else None)
+                         prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=generator)
         self.batches_done = 0
         self.num_skipped = 0
 

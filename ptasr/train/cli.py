@@ -5,15 +5,19 @@ instantiated. Without ``-c/--config``, the demo config (``configs/demo.yaml``) i
 ``python train.py fit`` trains the bundled corpus. ``--ckpt_path last`` resumes the newest run of the
 configured logger in its own folder instead of starting a new ``version_N``; likewise a checkpoint path inside
 a run folder (``runs/demo/version_0/checkpoints/x.ckpt``) logs the evaluation or the resumed training there.
+``predict`` transcribes the data's test split into ``predictions.jsonl`` in that run folder.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any, TextIO
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.train.module import Wav2Vec2CTCModule
@@ -37,17 +41,63 @@ class PtasrCLI(LightningCLI):
         if config.get("ckpt_path"):
             _log_into_checkpoint_run(config.trainer, config.ckpt_path)
 
+    def before_predict(self) -> None:
+        self.trainer.callbacks.append(TranscriptWriter())
+
 
 class RunConfigSaver(SaveConfigCallback):
     """Saves the resolved config into the run folder: ``config.yaml`` for fit, ``config_<stage>.yaml`` otherwise.
 
     A validate/test/predict run logged into a training run's folder must not overwrite its training config.
+    Without a logger there is no run folder (Lightning would fall back to the working directory): nothing is
+    written, as the data module writes no vocab.json there either.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
         self.config_filename = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        self.save_to_log_dir = trainer.logger is not None
         super().setup(trainer, pl_module, stage)
+
+
+class TranscriptWriter(Callback):
+    """``predict``'s transcripts as JSON lines ``{"id", "text", "reference"}``, one per clip, in batch order.
+
+    Written to ``predictions.jsonl`` in the run folder (``predictions_rank<N>.jsonl`` per rank under DDP);
+    ``reference`` is the clip's normalised transcript from the TSV. Without a logger there is no run folder
+    and nothing is written (``Trainer.predict`` still returns the transcripts).
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._file: TextIO | None = None
+        self._count = 0
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._count = 0
+        if trainer.logger is None:
+            rank_zero_warn("trainer.logger is off, so predict has no run folder to write predictions.jsonl into")
+            return
+        log_dir = Path(trainer.log_dir)  # every rank asks: it broadcasts
+        name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.jsonl"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.path = log_dir / name
+        self._file = open(self.path, "w", encoding="utf-8")
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._file is None:
+            return
+        for row, reference in zip(outputs, batch["texts"], strict=True):
+            self._file.write(json.dumps({**row, "reference": reference}, ensure_ascii=False) + "\n")
+        self._count += len(outputs)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        rank_zero_info(f"[predict] {self._count} transcripts written to {self.path}")
 
 
 def _log_into_checkpoint_run(trainer_config, ckpt_path: str) -> None:
