@@ -12,12 +12,15 @@ See ``ptasr/train/cli.py`` for the CLI and ``configs/`` for the recipes.
 import os
 import sys
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
 from ptasr.model.convert import CheckpointError
 from ptasr.train.cli import cli_main
+from ptasr.train.module import TrainingDiverged
 
-# What a user can fix: a wrong path, a mismatched checkpoint, a bad value. These end with one line naming
-# the problem; PTASR_TRACEBACK=1 shows the traceback instead.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError, OSError)
+# What a user can fix: a wrong path, a mismatched checkpoint, a bad value, a learning rate that diverges.
+# These end with one line naming the problem; PTASR_TRACEBACK=1 shows the traceback instead.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError, OSError, TrainingDiverged)
 
 if __name__ == "__main__":
     try:
@@ -25,4 +28,8 @@ if __name__ == "__main__":
     except USER_ERRORS as error:
         if os.environ.get("PTASR_TRACEBACK"):
             raise
+        if isinstance(error, TrainingDiverged) and rank_zero_only.rank != 0:
+            # Every DDP rank raises it at the same update (its counts come from all-reduced gradients), so
+            # rank 0's line speaks for all of them.
+            sys.exit(1)
         sys.exit(f"train.py: error: {error} (PTASR_TRACEBACK=1 shows where)")

@@ -265,11 +265,29 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         return {"normalizer": self.normalizer.to_dict(), "vocab": self.vocab.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = Vocabulary.from_dict(state["vocab"])
-        if saved != self.vocab:
-            raise ValueError(f"the checkpoint's vocabulary ({len(saved)} tokens) differs from this data's "
-                             f"({self.vocab_size} tokens): the model's outputs would mean other characters. Pass "
-                             f"the run's vocab.json as data.vocab_path to use the checkpoint's vocabulary")
+        check_checkpoint_vocabulary(Vocabulary.from_dict(state["vocab"]), self.vocab)
         if state["normalizer"] != self.normalizer.to_dict():
             rank_zero_warn(f"the checkpoint's text normaliser {state['normalizer']} differs from this run's "
                            f"{self.normalizer.to_dict()}")
+
+
+def check_checkpoint_vocabulary(saved: Vocabulary, data: Vocabulary) -> None:
+    """Refuse a checkpoint whose CTC outputs mean other tokens than this data's vocabulary gives them.
+
+    >>> check_checkpoint_vocabulary(Vocabulary.build(["ab"]), Vocabulary.build(["abc"]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the checkpoint's vocabulary (5 tokens) differs from this data's (6 tokens; only here: 'c'): ...
+    """
+    if saved == data:
+        return
+    only_saved = sorted(set(saved.tokens) - set(data.tokens))
+    only_data = sorted(set(data.tokens) - set(saved.tokens))
+    differences = "; ".join(part for part in (
+        f"only in the checkpoint: {' '.join(map(repr, only_saved))}" if only_saved else "",
+        f"only here: {' '.join(map(repr, only_data))}" if only_data else "",
+    ) if part) or "same tokens, other order"
+    raise ValueError(f"the checkpoint's vocabulary ({len(saved)} tokens) differs from this data's ({len(data)} "
+                     f"tokens; {differences}): the model's outputs would mean other characters. Pass the run's "
+                     f"vocab.json (in its run folder) as data.vocab_path, and the same data.* text settings "
+                     f"(chars_to_ignore, lowercase, strip_accents) as that run")

@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from ptasr.data.datamodule import check_checkpoint_vocabulary
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
 from ptasr.model.config import Wav2Vec2Config
@@ -27,6 +28,10 @@ from ptasr.model.wav2vec2 import Wav2Vec2CTC
 from ptasr.train.schedules import ScheduleName, make_schedule
 
 Batch = dict[str, Any]
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive updates had non-finite gradients (``nonfinite_patience``): the run cannot recover."""
 
 
 class Wav2Vec2CTCModule(L.LightningModule):
@@ -59,6 +64,10 @@ class Wav2Vec2CTCModule(L.LightningModule):
         decay_steps: tri_stage: updates of exponential decay; ``None`` decays over the rest of training.
         init_lr_scale, final_lr_scale: tri_stage: start and end multipliers of the peak learning rate.
         total_steps: updates the schedule spans; ``None`` uses the Trainer's (``max_steps`` or epochs).
+        nonfinite_patience: end the run with :class:`TrainingDiverged` once this many consecutive updates had
+            non-finite gradients (each is skipped, see ``train/skipped_steps``); ``None`` or 0 never ends it.
+            Checked when Lightning writes its logs (every ``trainer.log_every_n_steps`` updates) and at the end
+            of each epoch, so the run stops at the first such point after the patience ran out.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         init_lr_scale: float = 0.01,
         final_lr_scale: float = 0.05,
         total_steps: int | None = None,
+        nonfinite_patience: int | None = 100,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -105,6 +115,10 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # Optimiser updates whose gradients were not finite (and were therefore skipped); a device tensor so
         # counting needs no host sync. Logged by the MixedPrecisionHealth callback.
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        # The current run of consecutive skipped updates, and the update (1-based) at which a run first reached
+        # nonfinite_patience (-1: never). Kept on device like skipped_steps; read only by the lazy check.
+        self.register_buffer("nonfinite_streak", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("diverged_at", torch.full((), -1, dtype=torch.long), persistent=False)
         self._compiled = False
         self._grad_norm: torch.Tensor | None = None
         self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for the first resumed update
@@ -200,6 +214,10 @@ class Wav2Vec2CTCModule(L.LightningModule):
     def _evaluate(self, batch: Batch, stage: str) -> dict[str, Any] | None:
         batch_size = batch["waveforms"].shape[0]
         if batch_size == 0:
+            # No readable clip (or a spare rank's empty batch). Under DDP the epoch-end all-reduce of the loss
+            # needs it logged on every rank, so log it with weight 0, which leaves the weighted mean unchanged.
+            if self.trainer.world_size > 1:
+                self.log(f"{stage}/loss", torch.zeros((), device=self.device), batch_size=0, sync_dist=True)
             return None
         logits, frame_lengths = self(batch["waveforms"], batch["lengths"])
         loss = self._ctc_loss(logits, frame_lengths, batch)
@@ -265,7 +283,16 @@ class Wav2Vec2CTCModule(L.LightningModule):
         self._grad_norm = grad_norm  # reused by the clipping that follows
         nonfinite = ~torch.isfinite(grad_norm)
         self.skipped_steps += nonfinite
+        self._count_nonfinite_streak(nonfinite)
         self._skip_update_if(nonfinite, optimizer)
+        # Reading a device value stalls the host until the device catches up, so look only where Lightning
+        # reads the logged values anyway. The gradients were all-reduced, so every DDP rank holds the same
+        # counts and raises at the same update: no rank is left waiting in a collective.
+        if self.trainer._logger_connector.should_update_logs:
+            self._check_nonfinite_patience()
+
+    def on_train_epoch_end(self) -> None:
+        self._check_nonfinite_patience()  # also when logging is off (log_every_n_steps=0)
 
     def configure_gradient_clipping(
         self,
@@ -297,6 +324,26 @@ class Wav2Vec2CTCModule(L.LightningModule):
             if id(parameter) not in head:
                 parameter.grad = None
 
+    def _count_nonfinite_streak(self, nonfinite: torch.Tensor) -> None:
+        """Advance the streak of skipped updates on device, and note the update at which it hit the patience."""
+        self.nonfinite_streak.copy_((self.nonfinite_streak + 1) * nonfinite)  # back to 0 after a finite update
+        patience = self.hparams.nonfinite_patience
+        if patience:
+            first = (self.nonfinite_streak == patience) & (self.diverged_at < 0)
+            self.diverged_at.copy_(torch.where(first, self.global_step + 1, self.diverged_at))
+
+    def _check_nonfinite_patience(self) -> None:
+        update = int(self.diverged_at)  # host sync
+        if update < 0:
+            return
+        patience = self.hparams.nonfinite_patience
+        raise TrainingDiverged(
+            f"training diverged: the {patience} updates up to update {update} all had non-finite (inf/NaN) "
+            f"gradients and were skipped ({int(self.skipped_steps)} skipped in all). Lower model.lr (or lengthen "
+            f"model.warmup_steps), use trainer.precision=bf16-mixed instead of 16-mixed, or check the data for "
+            f"broken clips; model.nonfinite_patience sets how many skipped updates in a row end a run"
+        )
+
     def _skip_update_if(self, nonfinite: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Skip this update when the gradients are not finite, on device where possible."""
         if self._grad_scaler() is not None:
@@ -324,8 +371,11 @@ class Wav2Vec2CTCModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Outside a Trainer (``load_from_checkpoint`` for inference) take the text side from the checkpoint.
-        # Inside one, the data module's `load_state_dict` refuses a checkpoint whose vocabulary differs.
+        # Inside one, a checkpoint whose vocabulary differs from the data's is refused.
         saved = checkpoint.get("ptasr") or {}
+        if self.vocab is not None and saved.get("vocab") is not None:
+            # Before Lightning loads the weights: a head of another size would fail there with a bare shape error.
+            check_checkpoint_vocabulary(Vocabulary.from_dict(saved["vocab"]), self.vocab)
         if self.vocab is None and saved.get("vocab") is not None:
             self.vocab = Vocabulary.from_dict(saved["vocab"])
             self.normalizer = TextNormalizer.from_dict(saved["normalizer"])
