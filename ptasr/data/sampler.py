@@ -52,7 +52,8 @@ class BucketBatchSampler(DistributedSampler):
 
     Every epoch each clip is in exactly one batch of one rank, and every rank gets the same number of
     batches: where the batch count does not divide by the world size, the largest batches are halved
-    (no clip repeated or dropped). Only with fewer clips than ranks are batches repeated.
+    (no clip repeated or dropped). With fewer clips than ranks, the spare ranks get an empty batch rather
+    than a repeated one (as ``DistributedSampler`` pads), so that validation counts every clip once.
 
     >>> sampler = BucketBatchSampler([1.0, 2.0, 3.0, 4.0, 5.0], batch_size=2, num_buckets=1, shuffle=False)
     >>> list(sampler)
@@ -136,8 +137,9 @@ class BucketBatchSampler(DistributedSampler):
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         if len(batches) % self.num_replicas:
-            # fewer clips than ranks: repeat batches, as DistributedSampler pads, so no rank starves
-            batches += batches[: self.num_replicas - len(batches) % self.num_replicas]
+            # fewer clips than ranks (halving stopped at single clips): an empty batch keeps every rank in step
+            # with the others' collectives; the module skips it, without a clip counted twice in val/wer
+            batches += [[] for _ in range(self.num_replicas - len(batches) % self.num_replicas)]
         return batches
 
     def __len__(self) -> int:
