@@ -11,21 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule
 
 from ptasr.data.commonvoice import read_tsv
-from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer
 from ptasr.train.cli import cli_main
 from test_train_fit import SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
-# predict reads CommonVoiceDataModule.predict_dataloader (the test split). Until the data module has one, Lightning
-# refuses to predict: an expected failure of exactly that kind; once the hook exists, the mark is off.
-NEEDS_PREDICT_HOOK = pytest.mark.xfail(
-    CommonVoiceDataModule.predict_dataloader is LightningDataModule.predict_dataloader,
-    reason="CommonVoiceDataModule has no predict_dataloader yet", raises=MisconfigurationException, strict=True)
 TEST_CLIPS = 5
 
 
@@ -55,7 +47,6 @@ def _args(corpus: Path, save_dir: Path, *extra: str) -> list[str]:
             "--trainer.enable_model_summary=false", "--model.schedule=linear", "--model.warmup_steps=1", *extra]
 
 
-@NEEDS_PREDICT_HOOK
 def test_predict_writes_a_transcript_for_every_test_clip(run: tuple[Path, Path, Path]) -> None:
     corpus, run_dir, cwd = run
     cli_main(["predict", *_args(corpus, run_dir.parent.parent), f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
@@ -71,7 +62,6 @@ def test_predict_writes_a_transcript_for_every_test_clip(run: tuple[Path, Path, 
     assert list(cwd.iterdir()) == []
 
 
-@NEEDS_PREDICT_HOOK
 def test_predict_without_a_logger_writes_nothing_into_the_working_directory(
         run: tuple[Path, Path, Path], recwarn: pytest.WarningsRecorder) -> None:
     corpus, run_dir, cwd = run

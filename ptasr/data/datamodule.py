@@ -229,6 +229,10 @@ class CommonVoiceDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> ClipLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
+    def predict_dataloader(self) -> ClipLoader:
+        """``train.py predict`` transcribes the test split."""
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
     def _loader(self, name: str, batch_size: int | None, shuffle: bool) -> ClipLoader:
         if name not in self._manifests:
             self._manifests[name] = self._build(name)
@@ -240,7 +244,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else None,
             rank=trainer.global_rank if trainer is not None else None)
         # persistent workers: forking a worker re-copies the manifest, so do it once, not every epoch
-        loader = ClipLoader(ClipDataset(manifest, self.vocab), sampler, num_workers=self.num_workers,
+        # sampler by keyword: Lightning re-creates predict loaders from these arguments plus its own sampler=
+        loader = ClipLoader(ClipDataset(manifest, self.vocab), sampler=sampler, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, persistent_workers=True)
         # Its own generator: otherwise each new iterator draws the workers' base seed from the global RNG,
         # which shifts every later random draw (dropout) and breaks exact resume at an epoch boundary.
