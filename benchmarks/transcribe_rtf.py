@@ -83,6 +83,17 @@ def make_utterances(seconds: float, directory: Path) -> tuple[list[Path], list[n
     return paths, utterances, rate
 
 
+def cpu_name() -> str:
+    """The CPU's model name and whether it has native bf16 (what ``--dtype auto`` looks at)."""
+    name = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("model name")), name)
+    bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return f"{name} ({'native' if bf16 else 'no native'} bf16)"
+
+
 def timed(run: Runner) -> tuple[float, list[str]]:
     start = time.perf_counter()
     texts = run()
@@ -157,11 +168,11 @@ def main() -> None:
     for dtype in dtypes:  # warm-up: first calls select kernels and allocate
         ptasr_run(dtype, pairs[:2], 2)(), hf_run(dtype, utterances[:2], 2)()
 
-    info = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+    info = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, preset=args.preset, audio_seconds=round(audio_seconds, 1),
                 utterances=len(utterances), batch_size=args.batch_size, chunk_length_s=args.chunk_length_s,
-                repeats=args.repeats, ptasr_auto_dtype=auto)
+                repeats=args.repeats, ptasr_auto_dtype=auto, date=time.strftime("%Y-%m-%d"))
     print(json.dumps(info))
     header = " | ".join(f"ptasr {d} | transformers {d}" for d in dtypes)
     print(f"real-time factor (best of {args.repeats}; lower is faster) and ratios ptasr / transformers\n")
