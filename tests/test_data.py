@@ -294,6 +294,33 @@ def test_sampler_ddp_shards_disjoint_equal_complete(world, shuffle, mode):
     assert sorted(clips) == list(range(len(durations)))  # disjoint and complete: no clip repeated or lost
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_sampler_ddp_ranks_take_one_bucket_per_step(world):
+    # The ranks wait for each other at every step's all-reduce: their batches should be equally long.
+    durations = _durations(1000)
+    ranks = [BucketBatchSampler(durations, batch_size=8, num_buckets=10, seed=3, num_replicas=world, rank=r)
+             for r in range(world)]
+    bucket_of = {int(i): b for b, bucket in enumerate(ranks[0]._buckets) for i in bucket}
+    steps = list(zip(*(list(sampler) for sampler in ranks)))
+    mixed = [step for step in steps if len({bucket_of[batch[0]] for batch in step}) > 1]
+    # only steps made of buckets' leftover batches (fewer than `world` in a bucket) may mix two buckets
+    assert len(steps) > 25 and len(mixed) <= len(ranks[0]._buckets)
+    for step in steps:
+        assert all(len({bucket_of[i] for i in batch}) == 1 for batch in step)
+
+
+def test_sampler_single_process_order_is_a_plain_shuffle_of_the_batches():
+    durations = _durations(300)
+    sampler = BucketBatchSampler(durations, batch_size=8, seed=5)
+    sampler.set_epoch(1)
+    rng = np.random.default_rng([5, 1])
+    batches = []
+    for bucket, sizes in zip(sampler._buckets, sampler._sizes):
+        members, bounds = rng.permutation(bucket), np.cumsum([0] + sizes)
+        batches += [members[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+    assert list(sampler) == [batches[i] for i in rng.permutation(len(batches))]
+
+
 def test_sampler_ddp_with_fewer_clips_than_ranks_gives_spare_ranks_an_empty_batch():
     shards = [list(BucketBatchSampler([1.0, 2.0], batch_size=4, num_replicas=3, rank=r)) for r in range(3)]
     assert [len(s) for s in shards] == [1, 1, 1]  # every rank steps together

@@ -129,13 +129,26 @@ class BucketBatchSampler(DistributedSampler):
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """All ranks' batches of ``epoch``, in order; rank ``r`` takes every ``num_replicas``-th from ``r``."""
         rng = np.random.default_rng([self.seed, epoch])
-        batches: list[list[int]] = []
+        per_bucket: list[list[list[int]]] = []
         for bucket, sizes in zip(self._buckets, self._sizes):
             members = rng.permutation(bucket) if self.shuffle else bucket
             bounds = np.cumsum([0] + sizes)
-            batches += [members[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+            per_bucket.append([members[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])])
         if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
+            # Shuffle steps, not batches: the num_replicas batches that the ranks take at one step come from
+            # one bucket, so they are about as long and no rank waits long for another at the all-reduce.
+            # A bucket's last few batches, too few for a step, form steps with the next bucket's leftovers.
+            # With one rank every batch is a step of its own, in the same order as a plain shuffle.
+            steps: list[list[list[int]]] = []
+            leftovers: list[list[int]] = []
+            for batches_of_bucket in per_bucket:
+                whole = len(batches_of_bucket) - len(batches_of_bucket) % self.num_replicas
+                steps += [batches_of_bucket[i: i + self.num_replicas] for i in range(0, whole, self.num_replicas)]
+                leftovers += batches_of_bucket[whole:]
+            steps += [leftovers[i: i + self.num_replicas] for i in range(0, len(leftovers), self.num_replicas)]
+            batches = [batch for i in rng.permutation(len(steps)) for batch in steps[i]]
+        else:
+            batches = [batch for batches_of_bucket in per_bucket for batch in batches_of_bucket]
         if len(batches) % self.num_replicas:
             # fewer clips than ranks (halving stopped at single clips): an empty batch keeps every rank in step
             # with the others' collectives; the module skips it, without a clip counted twice in val/wer
