@@ -247,8 +247,11 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _key_mask(frame_lengths: torch.Tensor, frames: int) -> torch.Tensor | None:
-        if frame_lengths.device.type == "cpu" and bool((frame_lengths >= frames).all()):
-            return None  # no padding: let SDPA pick its fastest kernel (checked only where it costs no sync)
+        # No padding: let SDPA pick its fastest kernel. Checked only where it costs no device sync, and not
+        # under torch.compile, where the data-dependent branch would split the graph.
+        if (frame_lengths.device.type == "cpu" and not torch.compiler.is_compiling()
+                and bool((frame_lengths >= frames).all())):
+            return None
         # A 0-frame example would mask every key and turn its softmax into NaN; let it see frame 0 instead.
         # Its output is ignored anyway (frame length 0).
         return length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]  # (B, 1, 1, T)
