@@ -3,7 +3,8 @@
 # ptasr in the same process), then the training-step comparison against the peers (train_throughput.py). Each
 # section has its own time share and a hard limit (checks 60 s, fit 170 s, peers 210 s), so that by default the
 # script ends within 8 minutes of wall time (not yet timed on a GPU): a session has 15 minutes of device time, the
-# machine's start-up included. JSON is written as results come; $OUT gets at most 7 files (8 come back).
+# machine's start-up included. JSON is written as results come; $OUT gets at most 8 files (8 come back), the last
+# being profiles.txt: torch.profiler tables of two ptasr steps (eager and compiled) per batch size.
 #
 # Usage on the lent machine, from the repository root, carrying the wheels folder .whl (below): the device tool's
 # run with command "bash benchmarks/gpu_run.sh", carry [".whl"] and timeout_s 540 (it sets OUT); elsewhere
@@ -74,4 +75,4 @@ else
 fi
 timeout -k 10 $((BUDGET_S + 30)) "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" --budget-s "$BUDGET_S" \
   --steps "${STEPS:-$([ "$DEVICE" = cuda ] && echo 10 || echo 4)}" --clips ${CLIPS:-$([ "$DEVICE" = cuda ] && echo 16 64 || echo 4)} \
-  --systems $SYSTEMS --out "$OUT/train_throughput.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/train_throughput.log"
+  --systems $SYSTEMS --out "$OUT/train_throughput.json" --profile "$OUT/profiles.txt" 2>&1 | grep -v "Loading weights" | tee "$OUT/train_throughput.log"

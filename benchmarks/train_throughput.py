@@ -202,6 +202,29 @@ def warm_up(runner: Runner, batches: list[Batch]) -> None:
     runner.train(list(seen.values()))
 
 
+def profile(runner: Runner, batches: list[Batch], clips: int, path: Path) -> None:
+    """Where a warmed-up system's steps spend device time: torch.profiler's table of the top operators.
+
+    Appended to ``path``, one section per system and batch size (one file: a lent GPU returns few files).
+    A table, not a trace: small enough to come back from a lent GPU machine, and enough to see whether the
+    time goes to matrix products, attention, elementwise kernels, the CTC loss or idle gaps (CPU total far
+    above device total means the host, not the GPU, sets the pace).
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    gpu = runner.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with torch_profile(activities=activities) as prof:
+        seconds = runner.train(batches)
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(f"\n== {runner.name}, {clips} clips per step: {len(batches)} steps in {seconds:.3f} s under the "
+                   f"profiler ==\n" + prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
+    print(f"profile of {runner.name} at {clips} clips appended to {path}", flush=True)
+
+
 def measure(names: list[str], clips: int, args: argparse.Namespace, folder: Path, report: Callable) -> None:
     """Build and warm up each system, then time all of them in alternating rounds; report medians.
 
@@ -234,6 +257,10 @@ def measure(names: list[str], clips: int, args: argparse.Namespace, folder: Path
         for name, runner in runners.items():
             if time.monotonic() < args.deadline:
                 rounds[name].append(runner.train(batches))
+    if args.profile:
+        for name, runner in runners.items():
+            if name in args.profile_systems and time.monotonic() < args.deadline:
+                profile(runner, batches[:2], clips, args.profile)
     for name, runner in runners.items():
         seconds = statistics.median(rounds[name])
         report(dict(system=name, clips=clips, precision=args.precision, steps=len(batches),
@@ -257,6 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting measurements after this")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 matmul peak for MFU (H100/H200)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_throughput.json"))
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also append a torch.profiler table of two steps per system and batch size to this file")
+    parser.add_argument("--profile-systems", nargs="+", default=["ptasr", "ptasr-compile"],
+                        help="systems to profile (default: ptasr, ptasr-compile)")
     args = parser.parse_args(argv)
     gpu = args.device == "cuda"
     args.size = args.size or ("xls-r-300m" if gpu else "small")
