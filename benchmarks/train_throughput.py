@@ -257,7 +257,7 @@ def measure(names: list[str], clips: int, args: argparse.Namespace, folder: Path
         for name, runner in runners.items():
             if time.monotonic() < args.deadline:
                 rounds[name].append(runner.train(batches))
-    if args.profile:
+    if getattr(args, "profile", None):  # fit_throughput.py calls this with its own arguments, no profile
         for name, runner in runners.items():
             if name in args.profile_systems and time.monotonic() < args.deadline:
                 profile(runner, batches[:2], clips, args.profile)
