@@ -95,9 +95,13 @@ def model_config(size: str) -> Wav2Vec2Config:
 StepFn = Callable[[Batch], torch.Tensor]
 
 
-def build_ptasr(folder: Path, device: str, compile_: bool) -> tuple[torch.nn.Module, StepFn]:
+def build_ptasr(folder: Path, device: str, compile_: bool, checkpointing: bool = False
+                ) -> tuple[torch.nn.Module, StepFn]:
     model = Wav2Vec2CTC.from_pretrained(folder).to(device).train()
     model.freeze_feature_encoder()
+    # Recomputing each transformer layer in the backward pass keeps only the layer inputs: the memory side
+    # of the trade (model.gradient_checkpointing in the configs).
+    model.set_gradient_checkpointing(checkpointing)
     if compile_:
         model.wav2vec2.encoder = torch.compile(model.wav2vec2.encoder)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -144,6 +148,7 @@ def build_torchaudio(folder: Path, device: str, compile_: bool) -> tuple[torch.n
 SYSTEMS: dict[str, Callable[[Path, str], tuple[torch.nn.Module, StepFn]]] = {
     "ptasr": lambda folder, device: build_ptasr(folder, device, compile_=False),
     "ptasr-compile": lambda folder, device: build_ptasr(folder, device, compile_=True),
+    "ptasr-compile-checkpointing": lambda folder, device: build_ptasr(folder, device, True, checkpointing=True),
     "transformers-eager": lambda folder, device: build_transformers(folder, device, "eager"),
     "transformers-sdpa": lambda folder, device: build_transformers(folder, device, "sdpa"),
     "torchaudio": lambda folder, device: build_torchaudio(folder, device, compile_=False),
