@@ -18,8 +18,9 @@ second; lower is faster). Two ratios come out of the same timings:
   float32) / transformers' pipeline with its default (float32).
 
 The "differ" columns are the character error rate of one system's transcripts against the other's (0 when
-they agree). transformers' pipeline gives other transcripts when it batches than one at a time (its batch-1
-output agrees with ptasr's); ptasr's transcripts do not depend on the batch size. The last row times ptasr
+they agree). When it batches, transformers' pipeline also decodes the padded frames after each shorter
+utterance, so those transcripts end in extra characters; one at a time, its output agrees with ptasr's, whose
+transcripts do not depend on the batch size. The last row times ptasr
 reading the files itself (decoding included), which transformers cannot do without FFmpeg.
 
     python benchmarks/transcribe_rtf.py --preset xls-r-300m --seconds 60 --repeats 3 --out results.json
