@@ -233,11 +233,24 @@ def test_masking_is_reproducible_and_only_in_training() -> None:
 def test_layerdrop_draws_the_same_layers_for_the_same_seed() -> None:
     model = Wav2Vec2CTC(small_config("xls-r", layerdrop=0.5, num_hidden_layers=8)).train()
     encoder = model.wav2vec2.encoder
-    draws = [encoder._active_layers(torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
-    assert draws[0] == draws[1]
-    assert all(set(map(id, d)) <= set(map(id, encoder.layers)) for d in draws)
+    draws = [encoder.draw_layers(torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert draws[0] == draws[1] != draws[2]
+    assert 0 < sum(draws[0]) < 8  # some layers run, some are dropped
     model.eval()
-    assert len(encoder._active_layers(torch.Generator().manual_seed(3))) == 8
+    assert encoder.draw_layers(torch.Generator().manual_seed(3)) == [True] * 8
+
+
+def test_a_dropped_layer_gets_zero_gradients() -> None:
+    # DDP without find_unused_parameters needs a gradient for every parameter at every step.
+    model = Wav2Vec2CTC(small_config("xls-r", layerdrop=0.5, num_hidden_layers=8)).train()
+    logits, frame_lengths = model(*batch([4000, 3000]), torch.Generator().manual_seed(3))
+    dropped = model.wav2vec2.encoder.dropped_layers
+    assert 0 < len(dropped) < 8
+    ctc_loss(logits, frame_lengths, torch.tensor([[1, 2], [3, 4]]), torch.tensor([2, 2]), blank=11).backward()
+    for index, layer in enumerate(model.wav2vec2.encoder.layers):
+        grads = [p.grad for p in layer.parameters()]
+        assert all(g is not None for g in grads)
+        assert all(not g.any() for g in grads) == (index in dropped)
 
 
 def test_frozen_feature_encoder_gets_no_gradient() -> None:

@@ -35,6 +35,9 @@ DDP_RUN = [
     "--trainer.limit_val_batches=1.0",  # the whole split: 50 clips in 6 batches, 3 per rank
     "--trainer.precision=32-true",  # bf16 would round differently in differently shaped batches
     "--model.lr=1e-5",  # the model stays near its random start, so its transcripts are not all empty
+    # LayerDrop under plain "ddp" (no find_unused_parameters): a skipped layer must not leave DDP waiting
+    "--model.config_overrides.num_hidden_layers=2",
+    "--model.config_overrides.layerdrop=0.5",
 ]
 
 
@@ -51,6 +54,10 @@ class Recorder(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._write(trainer, {"epoch": trainer.current_epoch, "train": batch["ids"]})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        dropped = pl_module.model.wav2vec2.encoder.dropped_layers
+        self._write(trainer, {"update": trainer.global_step, "dropped": dropped})
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if outputs:
@@ -123,6 +130,17 @@ def test_ddp_sees_every_training_clip_once_per_epoch(ddp_run: tuple[Path, list[d
         assert len(batches) == EPOCH * 2  # both ranks, all of their batches
         assert sorted(clip for batch in batches for clip in batch) == clips  # none repeated, none left out
     assert epochs[0] != epochs[1]  # the sampler got the epoch: reshuffled
+
+
+def test_ddp_layerdrop_drops_the_same_layers_on_every_rank(ddp_run: tuple[Path, list[dict]]) -> None:
+    _, records = ddp_run
+    by_update: dict[int, list[list[int]]] = {}
+    for record in records:
+        if "dropped" in record:
+            by_update.setdefault(record["update"], []).append(record["dropped"])
+    assert sorted(by_update) == list(range(1, 2 * EPOCH + 1))  # the run went on past every update
+    assert all(len(ranks) == 2 and ranks[0] == ranks[1] for ranks in by_update.values())
+    assert any(ranks[0] for ranks in by_update.values())  # some layers were really skipped
 
 
 def test_ddp_validation_equals_a_single_process_on_the_same_weights(

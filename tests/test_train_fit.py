@@ -149,6 +149,7 @@ def _small_module(vocab: Vocabulary, **hparams: object) -> Wav2Vec2CTCModule:
     overrides = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                      conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                      ctc_loss_reduction="mean")
+    overrides.update(hparams.pop("config_overrides", {}))
     return Wav2Vec2CTCModule(len(vocab), vocab.pad_id, config_overrides=overrides, **hparams)
 
 
@@ -217,6 +218,36 @@ def test_clipping_uses_the_measured_norm() -> None:
                                        gradient_clip_algorithm="norm")
     clipped = torch.nn.utils.get_total_norm([p.grad for p in parameters])
     assert clipped == pytest.approx(1.0, rel=1e-4)
+
+
+def test_only_layers_dropped_in_every_batch_of_an_update_lose_their_gradients() -> None:
+    # The model gives a dropped layer all-zero gradients (for DDP); AdamW would still move it by its momentum
+    # and decay it, so the module removes them, but only for layers dropped in every batch of the update.
+    vocab = Vocabulary.build(["ab"])
+    module = _small_module(vocab, config_overrides=dict(num_hidden_layers=4, layerdrop=0.5))
+    module.trainer = L.Trainer(accelerator="cpu", logger=False)
+    encoder = module.model.wav2vec2.encoder
+    batch = {"waveforms": torch.randn(2, 8000), "lengths": torch.tensor([8000, 6000]),
+             "labels": torch.tensor([[1, 2], [2, 1]]), "label_lengths": torch.tensor([2, 2]), "texts": ["", ""],
+             "ids": ["a", "b"]}
+
+    def dropped_by(batch_idx: int) -> set[int]:  # each batch index draws its own layers (seed, update, batch)
+        with torch.no_grad():
+            module(batch["waveforms"], batch["lengths"], module._step_generator(batch_idx))
+        return set(encoder.dropped_layers)
+
+    draws = {i: dropped_by(i) for i in range(60)}
+    # two batches that both dropped some layer, and each dropped a layer the other ran
+    first, second = next((i, j) for i in draws for j in draws
+                         if i < j and draws[i] & draws[j] and draws[i] - draws[j] and draws[j] - draws[i])
+    skipped = draws[first] & draws[second]
+    module.log = lambda *args, **kwargs: None  # no fit loop here to log into
+    for batch_idx in (first, second):  # two accumulated batches of one update
+        module.training_step(batch, batch_idx)["loss"].backward()
+    module._drop_skipped_layer_gradients()
+    for index, layer in enumerate(encoder.layers):
+        assert all((p.grad is None) == (index in skipped) for p in layer.parameters()), index
+    assert module._dropped_layers is None  # the next update starts afresh
 
 
 def test_parameter_groups_and_switches_reach_the_model() -> None:

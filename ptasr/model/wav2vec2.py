@@ -225,11 +225,11 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
+        self.dropped_layers: list[int] = []  # indices LayerDrop skipped in the last forward pass
 
-    def forward(
-        self, hidden: torch.Tensor, frame_lengths: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """(B, T, D), (B,) frames -> (B, T, D)."""
+    def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor, keep: list[bool] | None = None
+                ) -> torch.Tensor:
+        """(B, T, D), (B,) frames -> (B, T, D); ``keep``: the layers to run (default: :meth:`draw_layers`)."""
         valid = length_mask(frame_lengths, hidden.shape[1])  # (B, T)
         # transformers zeroes padded frames so the positional conv does not smear them into valid ones.
         hidden = hidden * valid[..., None].to(hidden.dtype)
@@ -238,8 +238,13 @@ class Transformer(nn.Module):
             hidden = self.layer_norm(hidden)
         hidden = self.dropout(hidden)
         key_mask = self._key_mask(frame_lengths, hidden.shape[1])
-        for layer in self._active_layers(generator):
-            if self.gradient_checkpointing and self.training:
+        keep = self.draw_layers(None) if keep is None else keep
+        self.dropped_layers = [i for i, kept in enumerate(keep) if not kept]
+        for layer, kept in zip(self.layers, keep):
+            if not kept:
+                if torch.is_grad_enabled():
+                    hidden = hidden + _zero_through(layer)
+            elif self.gradient_checkpointing and self.training:
                 hidden = checkpoint(layer, hidden, key_mask, use_reentrant=False)
             else:
                 hidden = layer(hidden, key_mask)
@@ -256,14 +261,29 @@ class Transformer(nn.Module):
         # Its output is ignored anyway (frame length 0).
         return length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]  # (B, 1, 1, T)
 
-    def _active_layers(self, generator: torch.Generator | None) -> list[nn.Module]:
+    def draw_layers(self, generator: torch.Generator | None) -> list[bool]:
+        """LayerDrop: which layers run (all of them outside training or without layerdrop).
+
+        One draw per layer for the whole batch, as transformers does. With a generator seeded alike on every
+        DDP rank, and drawn from before anything batch-dependent draws from it, every rank drops the same
+        layers. Drawn on the generator's device (CPU by default: no sync).
+        """
         if not (self.training and self.layerdrop > 0):
-            return list(self.layers)
-        # One draw per layer for the whole batch, as transformers does; a seeded generator makes every
-        # DDP rank drop the same layers. Drawn on the generator's device (CPU by default: no sync).
+            return [True] * len(self.layers)
         device = generator.device if generator is not None else torch.device("cpu")
-        keep = (torch.rand(len(self.layers), generator=generator, device=device) >= self.layerdrop).tolist()
-        return [layer for layer, kept in zip(self.layers, keep) if kept]
+        return (torch.rand(len(self.layers), generator=generator, device=device) >= self.layerdrop).tolist()
+
+
+def _zero_through(layer: nn.Module) -> torch.Tensor:
+    """0, computed from one element of each of ``layer``'s parameters: a skipped layer still gets gradients.
+
+    DDP (without ``find_unused_parameters``, which walks the autograd graph every step) waits for a gradient
+    of every parameter before it all-reduces; a layer LayerDrop skipped would leave it waiting. Through this
+    zero every parameter gets an all-zero gradient instead, for the cost of a few scalar ops. The training
+    module then removes those gradients again (``dropped_layers``), so the optimiser leaves a skipped layer
+    alone, as it does when the layer got no gradient at all.
+    """
+    return sum(parameter.reshape(-1)[0] for parameter in layer.parameters()) * 0.0
 
 
 # --- the model -----------------------------------------------------------------------------------------------
@@ -290,8 +310,10 @@ class Wav2Vec2Model(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.feature_extractor_frozen):
             features, frame_lengths = self.feature_extractor(waveforms, lengths)
         hidden = self.feature_projection(features)  # (B, T, D)
+        # LayerDrop draws first: SpecAugment's draws depend on the batch's lengths, which differ across ranks.
+        keep = self.encoder.draw_layers(generator)
         hidden = self.mask(hidden, frame_lengths, generator)
-        return self.encoder(hidden, frame_lengths, generator), frame_lengths
+        return self.encoder(hidden, frame_lengths, keep), frame_lengths
 
     def mask(
         self, hidden: torch.Tensor, frame_lengths: torch.Tensor, generator: torch.Generator | None = None

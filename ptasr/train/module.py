@@ -121,6 +121,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         self.register_buffer("diverged_at", torch.full((), -1, dtype=torch.long), persistent=False)
         self._compiled = False
         self._grad_norm: torch.Tensor | None = None
+        self._dropped_layers: set[int] | None = None  # skipped by LayerDrop in all batches of this update so far
         self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for the first resumed update
 
     # --- set-up --------------------------------------------------------------------------------------------
@@ -194,6 +195,10 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if batch_size == 0:
             return self._empty_batch_loss()
         logits, frame_lengths = self(batch["waveforms"], batch["lengths"], self._step_generator(batch_idx))
+        # Layers LayerDrop skipped in every batch of this update: their all-zero gradients are dropped before
+        # the optimiser step (see on_before_optimizer_step).
+        dropped = set(self.model.wav2vec2.encoder.dropped_layers)
+        self._dropped_layers = dropped if self._dropped_layers is None else self._dropped_layers & dropped
         loss = self._ctc_loss(logits, frame_lengths, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         # Extra outputs go to the callbacks (CTC health); Lightning detaches them.
@@ -274,6 +279,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # Gradients here are final: accumulated, all-reduced across ranks, and unscaled under fp16.
         if self.global_step < self.hparams.freeze_transformer_steps:
             self._drop_body_gradients()
+        self._drop_skipped_layer_gradients()
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         self._grad_norm = None
         if not grads:
@@ -316,6 +322,16 @@ class Wav2Vec2CTCModule(L.LightningModule):
         parameters = [p for p in self.parameters() if p.grad is not None]
         torch.nn.utils.clip_grads_with_norm_(parameters, gradient_clip_val, self._grad_norm)  # no host sync
         self._grad_norm = None
+
+    def _drop_skipped_layer_gradients(self) -> None:
+        """A layer LayerDrop skipped in the whole update got all-zero gradients (so that DDP needs no
+        ``find_unused_parameters``); remove them, so that AdamW neither decays nor moves it with its momentum,
+        as for a layer that got no gradient at all. Every rank drops the same layers."""
+        layers = self.model.wav2vec2.encoder.layers
+        for index in self._dropped_layers or ():
+            for parameter in layers[index].parameters():
+                parameter.grad = None
+        self._dropped_layers = None
 
     def _drop_body_gradients(self) -> None:
         # Adam leaves parameters without a gradient untouched (no moment update, no decay): frozen.
