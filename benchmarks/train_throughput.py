@@ -103,7 +103,7 @@ def build_ptasr(folder: Path, device: str, compile_: bool, checkpointing: bool =
     # of the trade (model.gradient_checkpointing in the configs).
     model.set_gradient_checkpointing(checkpointing)
     if compile_:
-        model.wav2vec2.encoder = torch.compile(model.wav2vec2.encoder)
+        model.compile_blocks()  # as the training module's compile option does
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step(batch: Batch) -> torch.Tensor:

@@ -253,6 +253,26 @@ def test_a_dropped_layer_gets_zero_gradients() -> None:
         assert all(not g.any() for g in grads) == (index in dropped)
 
 
+def test_compiled_blocks_compute_the_same_and_compile_once_for_any_dropped_layers() -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = Wav2Vec2CTC(small_config("xls-r", layerdrop=0.5, num_hidden_layers=4)).train()
+    compiled = Wav2Vec2CTC(small_config("xls-r", layerdrop=0.5, num_hidden_layers=4)).train()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_blocks()
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
+    patterns = set()
+    for seed in range(4):
+        outputs = [model(*batch([4000, 3000]), torch.Generator().manual_seed(seed))[0] for model in (eager, compiled)]
+        torch.testing.assert_close(outputs[1], outputs[0], atol=ATOL, rtol=0)
+        patterns.add(tuple(compiled.wav2vec2.encoder.dropped_layers))
+    assert len(patterns) > 1
+    # one graph for every layer, one for the conv stack, whatever LayerDrop drops
+    assert counters["stats"]["unique_graphs"] == 2
+
+
 def test_frozen_feature_encoder_gets_no_gradient() -> None:
     model = Wav2Vec2CTC(small_config("xls-r")).train()
     model.freeze_feature_encoder()

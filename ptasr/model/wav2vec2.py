@@ -396,6 +396,18 @@ class Wav2Vec2CTC(nn.Module):
             parameter.requires_grad_(False)
         self.wav2vec2.feature_extractor_frozen = True
 
+    def compile_blocks(self, **options: object) -> None:
+        """``torch.compile`` each transformer layer and the conv stack, in place (parameter names unchanged).
+
+        Block by block rather than the whole model: LayerDrop's loop over the layers stays in Python, where a
+        new pattern of dropped layers costs nothing, while a compiled whole model specialises on each pattern
+        and recompiles (on CPU, 6 layers with layerdrop 0.3: 16 graphs in 10 steps and still compiling, against
+        one graph shared by all the layers). ``options`` go to ``torch.compile``.
+        """
+        for layer in self.wav2vec2.encoder.layers:
+            layer.compile(**options)
+        self.wav2vec2.feature_extractor.compile(**options)
+
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each transformer layer in the backward pass: less memory, about a third more compute."""
         self.wav2vec2.encoder.gradient_checkpointing = enabled

@@ -50,7 +50,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         freeze_transformer_steps: for the first N optimiser updates only the CTC head learns (fairseq's
             ``freeze_finetune_updates``), so a random head does not wreck the pretrained encoder.
         gradient_checkpointing: recompute transformer layers in the backward pass (less memory, ~1/3 more time).
-        compile: ``torch.compile`` the model in place (state-dict keys unchanged).
+        compile: ``torch.compile`` each transformer layer and the conv stack in place (``compile_blocks``).
         optimizer: "adamw" (decoupled weight decay, HF Trainer's choice) or "adam".
         lr: peak learning rate of the encoder (and of the head unless ``head_lr`` is set).
         head_lr: a separate peak learning rate for the CTC head, or ``None`` for ``lr``.
@@ -139,7 +139,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
     def configure_model(self) -> None:
         # Lightning's hook for model-changing set-up, called before the strategy wraps the model (DDP).
         if self.hparams.compile and not self._compiled:
-            self.model.compile()  # nn.Module.compile: in place, so checkpoints keep plain parameter names
+            self.model.compile_blocks()  # in place, so checkpoints keep plain parameter names
             self._compiled = True
 
     def configure_optimizers(self) -> dict[str, Any]:
