@@ -38,7 +38,6 @@ import dataclasses
 import gc
 import json
 import math
-import platform
 import shutil
 import statistics
 import subprocess
@@ -344,18 +343,10 @@ def machine_info(args: argparse.Namespace) -> dict:
     import lightning
 
     gpu = args.device == "cuda"
-    return dict(device=torch.cuda.get_device_name() if gpu else _cpu_name(), torch=torch.__version__,
+    return dict(device=torch.cuda.get_device_name() if gpu else bare.cpu_name(), torch=torch.__version__,
                 lightning=lightning.__version__, soundfile=sf.__version__, python=sys.version.split()[0],
                 threads=torch.get_num_threads(), cpus=_cpu_count(), commit=_commit(),
                 date=time.strftime("%Y-%m-%d"), load_average_at_start=_load(), note=args.note)
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
 
 
 def _load() -> float | None:

@@ -194,6 +194,15 @@ class Runner:
             torch.cuda.empty_cache()
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` is empty on Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -304,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import transformers
 
-    info = dict(device=torch.cuda.get_device_name() if gpu else platform.processor() or "cpu",
+    info = dict(device=torch.cuda.get_device_name() if gpu else cpu_name(),
                 torch=torch.__version__, transformers=transformers.__version__, python=sys.version.split()[0],
                 size=args.size, threads=torch.get_num_threads())
     results: list[dict] = []

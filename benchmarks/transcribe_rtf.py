@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import tempfile
 import time
@@ -50,6 +49,7 @@ from ptasr.export import write_hf_folder
 from ptasr.inference import Chunking, Recognizer, resolve_dtype
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from train_throughput import cpu_name  # the script beside this one
 
 Runner = Callable[[], list[str]]
 
@@ -84,15 +84,10 @@ def make_utterances(seconds: float, directory: Path) -> tuple[list[Path], list[n
     return paths, utterances, rate
 
 
-def cpu_name() -> str:
+def cpu_description() -> str:
     """The CPU's model name and whether it has native bf16 (what ``--dtype auto`` looks at)."""
-    name = platform.processor() or "cpu"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                     if line.startswith("model name")), name)
     bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return f"{name} ({'native' if bf16 else 'no native'} bf16)"
+    return f"{cpu_name()} ({'native' if bf16 else 'no native'} bf16)"
 
 
 def timed(run: Runner) -> tuple[float, list[str]]:
@@ -169,7 +164,7 @@ def main() -> None:
     for dtype in dtypes:  # warm-up: first calls select kernels and allocate
         ptasr_run(dtype, pairs[:2], 2)(), hf_run(dtype, utterances[:2], 2)()
 
-    info = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+    info = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else cpu_description(),
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 transformers=transformers.__version__, preset=args.preset, audio_seconds=round(audio_seconds, 1),
                 utterances=len(utterances), batch_size=args.batch_size, chunk_length_s=args.chunk_length_s,
