@@ -299,6 +299,41 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_pre_norms_keep_bf16_under_autocast_and_match_float32() -> None:
+    # Under autocast a pre-norm LayerNorm runs on its bf16 input and returns bf16 (CUDA's autocast would copy
+    # the input to float32 and return float32); the values are float32's rounded to bf16.
+    from ptasr.model.wav2vec2 import InputDtypeLayerNorm
+
+    torch.manual_seed(0)
+    norm = InputDtypeLayerNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.add_(0.1 * torch.randn(64))
+        norm.bias.add_(0.1 * torch.randn(64))
+    features = (3 * torch.randn(8, 64) + 1).bfloat16().requires_grad_()
+    reference = torch.nn.functional.layer_norm(features.float(), (64,), norm.weight, norm.bias, 1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(features)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.01)
+    out.float().sum().backward()
+    assert norm.weight.grad.dtype == torch.float32 and features.grad.dtype == torch.bfloat16
+    # Outside autocast, and for float32 input, it is nn.LayerNorm.
+    assert norm(features).dtype == torch.bfloat16 and norm(features.float()).dtype == torch.float32
+    torch.testing.assert_close(norm(features.detach().float()), reference.detach(), atol=0, rtol=0)
+
+    # Post-norm blocks keep nn.LayerNorm: there the norm's output is the residual stream, float32 under autocast.
+    base, xls_r = Wav2Vec2CTC(small_config("base")), Wav2Vec2CTC(small_config("xls-r"))
+    assert type(base.wav2vec2.encoder.layers[0].layer_norm) is torch.nn.LayerNorm
+    assert type(xls_r.wav2vec2.encoder.layers[0].layer_norm) is InputDtypeLayerNorm
+    # And a bf16 training step of the whole model runs and learns in every layer.
+    xls_r.train().freeze_feature_encoder()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, frame_lengths = xls_r(*batch([4000, 3000]))
+    ctc_loss(logits, frame_lengths, torch.tensor([[1, 2], [3, 4]]), torch.tensor([2, 2]), blank=11).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               for p in xls_r.wav2vec2.encoder.parameters())
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------------
 
 

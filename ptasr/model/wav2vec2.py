@@ -45,6 +45,29 @@ def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device) < lengths[:, None]
 
 
+class InputDtypeLayerNorm(nn.LayerNorm):
+    """A LayerNorm that, under autocast, returns a bf16 (or fp16) input's own dtype; elsewhere ``nn.LayerNorm``.
+
+    Only for norms whose output feeds matrix products. CUDA's autocast runs LayerNorm in float32: it copies a
+    bf16 input to float32 (the copy is what the backward pass keeps), and every linear that reads the float32
+    output casts it back to bf16 on its own (three times for q, k and v). The kernel computes in float32 for a
+    bf16 input anyway, so calling it on the bf16 input keeps half the bytes for the backward pass, writes one bf16
+    output that all readers share, and runs up to four fewer kernels. Gain and bias are rounded to the input's
+    dtype for the call (CUDA's kernel takes them in that dtype), as autocast rounds every linear's weight.
+
+    Not for post-norm blocks: there the norm's output is the residual stream, which autocast keeps in float32.
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        device = features.device.type
+        if features.dtype not in (torch.bfloat16, torch.float16) or not torch.is_autocast_enabled(device):
+            return super().forward(features)
+        weight = None if self.weight is None else self.weight.to(features.dtype)
+        bias = None if self.bias is None else self.bias.to(features.dtype)
+        with torch.autocast(device, enabled=False):
+            return F.layer_norm(features, self.normalized_shape, weight, bias, self.eps)
+
+
 # --- feature encoder: waveform -> frames ---------------------------------------------------------------------
 
 
@@ -78,7 +101,7 @@ class ConvLayer(nn.Module):
         )
         # transformers builds both norms with torch's default eps, not config.layer_norm_eps.
         if norm == "layer":
-            self.layer_norm = nn.LayerNorm(out_channels)
+            self.layer_norm = InputDtypeLayerNorm(out_channels)
         elif norm == "group":
             self.layer_norm = nn.GroupNorm(num_groups=out_channels, num_channels=out_channels)
         self.norm = norm
@@ -121,7 +144,7 @@ class FeatureProjection(nn.Module):
 
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
-        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
+        self.layer_norm = InputDtypeLayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
         self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
         self.dropout = nn.Dropout(config.feat_proj_dropout)
 
@@ -201,9 +224,11 @@ class TransformerLayer(nn.Module):
         self.pre_norm = config.pre_norm
         self.attention = SelfAttention(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Pre-norm outputs feed only the sublayers' linears; post-norm outputs are the residual stream.
+        norm = InputDtypeLayerNorm if config.pre_norm else nn.LayerNorm
+        self.layer_norm = norm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedForward(config)
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.final_layer_norm = norm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
@@ -221,7 +246,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.pre_norm, self.layerdrop = config.pre_norm, config.layerdrop
         self.pos_conv_embed = PositionalConvEmbedding(config)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Pre-norm: the last norm, which feeds the CTC head. Post-norm: the first, the start of the residual stream.
+        norm = InputDtypeLayerNorm if config.pre_norm else nn.LayerNorm
+        self.layer_norm = norm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
