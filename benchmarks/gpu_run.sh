@@ -69,7 +69,7 @@ fi
 
 BUDGET_S=${BUDGET_S:-$([ "$FIT" = 1 ] && echo 180 || echo 300)}
 if [ "$DEVICE" = cuda ]; then
-  SYSTEMS=${SYSTEMS:-ptasr ptasr-compile transformers-sdpa torchaudio torchaudio-compile ptasr-compile-checkpointing}
+  SYSTEMS=${SYSTEMS:-ptasr ptasr-compile transformers-sdpa torchaudio torchaudio-compile ptasr-checkpointing ptasr-compile-checkpointing}
 else
   SYSTEMS=${SYSTEMS:-ptasr transformers-eager}
 fi

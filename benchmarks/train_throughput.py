@@ -148,6 +148,7 @@ def build_torchaudio(folder: Path, device: str, compile_: bool) -> tuple[torch.n
 SYSTEMS: dict[str, Callable[[Path, str], tuple[torch.nn.Module, StepFn]]] = {
     "ptasr": lambda folder, device: build_ptasr(folder, device, compile_=False),
     "ptasr-compile": lambda folder, device: build_ptasr(folder, device, compile_=True),
+    "ptasr-checkpointing": lambda folder, device: build_ptasr(folder, device, False, checkpointing=True),
     "ptasr-compile-checkpointing": lambda folder, device: build_ptasr(folder, device, True, checkpointing=True),
     "transformers-eager": lambda folder, device: build_transformers(folder, device, "eager"),
     "transformers-sdpa": lambda folder, device: build_transformers(folder, device, "sdpa"),

@@ -1,0 +1,75 @@
+"""The measuring tools of benchmarks/train_memory.py: the figures it reports are only as good as these."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr.model.loss import ctc_loss
+from ptasr.model.wav2vec2 import InputDtypeLayerNorm
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from train_memory import CUDA_BLOCK, PeakTensorMemory, cuda_autocast_norms  # noqa: E402
+
+
+def test_peak_tensor_memory_counts_storages_once_and_sees_them_freed() -> None:
+    with PeakTensorMemory() as counter:
+        big = torch.empty(1000)  # 4000 bytes -> one 4096-byte block
+        small = torch.ones(3)  # 12 bytes -> 512
+        view = big.view(10, 100)[2:]  # shares big's storage: not counted again
+        assert counter.live == 4096 + CUDA_BLOCK
+        del big, view
+        assert counter.live == CUDA_BLOCK  # freed once the last view let go
+        total = small.sum()  # a new 4-byte result
+    assert counter.peak == 4096 + CUDA_BLOCK
+    assert counter.live == 2 * CUDA_BLOCK and float(total) == 3.0
+    external = torch.zeros(256)  # made outside the mode (like weights read from a file)
+    counter.track([external, external[:10]])
+    assert counter.live == 3 * CUDA_BLOCK + 512
+
+
+def test_cuda_autocast_rule_for_norms_on_cpu() -> None:
+    features = torch.randn(4, 16, dtype=torch.bfloat16)
+    weight = torch.ones(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.layer_norm(features, (16,), weight).dtype == torch.bfloat16  # CPU's own rule
+        with cuda_autocast_norms():
+            assert F.layer_norm(features, (16,), weight).dtype == torch.float32  # CUDA's
+            assert torch.softmax(features, -1).dtype == torch.float32
+            assert torch.log_softmax(features, -1, dtype=torch.float32).dtype == torch.float32
+            # ptasr's pre-norms keep bf16 even under CUDA's rule; plain LayerNorm does not.
+            assert InputDtypeLayerNorm(16)(features).dtype == torch.bfloat16
+            assert torch.nn.LayerNorm(16)(features).dtype == torch.float32
+        assert F.layer_norm(features, (16,), weight).dtype == torch.bfloat16  # the rule is gone again
+
+
+def test_checkpointing_lowers_the_counted_peak_and_pre_norms_lower_it_under_cuda_rules() -> None:
+    config = Wav2Vec2Config.preset("xls-r-300m", conv_dim=(32,) * 7, hidden_size=64, num_hidden_layers=4,
+                                   num_attention_heads=4, intermediate_size=256, vocab_size=12, pad_token_id=11)
+    waveforms = torch.randn(4, 32000)
+    lengths = torch.tensor([32000, 30000, 28000, 26000])
+
+    def peak(checkpointing: bool, plain_norms: bool = False) -> int:
+        torch.manual_seed(0)
+        model = Wav2Vec2CTC(config).train()
+        model.freeze_feature_encoder()
+        model.set_gradient_checkpointing(checkpointing)
+        if plain_norms:  # what autocast does with an ordinary LayerNorm
+            for module in model.modules():
+                if type(module) is InputDtypeLayerNorm:
+                    module.__class__ = torch.nn.LayerNorm
+        with PeakTensorMemory() as counter, cuda_autocast_norms():
+            counter.track(model.state_dict(keep_vars=True).values())
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits, frame_lengths = model(waveforms, lengths, torch.Generator().manual_seed(0))
+            loss = ctc_loss(logits, frame_lengths, torch.randint(0, 11, (4, 20)), torch.full((4,), 20), blank=11)
+            loss.backward()
+        return counter.peak
+
+    plain = peak(checkpointing=False)
+    assert peak(checkpointing=True) < 0.8 * plain
+    assert peak(checkpointing=False, plain_norms=True) > 1.05 * plain
