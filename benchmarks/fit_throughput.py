@@ -23,8 +23,8 @@ window), with the whole span as ``overall_*``. Validation and what follows it (a
 ``--compare-step`` times the bare ptasr step of train_throughput.py in the same process before and after the
 fit (same model config, clips per step and precision; the load of a shared machine can change in between) and
 prints the ratio fit loop / mean bare step, in audio seconds per second (what a run gets) and in padded seconds
-per second (equal work: the data module pads less than the bare step's 0.5 s buckets); below 1 is the loop's
-overhead. Figures and the JSON are written as they are measured, so a run cut short still reports.
+per second (the data module pads to the same 0.5 s multiples as the bare step, but its batches mix lengths
+differently); below 1 is the loop's overhead. Figures and the JSON are written as they are measured, so a run cut short still reports.
 
     python benchmarks/fit_throughput.py --device cpu --compare-step   # small model, 4 clips: 1-2 min on 2 cores
     python benchmarks/fit_throughput.py --compare-step                # GPU: XLS-R 300m, bf16, 16 clips per step
@@ -254,6 +254,7 @@ def fit_config(args: argparse.Namespace, corpus: Path, run_dir: Path, num_bucket
                  compile=args.compile, fused=args.device == "cuda", total_steps=recipe_steps)
     data.update(root=str(corpus), train_splits=["train"], val_split="test", test_split="test",
                 batch_size=None if args.batch_seconds else args.clips_per_step, max_batch_seconds=args.batch_seconds,
+                pad_to_multiple_seconds=bare.BUCKET_SAMPLES / bare.SAMPLE_RATE,  # the bare step's shapes
                 num_buckets=num_buckets, num_workers=args.workers, pin_memory=args.device == "cuda", seed=0)
     return config
 
@@ -373,7 +374,7 @@ def _commit() -> str | None:
 
 def ratios(results: list[dict]) -> dict | None:
     """Fit loop over bare step (the mean of its runs before and after the fit): in audio-s/s (what a run gets) and
-    in padded-s/s (the same work: the data module pads less than the bare step's 0.5 s buckets)."""
+    in padded-s/s (the same work per padded second; both pad to 0.5 s multiples, but batch lengths differently)."""
     fit = next((r for r in results if r["system"] == "fit loop"), None)
     steps = [r for r in results if r["system"].startswith("bare step") and "error" not in r]
     if not (fit and steps):

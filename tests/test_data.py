@@ -417,6 +417,15 @@ def test_collate_pads_and_lengths_are_exact(tmp_path):
         assert torch.equal(batch["labels"][i, :m], example.labels) and (batch["labels"][i, m:] == -100).all()
         expected = math.ceil(round(dataset.manifest.durations[i] * 48_000) / 3)
         assert abs(int(n) - expected) <= 16  # clip_durations.tsv is rounded to the millisecond
+    assert batch["waveforms"].shape[1] == int(batch["lengths"].max())
+    # Padded to a multiple of 0.5 s: only the width changes.
+    bucketed = collate_clips(examples, pad_to_multiple=8000)
+    width = bucketed["waveforms"].shape[1]
+    assert width % 8000 == 0 and 0 <= width - int(batch["lengths"].max()) < 8000
+    assert torch.equal(bucketed["waveforms"][:, : batch["waveforms"].shape[1]], batch["waveforms"])
+    assert not bucketed["waveforms"][:, batch["waveforms"].shape[1]:].any()
+    for key in ("lengths", "labels", "label_lengths"):
+        assert torch.equal(bucketed[key], batch[key])
 
 
 def test_loader_resumes_mid_epoch_with_prefetching_worker(tmp_path):
@@ -468,6 +477,19 @@ def test_datamodule_on_bundled_corpus_gives_contract_batches(tmp_path):
         assert batch["ids"][i].startswith("common_voice_pt_") and batch["ids"][i].endswith(".mp3")
     assert all(isinstance(v, str) for key in ("age", "gender", "accent") for v in batch[key])
     assert {len(list(dm.val_dataloader())), len(dm.val_dataloader())} == {7}  # 50 test clips, 8 per batch
+
+
+def test_datamodule_pads_batches_to_a_multiple_of_the_given_duration():
+    from ptasr.data import CommonVoiceDataModule
+
+    dm = CommonVoiceDataModule(num_workers=0, batch_size=4, pad_to_multiple_seconds=0.5)
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        for batch in loader:
+            width = batch["waveforms"].shape[1]
+            assert width % 8000 == 0 and 0 <= width - int(batch["lengths"].max()) < 8000
+    with pytest.raises(ValueError, match="pad_to_multiple_seconds must be positive"):
+        CommonVoiceDataModule(num_workers=0, pad_to_multiple_seconds=0)
 
 
 def test_datamodule_leakage_and_vocab_path(tmp_path):
@@ -599,10 +621,11 @@ def test_lightning_recreates_our_loader_for_predict(tmp_path):
     class Clips(pl.LightningDataModule):
         def predict_dataloader(self):
             return ClipLoader(dataset, sampler=BucketBatchSampler(dataset.manifest.durations, batch_size=2,
-                                                                  shuffle=False), num_workers=1)
+                                                                  shuffle=False), num_workers=1, pad_to_multiple=4000)
 
     class Ids(pl.LightningModule):
         def predict_step(self, batch, batch_idx):
+            assert batch["waveforms"].shape[1] % 4000 == 0  # the re-created loader still pads
             return batch["ids"]
 
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)

@@ -25,6 +25,7 @@ from ptasr.data.commonvoice import (
     check_leakage,
     filter_manifest,
 )
+from ptasr.data.audio import SAMPLE_RATE
 from ptasr.data.dataset import ClipDataset, ClipLoader
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, TextNormalizer, Vocabulary
@@ -52,6 +53,11 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         test_split: split tested on.
         batch_size: clips per training batch (``None``: only ``max_batch_seconds`` limits batches).
         max_batch_seconds: padded audio seconds per batch (clips x longest clip), for training and evaluation.
+        pad_to_multiple_seconds: pad every batch's waveforms up to a multiple of this duration (e.g. 0.5), so
+            that batches come in few shapes (at most ``max_duration`` / this), for code that specialises on
+            shapes: torch.compile with static shapes, CUDA graphs, cuDNN's benchmark mode. It costs compute:
+            half the multiple per clip on average, not counted in ``max_batch_seconds``. ``None``: pad to the
+            longest clip only.
         eval_batch_size: clips per validation/test batch.
         num_buckets: duration buckets the sampler draws batches from.
         min_duration: shortest clip kept, seconds.
@@ -85,6 +91,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         test_split: str = "test",
         batch_size: int | None = 16,
         max_batch_seconds: float | None = None,
+        pad_to_multiple_seconds: float | None = None,
         eval_batch_size: int = 8,
         num_buckets: int = 10,
         min_duration: float = 0.0,
@@ -113,6 +120,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         self.batch_size, self.max_batch_seconds, self.eval_batch_size = batch_size, max_batch_seconds, eval_batch_size
         self.num_buckets, self.num_workers, self.pin_memory, self.seed = num_buckets, num_workers, pin_memory, seed
         self.leakage = leakage
+        if pad_to_multiple_seconds is not None and pad_to_multiple_seconds <= 0:
+            raise ValueError(f"data.pad_to_multiple_seconds must be positive or null, got {pad_to_multiple_seconds}")
+        self.pad_to_multiple = max(1, round((pad_to_multiple_seconds or 0) * SAMPLE_RATE))  # samples
         self.normalizer = TextNormalizer(chars_to_ignore, lowercase=lowercase, strip_accents=strip_accents)
         self.filters = FilterSettings(min_duration, max_duration, tuple(conv_kernel), tuple(conv_stride))
         self._source_args: dict[str, Any] = dict(root=root, language=language, hf_dataset=hf_dataset,
@@ -246,7 +256,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         # persistent workers: forking a worker re-copies the manifest, so do it once, not every epoch
         # sampler by keyword: Lightning re-creates predict loaders from these arguments plus its own sampler=
         loader = ClipLoader(ClipDataset(manifest, self.vocab), sampler=sampler, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=True)
+                            pin_memory=self.pin_memory, persistent_workers=True, pad_to_multiple=self.pad_to_multiple)
         # Its own generator: otherwise each new iterator draws the workers' base seed from the global RNG,
         # which shifts every later random draw (dropout) and breaks exact resume at an epoch boundary.
         loader.generator = torch.Generator().manual_seed(self.seed)

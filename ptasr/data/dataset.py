@@ -6,6 +6,7 @@ sampler, so every "index" the sampler yields is a whole batch: one worker decode
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -86,8 +87,13 @@ class ClipDataset(Dataset):
                        m.accents[index])
 
 
-def collate_clips(examples: Sequence[Example | None]) -> dict[str, Any]:
+def collate_clips(examples: Sequence[Example | None], pad_to_multiple: int = 1) -> dict[str, Any]:
     """Pad a batch; clips that could not be loaded (``None``) are dropped and counted.
+
+    Args:
+        examples: the clips of one batch, ``None`` for each unreadable one.
+        pad_to_multiple: pad the waveforms up to a multiple of this many samples, so that batches come in
+            few shapes. The model ignores the extra padding: it reads ``lengths``.
 
     Returns:
         ``waveforms`` float32 (B, S) zero-padded; ``lengths`` int64 (B,) samples; ``labels`` int64 (B, L)
@@ -97,7 +103,8 @@ def collate_clips(examples: Sequence[Example | None]) -> dict[str, Any]:
     kept = [e for e in examples if e is not None]
     lengths = torch.tensor([len(e.waveform) for e in kept], dtype=torch.int64)
     label_lengths = torch.tensor([len(e.labels) for e in kept], dtype=torch.int64)
-    waveforms = torch.zeros(len(kept), int(lengths.max()) if kept else 0, dtype=torch.float32)
+    padded = -(-int(lengths.max()) // pad_to_multiple) * pad_to_multiple if kept else 0
+    waveforms = torch.zeros(len(kept), padded, dtype=torch.float32)
     labels = torch.full((len(kept), int(label_lengths.max()) if kept else 0), LABEL_PAD, dtype=torch.int64)
     for i, example in enumerate(kept):
         waveforms[i, : lengths[i]] = example.waveform
@@ -134,6 +141,7 @@ class ClipLoader(DataLoader):
         sampler: yields the batches (already sharded for this rank).
         num_workers, pin_memory, persistent_workers, prefetch_factor: as for ``DataLoader``.
         generator: seeds the workers' base seed (as for ``DataLoader``).
+        pad_to_multiple: pad each batch's waveforms to a multiple of this many samples (``collate_clips``).
         shuffle: ``None`` or ``False`` only; set ``shuffle`` on the sampler.
         batch_sampler: ``None`` only; the sampler yields the batches.
     """
@@ -141,11 +149,15 @@ class ClipLoader(DataLoader):
     def __init__(self, dataset: ClipDataset, sampler: BucketBatchSampler, num_workers: int = 0,
                  pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = None,
                  generator: torch.Generator | None = None, shuffle: bool | None = None,
-                 batch_sampler: None = None) -> None:
+                 batch_sampler: None = None, pad_to_multiple: int = 1) -> None:
         if shuffle or batch_sampler is not None:
             raise ValueError(f"ClipLoader takes shuffle=None/False and batch_sampler=None (got {shuffle!r}, "
                              f"{batch_sampler!r}): its BucketBatchSampler decides order and batches")
-        super().__init__(dataset, sampler=sampler, batch_size=None, collate_fn=collate_clips,
+        if pad_to_multiple < 1:
+            raise ValueError(f"pad_to_multiple must be a positive number of samples, got {pad_to_multiple}")
+        self.pad_to_multiple = pad_to_multiple
+        super().__init__(dataset, sampler=sampler, batch_size=None,
+                         collate_fn=functools.partial(collate_clips, pad_to_multiple=pad_to_multiple),
                          num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers and num_workers > 0,
                          prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=generator)
