@@ -313,6 +313,8 @@ def test_pre_norms_keep_bf16_under_autocast_and_match_float32() -> None:
     reference = torch.nn.functional.layer_norm(features.float(), (64,), norm.weight, norm.bias, 1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = norm(features)
+        # On CPU, exactly what autocast does with an ordinary LayerNorm (float32 gain and bias).
+        assert torch.equal(out, torch.nn.functional.layer_norm(features, (64,), norm.weight, norm.bias, 1e-5))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.01)
     out.float().sum().backward()

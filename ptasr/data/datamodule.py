@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.data import BUNDLED_CORPUS
+from ptasr.data.audio import SAMPLE_RATE
 from ptasr.data.commonvoice import (
     CommonVoiceRelease,
     FilterSettings,
@@ -25,7 +26,6 @@ from ptasr.data.commonvoice import (
     check_leakage,
     filter_manifest,
 )
-from ptasr.data.audio import SAMPLE_RATE
 from ptasr.data.dataset import ClipDataset, ClipLoader
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, TextNormalizer, Vocabulary

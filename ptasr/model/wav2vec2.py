@@ -52,8 +52,9 @@ class InputDtypeLayerNorm(nn.LayerNorm):
     bf16 input to float32 (the copy is what the backward pass keeps), and every linear that reads the float32
     output casts it back to bf16 on its own (three times for q, k and v). The kernel computes in float32 for a
     bf16 input anyway, so calling it on the bf16 input keeps half the bytes for the backward pass, writes one bf16
-    output that all readers share, and runs up to four fewer kernels. Gain and bias are rounded to the input's
-    dtype for the call (CUDA's kernel takes them in that dtype), as autocast rounds every linear's weight.
+    output that all readers share, and runs up to four fewer kernels. CUDA's kernel takes gain and bias in the
+    input's dtype, so there they are rounded to it, as autocast rounds every linear's weight. CPU's kernel takes
+    them in float32, which is what CPU's autocast (which leaves LayerNorm alone) does already.
 
     Not for post-norm blocks: there the norm's output is the residual stream, which autocast keeps in float32.
     """
@@ -62,8 +63,10 @@ class InputDtypeLayerNorm(nn.LayerNorm):
         device = features.device.type
         if features.dtype not in (torch.bfloat16, torch.float16) or not torch.is_autocast_enabled(device):
             return super().forward(features)
-        weight = None if self.weight is None else self.weight.to(features.dtype)
-        bias = None if self.bias is None else self.bias.to(features.dtype)
+        weight, bias = self.weight, self.bias
+        if device != "cpu":
+            weight = None if weight is None else weight.to(features.dtype)
+            bias = None if bias is None else bias.to(features.dtype)
         with torch.autocast(device, enabled=False):
             return F.layer_norm(features, self.normalized_shape, weight, bias, self.eps)
 
