@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -180,6 +181,44 @@ class PositionalConvEmbedding(nn.Module):
         return self.activation(positions[:, : positions.shape[1] - self.trim])
 
 
+class FramePacking(NamedTuple):
+    """Where the valid frames of a padded (B, T) batch lie, to run per-frame work on them alone.
+
+    Every part of a transformer layer but attention treats frames one by one, so the layers work on the N valid
+    frames packed into (N, D): padded frames cost no matrix products, norms or activations. Attention alone lays
+    its queries, keys and values out as (B, T, ...) again, with padded keys masked.
+    """
+
+    index: torch.Tensor | None  # (N,) int64 positions of the valid frames among the B * T; None: no padding
+    batch: int
+    frames: int
+    key_mask: torch.Tensor | None  # (B, 1, 1, T) bool, True at valid keys; None: all keys valid
+
+    @classmethod
+    def of(cls, frame_lengths: torch.Tensor, frames: int) -> FramePacking:
+        """(B,) frames of a batch padded to ``frames``."""
+        batch = frame_lengths.shape[0]
+        # The number of valid frames sets the packed shapes, so it is read back: one host sync on a GPU.
+        index = length_mask(frame_lengths, frames).flatten().nonzero().squeeze(1)
+        if index.shape[0] == batch * frames:  # no padding: no gathers, and SDPA may pick any kernel
+            return cls(None, batch, frames, None)
+        # A 0-frame example would mask every key and turn its softmax into NaN; let it see frame 0 instead.
+        # Its output is ignored anyway (no valid frame).
+        key_mask = length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]
+        return cls(index, batch, frames, key_mask)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (N, C): the valid frames, in order."""
+        flat = padded.reshape(self.batch * self.frames, padded.shape[-1])
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (B, T, C), zeros at padded frames."""
+        if self.index is not None:
+            packed = packed.new_zeros(self.batch * self.frames, packed.shape[-1]).index_copy(0, self.index, packed)
+        return packed.view(self.batch, self.frames, packed.shape[-1])
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
 
@@ -192,16 +231,18 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, D), key_mask (B, 1, 1, T) bool or None -> (B, T, D)."""
-        batch, frames, width = hidden.shape
-        heads = (batch, frames, self.num_heads, width // self.num_heads)
-        q, k, v = (proj(hidden).view(heads).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+    def forward(self, hidden: torch.Tensor, packing: FramePacking) -> torch.Tensor:
+        """(N, D) packed frames -> (N, D)."""
+        width = hidden.shape[-1]
+        heads = (packing.batch, packing.frames, self.num_heads, width // self.num_heads)
+        q, k, v = (packing.unpack(proj(hidden)).view(heads).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
         # q, k, v: (B, H, T, Dh); the default scale Dh ** -0.5 is transformers' scaling.
         context = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=packing.key_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out_proj(context.transpose(1, 2).reshape(batch, frames, width))
+        context = context.transpose(1, 2).reshape(packing.batch, packing.frames, width)  # (B, T, D)
+        return self.out_proj(packing.pack(context))
 
 
 class FeedForward(nn.Module):
@@ -214,7 +255,7 @@ class FeedForward(nn.Module):
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
+        """(..., D) -> (..., D), frame by frame."""
         hidden = self.intermediate_dropout(self.intermediate_act_fn(self.intermediate_dense(hidden)))
         return self.output_dropout(self.output_dense(hidden))
 
@@ -233,12 +274,12 @@ class TransformerLayer(nn.Module):
         self.feed_forward = FeedForward(config)
         self.final_layer_norm = norm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
+    def forward(self, hidden: torch.Tensor, packing: FramePacking) -> torch.Tensor:
+        """(N, D) packed frames -> (N, D)."""
         if self.pre_norm:
-            hidden = hidden + self.dropout(self.attention(self.layer_norm(hidden), key_mask))
+            hidden = hidden + self.dropout(self.attention(self.layer_norm(hidden), packing))
             return hidden + self.feed_forward(self.final_layer_norm(hidden))
-        hidden = self.layer_norm(hidden + self.dropout(self.attention(hidden, key_mask)))
+        hidden = self.layer_norm(hidden + self.dropout(self.attention(hidden, packing)))
         return self.final_layer_norm(hidden + self.feed_forward(hidden))
 
 
@@ -259,15 +300,17 @@ class Transformer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor, keep: list[bool] | None = None
                 ) -> torch.Tensor:
-        """(B, T, D), (B,) frames -> (B, T, D); ``keep``: the layers to run (default: :meth:`draw_layers`)."""
-        valid = length_mask(frame_lengths, hidden.shape[1])  # (B, T)
+        """(B, T, D), (B,) frames -> (B, T, D), zeros at padded frames; ``keep``: the layers to run (default:
+        :meth:`draw_layers`). The layers run on the valid frames only (:class:`FramePacking`)."""
+        frames = hidden.shape[1]
+        valid = length_mask(frame_lengths, frames)  # (B, T)
         # transformers zeroes padded frames so the positional conv does not smear them into valid ones.
         hidden = hidden * valid[..., None].to(hidden.dtype)
-        hidden = hidden + self.pos_conv_embed(hidden)
+        packing = FramePacking.of(frame_lengths, frames)
+        hidden = packing.pack(hidden + self.pos_conv_embed(hidden))  # (N, D)
         if not self.pre_norm:
             hidden = self.layer_norm(hidden)
         hidden = self.dropout(hidden)
-        key_mask = self._key_mask(frame_lengths, hidden.shape[1])
         keep = self.draw_layers(None) if keep is None else keep
         self.dropped_layers = [i for i, kept in enumerate(keep) if not kept]
         for layer, kept in zip(self.layers, keep):
@@ -275,21 +318,12 @@ class Transformer(nn.Module):
                 if torch.is_grad_enabled():
                     hidden = hidden + _zero_through(layer)
             elif self.gradient_checkpointing and self.training:
-                hidden = checkpoint(layer, hidden, key_mask, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, packing, use_reentrant=False)
             else:
-                hidden = layer(hidden, key_mask)
-        return self.layer_norm(hidden) if self.pre_norm else hidden
-
-    @staticmethod
-    def _key_mask(frame_lengths: torch.Tensor, frames: int) -> torch.Tensor | None:
-        # No padding: let SDPA pick its fastest kernel. Checked only where it costs no device sync, and not
-        # under torch.compile, where the data-dependent branch would split the graph.
-        if (frame_lengths.device.type == "cpu" and not torch.compiler.is_compiling()
-                and bool((frame_lengths >= frames).all())):
-            return None
-        # A 0-frame example would mask every key and turn its softmax into NaN; let it see frame 0 instead.
-        # Its output is ignored anyway (frame length 0).
-        return length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]  # (B, 1, 1, T)
+                hidden = layer(hidden, packing)
+        if self.pre_norm:
+            hidden = self.layer_norm(hidden)
+        return packing.unpack(hidden)
 
     def draw_layers(self, generator: torch.Generator | None) -> list[bool]:
         """LayerDrop: which layers run (all of them outside training or without layerdrop).
