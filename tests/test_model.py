@@ -204,24 +204,33 @@ def test_padded_batch_equals_single_examples() -> None:
 
 
 def test_layers_compute_valid_frames_only() -> None:
-    # Padded frames cost no matrix products: every linear in the layers sees exactly the valid frames.
+    # Padded frames cost (almost) no matrix products: the q/k/v and feed-forward linears see the valid frames only.
     from ptasr.model.wav2vec2 import FramePacking
 
     model = Wav2Vec2CTC(small_config("xls-r")).eval()
     rows: list[int] = []
     for layer in model.wav2vec2.encoder.layers:
-        for linear in (layer.attention.q_proj, layer.feed_forward.intermediate_dense):
+        for linear in (layer.attention.q_proj, layer.feed_forward.intermediate_dense, layer.feed_forward.output_dense):
             linear.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
     waveforms, lengths = batch([4000, 2500, 1200])
     with torch.no_grad():
         logits, frame_lengths = model(waveforms, lengths)
-    assert rows == [int(frame_lengths.sum())] * 4 and int(frame_lengths.sum()) < logits.shape[0] * logits.shape[1]
+    assert rows == [int(frame_lengths.sum())] * 6 and int(frame_lengths.sum()) < logits.shape[0] * logits.shape[1]
 
     frame_lengths = torch.tensor([3, 0, 2])
     packing = FramePacking.of(frame_lengths, 4)
     padded = torch.arange(12.0).view(3, 4, 1)
     assert packing.pack(padded).flatten().tolist() == [0.0, 1.0, 2.0, 8.0, 9.0]
     assert packing.unpack(packing.pack(padded)).flatten().tolist() == [0, 1, 2, 0, 0, 0, 0, 0, 8, 9, 0, 0]
+    # without zeroing, a padded frame repeats a valid one (attention masks it) and never reads out of range
+    assert packing.unpack(packing.pack(padded), zero_padding=False).flatten().tolist() == [0, 1, 2, 2, 2, 2, 2, 2,
+                                                                                          8, 9, 9, 9]
+    # the backward pass of both directions keeps indices and masks, never a (N, C) or (B, T, C) activation
+    kept: list[tuple[int, ...]] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):
+        packing.unpack(packing.pack(padded.requires_grad_()) * 2, zero_padding=True)
+        packing.unpack(packing.pack(padded) * 2, zero_padding=False)
+    assert all(shape in {(5,), (12,), (12, 1)} for shape in kept), kept
     assert packing.key_mask[:, 0, 0].tolist() == [[True, True, True, False], [True, False, False, False],
                                                   [True, True, False, False]]  # a 0-frame row sees frame 0
     full = FramePacking.of(torch.tensor([4, 4]), 4)  # no padding: no index and no mask, the fastest SDPA

@@ -185,11 +185,17 @@ class FramePacking(NamedTuple):
     """Where the valid frames of a padded (B, T) batch lie, to run per-frame work on them alone.
 
     Every part of a transformer layer but attention treats frames one by one, so the layers work on the N valid
-    frames packed into (N, D): padded frames cost no matrix products, norms or activations. Attention alone lays
-    its queries, keys and values out as (B, T, ...) again, with padded keys masked.
+    frames packed into (N, D): padded frames cost no norms, activations or matrix products but attention's own
+    (and its output projection's). Attention lays its queries, keys and values out as (B, T, ...) again, with
+    padded keys masked.
+
+    Both directions are gathers (``index_select``), whose backward keeps only the indices: a scatter into a
+    zero-filled buffer (``index_copy``) would keep its whole source for the backward pass.
     """
 
     index: torch.Tensor | None  # (N,) int64 positions of the valid frames among the B * T; None: no padding
+    rows: torch.Tensor | None  # (B * T,) int64 packed row each position reads; a padded one reads a neighbour
+    valid: torch.Tensor | None  # (B * T, 1) bool
     batch: int
     frames: int
     key_mask: torch.Tensor | None  # (B, 1, 1, T) bool, True at valid keys; None: all keys valid
@@ -198,25 +204,34 @@ class FramePacking(NamedTuple):
     def of(cls, frame_lengths: torch.Tensor, frames: int) -> FramePacking:
         """(B,) frames of a batch padded to ``frames``."""
         batch = frame_lengths.shape[0]
+        valid = length_mask(frame_lengths, frames).flatten()
         # The number of valid frames sets the packed shapes, so it is read back: one host sync on a GPU.
-        index = length_mask(frame_lengths, frames).flatten().nonzero().squeeze(1)
+        index = valid.nonzero().squeeze(1)
         if index.shape[0] == batch * frames:  # no padding: no gathers, and SDPA may pick any kernel
-            return cls(None, batch, frames, None)
+            return cls(None, None, None, batch, frames, None)
+        rows = (valid.cumsum(0) - 1).clamp(min=0)
         # A 0-frame example would mask every key and turn its softmax into NaN; let it see frame 0 instead.
         # Its output is ignored anyway (no valid frame).
         key_mask = length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]
-        return cls(index, batch, frames, key_mask)
+        return cls(index, rows, valid[:, None], batch, frames, key_mask)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (N, C): the valid frames, in order."""
         flat = padded.reshape(self.batch * self.frames, padded.shape[-1])
         return flat if self.index is None else flat.index_select(0, self.index)
 
-    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """(N, C) -> (B, T, C), zeros at padded frames."""
-        if self.index is not None:
-            packed = packed.new_zeros(self.batch * self.frames, packed.shape[-1]).index_copy(0, self.index, packed)
-        return packed.view(self.batch, self.frames, packed.shape[-1])
+    def unpack(self, packed: torch.Tensor, zero_padding: bool = True) -> torch.Tensor:
+        """(N, C) -> (B, T, C). Padded frames are zeros, or with ``zero_padding=False`` copies of a valid frame
+        (enough for attention's keys and values, which the mask hides, and its queries, whose output is dropped)."""
+        shape = (self.batch, self.frames, packed.shape[-1])
+        if self.index is None:
+            return packed.view(shape)
+        if packed.shape[0] == 0:  # no valid frame at all: nothing to gather from
+            return packed.new_zeros(shape)
+        padded = packed.index_select(0, self.rows)
+        if zero_padding:
+            padded = padded.masked_fill(~self.valid, 0.0)
+        return padded.view(shape)
 
 
 class SelfAttention(nn.Module):
@@ -235,14 +250,16 @@ class SelfAttention(nn.Module):
         """(N, D) packed frames -> (N, D)."""
         width = hidden.shape[-1]
         heads = (packing.batch, packing.frames, self.num_heads, width // self.num_heads)
-        q, k, v = (packing.unpack(proj(hidden)).view(heads).transpose(1, 2)
+        q, k, v = (packing.unpack(proj(hidden), zero_padding=False).view(heads).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         # q, k, v: (B, H, T, Dh); the default scale Dh ** -0.5 is transformers' scaling.
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=packing.key_mask, dropout_p=self.dropout if self.training else 0.0
         )
         context = context.transpose(1, 2).reshape(packing.batch, packing.frames, width)  # (B, T, D)
-        return self.out_proj(packing.pack(context))
+        # Projected before packing: the projection then keeps SDPA's own output for its backward pass, where a
+        # packed copy would be one more activation to keep. It costs the padded rows of this one product.
+        return packing.pack(self.out_proj(context))
 
 
 class FeedForward(nn.Module):
