@@ -12,15 +12,18 @@ See ``ptasr/train/cli.py`` for the CLI and ``configs/`` for the recipes.
 import os
 import sys
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ptasr.model.convert import CheckpointError
 from ptasr.train.cli import cli_main
 from ptasr.train.module import TrainingDiverged
 
-# What a user can fix: a wrong path, a mismatched checkpoint, a bad value, a learning rate that diverges.
+# What a user can fix: a wrong path, a mismatched checkpoint, a bad value, a learning rate that diverges, Trainer
+# settings that contradict each other (Lightning's MisconfigurationException).
 # These end with one line naming the problem; PTASR_TRACEBACK=1 shows the traceback instead.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError, OSError, TrainingDiverged)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError, OSError, TrainingDiverged,
+               MisconfigurationException)
 
 if __name__ == "__main__":
     try:

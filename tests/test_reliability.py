@@ -116,6 +116,13 @@ def test_an_unknown_preset_is_named(tmp_path: Path) -> None:
     assert "xls-r-3m" in error
 
 
+def test_contradicting_trainer_settings_are_one_line(tmp_path: Path) -> None:
+    # The demo config has a progress-bar callback; Lightning refuses to switch the bar off next to it.
+    error = _one_line_error("fit", "--trainer.enable_progress_bar=false",
+                            f"--trainer.logger.init_args.save_dir={tmp_path}")
+    assert "enable_progress_bar=False" in error
+
+
 def test_a_checkpoint_of_another_vocabulary_is_named(tmp_path: Path) -> None:
     # A run on the bundled corpus, accents kept ...
     trained = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=1",
