@@ -50,7 +50,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         freeze_transformer_steps: for the first N optimiser updates only the CTC head learns (fairseq's
             ``freeze_finetune_updates``), so a random head does not wreck the pretrained encoder.
         gradient_checkpointing: keep only each transformer layer's input and recompute the layer in the backward
-            pass: XLS-R 300m at 16 clips peaks at 4.9 GiB instead of 8.9, for one more forward pass of the layers.
+            pass: XLS-R 300m at 16 clips peaks at 4.9 GiB instead of 8.8 (``benchmarks/train_memory.py``), for
+            one more forward pass of the layers.
         compile: ``torch.compile`` each transformer layer and the conv stack in place (``compile_blocks``).
         optimizer: "adamw" (decoupled weight decay, HF Trainer's choice) or "adam".
         lr: peak learning rate of the encoder (and of the head unless ``head_lr`` is set).
