@@ -5,6 +5,7 @@ Notation:
     S  samples per waveform (16 kHz)
     C  conv channels (conv_dim)
     T  frames (one per 20 ms with the standard conv stack)
+    N  valid frames of a batch (the sum of its frame lengths), packed without padding
     D  hidden size
     H  attention heads, Dh = D / H
     V  vocabulary size (CTC blank included)
