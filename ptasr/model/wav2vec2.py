@@ -196,7 +196,7 @@ class FramePacking(NamedTuple):
 
     index: torch.Tensor | None  # (N,) int64 positions of the valid frames among the B * T; None: no padding
     rows: torch.Tensor | None  # (B * T,) int64 packed row each position reads; a padded one reads a neighbour
-    valid: torch.Tensor | None  # (B * T, 1) bool
+    valid: torch.Tensor  # (B, T) bool, True at valid frames
     batch: int
     frames: int
     key_mask: torch.Tensor | None  # (B, 1, 1, T) bool, True at valid keys; None: all keys valid
@@ -205,16 +205,16 @@ class FramePacking(NamedTuple):
     def of(cls, frame_lengths: torch.Tensor, frames: int) -> FramePacking:
         """(B,) frames of a batch padded to ``frames``."""
         batch = frame_lengths.shape[0]
-        valid = length_mask(frame_lengths, frames).flatten()
+        valid = length_mask(frame_lengths, frames)
         # The number of valid frames sets the packed shapes, so it is read back: one host sync on a GPU.
-        index = valid.nonzero().squeeze(1)
+        index = valid.flatten().nonzero().squeeze(1)
         if index.shape[0] == batch * frames:  # no padding: no gathers, and SDPA may pick any kernel
-            return cls(None, None, None, batch, frames, None)
-        rows = (valid.cumsum(0) - 1).clamp(min=0)
+            return cls(None, None, valid, batch, frames, None)
+        rows = (valid.flatten().cumsum(0) - 1).clamp(min=0)
         # A 0-frame example would mask every key and turn its softmax into NaN; let it see frame 0 instead.
         # Its output is ignored anyway (no valid frame).
         key_mask = length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]
-        return cls(index, rows, valid[:, None], batch, frames, key_mask)
+        return cls(index, rows, valid, batch, frames, key_mask)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (N, C): the valid frames, in order."""
@@ -231,7 +231,7 @@ class FramePacking(NamedTuple):
             return packed.new_zeros(shape)
         padded = packed.index_select(0, self.rows)
         if zero_padding:
-            padded = padded.masked_fill(~self.valid, 0.0)
+            padded = padded.masked_fill(~self.valid.view(-1, 1), 0.0)
         return padded.view(shape)
 
 
@@ -320,11 +320,9 @@ class Transformer(nn.Module):
                 ) -> torch.Tensor:
         """(B, T, D), (B,) frames -> (B, T, D), zeros at padded frames; ``keep``: the layers to run (default:
         :meth:`draw_layers`). The layers run on the valid frames only (:class:`FramePacking`)."""
-        frames = hidden.shape[1]
-        valid = length_mask(frame_lengths, frames)  # (B, T)
+        packing = FramePacking.of(frame_lengths, hidden.shape[1])
         # transformers zeroes padded frames so the positional conv does not smear them into valid ones.
-        hidden = hidden * valid[..., None].to(hidden.dtype)
-        packing = FramePacking.of(frame_lengths, frames)
+        hidden = hidden * packing.valid[..., None].to(hidden.dtype)
         hidden = packing.pack(hidden + self.pos_conv_embed(hidden))  # (N, D)
         if not self.pre_norm:
             hidden = self.layer_norm(hidden)
