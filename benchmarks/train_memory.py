@@ -109,7 +109,8 @@ def cuda_autocast_norms() -> Iterator[None]:
 
         def in_float32(*args: object, **kwargs: object) -> torch.Tensor:
             # softmax/log_softmax with an explicit dtype keep it, as under CUDA autocast.
-            if name.startswith(("softmax", "log_softmax")) and len(args) > 2 and args[2] is not None:
+            dtype = kwargs.get("dtype", args[2] if len(args) > 2 else None)
+            if name.startswith(("softmax", "log_softmax")) and dtype is not None:
                 with torch._C._ExcludeDispatchKeyGuard(exclude):
                     return overload(*args, **kwargs)
             with torch._C._ExcludeDispatchKeyGuard(exclude):
