@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload to this hub repo")
     export.add_argument("--private", action="store_true", help="create the hub repo as private")
     export.set_defaults(run=run_export)
+
+    lm = commands.add_parser("lm", help="build an n-gram language model for beam search")
+    lm_commands = lm.add_subparsers(dest="lm_command", required=True)
+    lm_build = lm_commands.add_parser("build", help="estimate a modified Kneser-Ney n-gram LM (ARPA) from text")
+    lm_build.add_argument("texts", nargs="+", help="text files (one sentence per line) or manifests (.tsv, .csv, "
+                                                   ".jsonl with a sentence, text or transcript column)")
+    lm_build.add_argument("-o", "--output", required=True, help="ARPA file to write; unigrams.txt goes beside it")
+    lm_build.add_argument("--order", type=int, default=4, help="n-gram order (default: 4)")
+    normaliser = lm_build.add_mutually_exclusive_group()
+    normaliser.add_argument("--model", default=None,
+                            help="normalise the text with this model's normaliser (checkpoint, folder or hub id)")
+    normaliser.add_argument("--normalizer", default=None,
+                            help="normalise with this normalizer.json (default: ptasr's default normaliser)")
+    lm_build.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                          help="drop the sentences of this text file or manifest (e.g. the test split); repeatable")
+    lm_build.set_defaults(run=run_lm_build)
     return parser
 
 
@@ -332,4 +348,28 @@ def run_export(args: argparse.Namespace) -> int:
     out = export(args.model, args.out_dir, logs=args.logs, name=args.name, language=args.language,
                  push_to_hub=args.push_to_hub, private=args.private)
     print(f"exported to {out}" + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+# --- lm build ------------------------------------------------------------------------------------------------
+
+
+def run_lm_build(args: argparse.Namespace) -> int:
+    from ptasr.data.text import TextNormalizer
+    from ptasr.ngram import build_from_files
+
+    if args.model is not None:
+        from ptasr.inference import load_any
+
+        normalizer = load_any(args.model)[2]
+    else:
+        normalizer = TextNormalizer.load(args.normalizer) if args.normalizer else TextNormalizer()
+    started = time.perf_counter()
+    built = build_from_files(args.texts, args.output, order=args.order, normalizer=normalizer, exclude=args.exclude)
+    if args.exclude:
+        print(f"dropped {built.excluded} of {built.sentences} sentences that occur in {', '.join(args.exclude)}")
+    counts = ", ".join(f"{n}-grams: {count}" for n, count in enumerate(built.ngrams, start=1))
+    print(f"{built.words} words, {built.vocabulary} word types, {counts}; normaliser: {normalizer!r}")
+    print(f"wrote {args.output} and {Path(args.output).parent / 'unigrams.txt'} "
+          f"in {time.perf_counter() - started:.1f} s")
     return 0
