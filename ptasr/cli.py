@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     evaluate.add_argument("--worst", type=int, default=10, help="worst utterances to show (default: 10)")
     evaluate.add_argument("--output-dir", default=".", help="where the results files go (default: .)")
+    evaluate.add_argument("--report", metavar="DIR", default=None,
+                          help="also write a browsable report of every utterance (alignments, audio, CTC "
+                               "posteriors) to DIR/index.html; it opens from disk")
     _add_lm_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
@@ -261,8 +264,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     if not data.ids:
         raise ValueError(f"{args.data} ({args.split}) has no utterances with a non-empty transcript")
+    page = _evaluation_report(args.report, recognizer)  # checks the folder before the long part
     started = time.perf_counter()
-    scored, skipped, seconds = score_eval_set(recognizer, data, _options(args, recognizer))
+    options = {**_options(args, recognizer), "keep_log_probs": page is not None}
+    scored, skipped, seconds = score_eval_set(recognizer, data, options, observe=page)
     if not scored:
         raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read; first: {skipped[0]}")
     results = summarise(args, recognizer, scored, skipped, seconds, time.perf_counter() - started)
@@ -270,11 +275,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
     print(report(results))
     write_results(Path(args.output_dir), data.name, results, scored)
+    if page is not None:
+        print(f"report written to {page.write(results, scored, data.audio)}", file=sys.stderr)
     return 0
 
 
-def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any]) -> tuple[list[Any], list[str], float]:
-    """Transcribe and score every row: (scored utterances, "id: reason" of skipped ones, audio seconds scored)."""
+def _evaluation_report(directory: str | None, recognizer: Any) -> Any:
+    """The ``--report`` collector (``ptasr.report.EvaluationReport``), or None without the flag."""
+    if directory is None:
+        return None
+    from ptasr.report import EvaluationReport
+
+    return EvaluationReport(directory, recognizer)
+
+
+def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any],
+                   observe: Callable[[int, Any], None] | None = None) -> tuple[list[Any], list[str], float]:
+    """Transcribe and score every row: (scored utterances, "id: reason" of skipped ones, audio seconds scored).
+
+    ``observe(row, transcript)`` sees every scored row's transcript, in the order of the scored utterances.
+    """
     from ptasr.inference import score_utterance
 
     scored, skipped, seconds = [], [], 0.0
@@ -283,6 +303,8 @@ def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any]) -> t
             skipped.append(f"{data.ids[i]}: {transcript.error}")
             continue
         seconds += transcript.duration
+        if observe is not None:
+            observe(i, transcript)
         prediction = recognizer.normalizer(transcript.text)  # the same normalisation on both sides
         scored.append(score_utterance(data.ids[i], data.references[i], prediction, data.groups[i]))
     return scored, skipped, seconds

@@ -25,7 +25,7 @@ import logging
 import math
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,13 +68,17 @@ class WordSpan:
 
 @dataclass
 class Transcript:
-    """The transcription of one input; ``error`` is set (and ``text`` empty) when its audio could not be read."""
+    """The transcription of one input; ``error`` is set (and ``text`` empty) when its audio could not be read.
+
+    ``log_probs`` (T, V): the model's per-frame log-probabilities, kept when asked for (``keep_log_probs``).
+    """
 
     source: str
     text: str
     duration: float
     words: list[WordSpan] | None = None
     error: str | None = None
+    log_probs: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "text": self.text, "duration": round(self.duration, 3)}
@@ -406,6 +410,7 @@ class Recognizer:
         word_timestamps: bool = False,
         decoder: BeamSearchDecoder | None = None,
         group_size: int | None = None,
+        keep_log_probs: bool = False,
     ) -> Iterator[Transcript]:
         """Transcribe audio files or waveforms, yielding results in input order.
 
@@ -417,11 +422,13 @@ class Recognizer:
             word_timestamps: also return each word's start and end time.
             decoder: a beam search decoder (``ptasr.lm.BeamSearchDecoder``); greedy decoding when None.
             group_size: inputs read and batched together (default ``8 * batch_size``); bounds memory.
+            keep_log_probs: also return each input's (T, V) log-probabilities (``Transcript.log_probs``).
         """
         inputs = iter(inputs)
         group_size = group_size or max(16, 8 * batch_size)
         while group := list(islice(inputs, group_size)):
-            yield from self._transcribe_group(group, batch_size, chunking, word_timestamps, decoder)
+            for transcript in self._transcribe_group(group, batch_size, chunking, word_timestamps, decoder):
+                yield transcript if keep_log_probs else replace(transcript, log_probs=None)
 
     def _transcribe_group(
         self, group: list[AudioInput], batch_size: int, chunking: Chunking, word_timestamps: bool,
@@ -445,7 +452,8 @@ class Recognizer:
                 results.append(Transcript(source, "", 0.0, error=waveform))
                 continue
             frames = torch.cat(stitched[index]) if index in stitched else torch.zeros(0, len(self.vocab))
-            results.append(self._decode(source, frames, waveform.shape[0] / SAMPLE_RATE, word_timestamps, decoder))
+            transcript = self._decode(source, frames, waveform.shape[0] / SAMPLE_RATE, word_timestamps, decoder)
+            results.append(replace(transcript, log_probs=frames))
         return results
 
     def _chunk_waveform(self, waveform: torch.Tensor, chunk: Chunk) -> torch.Tensor:
