@@ -1,6 +1,7 @@
 """The one place that knows how many frames a strided convolution stack makes of a waveform.
 
-Model, CTC loss and data filters all call :func:`conv_output_lengths`, so they can never disagree.
+Model, CTC loss and data filters all call :func:`conv_output_lengths`, so they can never disagree;
+:func:`length_mask` turns lengths into the valid positions of a padded batch.
 """
 
 from __future__ import annotations
@@ -36,3 +37,12 @@ def conv_output_lengths(lengths: LengthT, kernels: Sequence[int], strides: Seque
         else:
             lengths = max((lengths - kernel) // stride + 1, 0)
     return lengths
+
+
+def length_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """(B,) lengths -> (B, max_length) bool, True at valid positions.
+
+    >>> length_mask(torch.tensor([2, 0]), 3).tolist()
+    [[True, True, False], [False, False, False]]
+    """
+    return torch.arange(max_length, device=lengths.device) < lengths[:, None]

@@ -56,8 +56,7 @@ class Recorder(L.Callback):
         self._write(trainer, {"epoch": trainer.current_epoch, "train": batch["ids"]})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        dropped = pl_module.model.wav2vec2.encoder.dropped_layers
-        self._write(trainer, {"update": trainer.global_step, "dropped": dropped})
+        self._write(trainer, {"update": trainer.global_step, "dropped": outputs["dropped_layers"]})
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if outputs:

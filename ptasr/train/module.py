@@ -196,15 +196,17 @@ class Wav2Vec2CTCModule(L.LightningModule):
         batch_size = batch["waveforms"].shape[0]
         if batch_size == 0:
             return self._empty_batch_loss()
-        logits, frame_lengths = self(batch["waveforms"], batch["lengths"], self._step_generator(batch_idx))
+        generator = self._step_generator(batch_idx)
+        layers = self.model.draw_layers(generator)  # LayerDrop, drawn before SpecAugment draws from the generator
+        logits, frame_lengths = self.model(batch["waveforms"], batch["lengths"], generator, layers=layers)
         # Layers LayerDrop skipped in every batch of this update: their all-zero gradients are dropped before
         # the optimiser step (see on_before_optimizer_step).
-        dropped = set(self.model.wav2vec2.encoder.dropped_layers)
+        dropped = {index for index, runs in enumerate(layers) if not runs}
         self._dropped_layers = dropped if self._dropped_layers is None else self._dropped_layers & dropped
         loss = self._ctc_loss(logits, frame_lengths, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         # Extra outputs go to the callbacks (CTC health); Lightning detaches them.
-        return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths}
+        return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths, "dropped_layers": sorted(dropped)}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:
         return self._evaluate(batch, "val")

@@ -1,0 +1,54 @@
+"""Two drop-in replacements that compute what the plain modules compute, with fewer copies.
+
+The encoder in :mod:`ptasr.model.wav2vec2` reads without them: an :class:`InputDtypeLayerNorm` is an
+``nn.LayerNorm`` and :func:`channels_last_conv` is ``conv(features.transpose(1, 2)).transpose(1, 2)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InputDtypeLayerNorm(nn.LayerNorm):
+    """A LayerNorm that, under autocast, returns a bf16 (or fp16) input's own dtype; elsewhere ``nn.LayerNorm``.
+
+    Why: CUDA's autocast runs LayerNorm in float32. It copies a bf16 input to float32 (the copy is what the
+    backward pass keeps), and every linear that reads the float32 output casts it back to bf16 on its own
+    (three times for q, k and v). The kernel computes in float32 for a bf16 input anyway, so calling it on the
+    bf16 input keeps half the bytes for the backward pass and writes one bf16 output that all readers share.
+    CUDA's kernel takes gain and bias in the input's dtype, so there they are rounded to it, as autocast rounds
+    every linear's weight. CPU's kernel takes them in float32, which is what CPU's autocast (which leaves
+    LayerNorm alone) does already.
+
+    Only for norms whose output feeds matrix products; not for post-norm blocks, where the norm's output is the
+    residual stream, which autocast keeps in float32.
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C), in the input's dtype under autocast."""
+        device = features.device.type
+        if features.dtype not in (torch.bfloat16, torch.float16) or not torch.is_autocast_enabled(device):
+            return super().forward(features)
+        weight, bias = self.weight, self.bias
+        if device != "cpu":
+            weight = None if weight is None else weight.to(features.dtype)
+            bias = None if bias is None else bias.to(features.dtype)
+        with torch.autocast(device, enabled=False):
+            return F.layer_norm(features, self.normalized_shape, weight, bias, self.eps)
+
+
+def channels_last_conv(conv: nn.Conv1d, features: torch.Tensor) -> torch.Tensor:
+    """Apply a Conv1d to time-major features: (B, S, C_in) -> (B, S', C_out), no transposed copies.
+
+    Why: the norms and activations around the feature encoder's convs work on the channel axis, which wants
+    (B, S, C); a Conv1d wants (B, C, S), and switching costs two transposed copies per layer. (B, S, C) memory
+    is exactly a channels-last (NHWC) image of height 1, so the conv runs as a 2-D channels-last convolution,
+    the layout oneDNN and cuDNN prefer, and its output is again (B, S', C) in memory.
+    """
+    image = features.transpose(1, 2).unsqueeze(2)  # (B, C_in, 1, S), channels-last strides
+    weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (C_out, C_in, 1, k)
+    padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
+    out = F.conv2d(image, weight, conv.bias, stride=(1, conv.stride[0]), padding=padding, groups=conv.groups)
+    return out.squeeze(2).transpose(1, 2).contiguous()  # (B, S', C_out): a view, unless a backend chose another layout
