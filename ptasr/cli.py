@@ -55,8 +55,11 @@ def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
                        help="word-level LM (default) or one over the model's tokens (characters, '|' between words)")
     group.add_argument("--lm-words", default=None,
                        help="word list of a binary word-level LM (default: unigrams.txt beside it)")
-    group.add_argument("--lm-weight", type=float, default=2.0, help="weight of the LM's log10 probability (default: 2)")
-    group.add_argument("--word-score", type=float, default=0.0, help="score added per word (default: 0)")
+    group.add_argument("--lm-weight", type=float, default=None,
+                       help="weight of the LM's log10 probability (default: the tuned one in LM.json beside the "
+                            "LM, else 2)")
+    group.add_argument("--word-score", type=float, default=None,
+                       help="score added per word (default: the tuned one in LM.json, else 0)")
     group.add_argument("--beam-size", type=int, default=50, help="hypotheses kept per frame (default: 50)")
 
 
@@ -88,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also write a browsable report of every utterance (alignments, audio, CTC "
                                "posteriors) to DIR/index.html; it opens from disk")
     _add_lm_arguments(evaluate)
+    tune = evaluate.add_argument_group("LM weight search (with --lm)")
+    tune.add_argument("--tune", action="store_true",
+                      help="search the LM weight and word score on this split (network run once) and save the best "
+                           "pair in LM.json beside the LM, where transcribe, evaluate and export read it")
+    tune.add_argument("--lm-weights", type=_floats, default=None,
+                      help="LM weights to try, comma-separated (default: 0,0.5,1,1.5,2,3,4)")
+    tune.add_argument("--word-scores", type=_floats, default=None,
+                      help="word scores to try, comma-separated; --word-scores=-1,0,1 when the first is negative "
+                           "(default: -2,-1,0,1,2,3)")
     evaluate.set_defaults(run=run_evaluate)
 
     export = commands.add_parser("export", help="write a Hugging Face model folder with a model card")
@@ -157,8 +169,22 @@ def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
         return None
     from ptasr.lm import BeamSearchDecoder
 
+    lm_weight, word_score = _lm_weights(args)
     return BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
-                             beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score)
+                             beam_size=args.beam_size, lm_weight=lm_weight, word_score=word_score)
+
+
+def _lm_weights(args: argparse.Namespace) -> tuple[float, float]:
+    """LM weight and word score: the flags where given, else the tuned pair saved beside the LM, else 2 and 0."""
+    from ptasr.lm import load_weights, weights_path
+
+    tuned = load_weights(args.lm) if args.lm else None
+    if tuned and (args.lm_weight is None or args.word_score is None):
+        print(f"ptasr: LM weights tuned on {tuned.get('data', '?')} ({tuned.get('split', '?')}) from "
+              f"{weights_path(args.lm)}", file=sys.stderr)
+    tuned = tuned or {"lm_weight": 2.0, "word_score": 0.0}
+    return (tuned["lm_weight"] if args.lm_weight is None else args.lm_weight,
+            tuned["word_score"] if args.word_score is None else args.word_score)
 
 
 def _options(args: argparse.Namespace, recognizer: Any, word_timestamps: bool = False) -> dict[str, Any]:
@@ -260,6 +286,8 @@ def _release_eval_set(path: Path, split: str, normalizer: Any, language: str | N
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.tune:
+        return run_tune(args)
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     if not data.ids:
@@ -394,4 +422,59 @@ def run_lm_build(args: argparse.Namespace) -> int:
     print(f"{built.words} words, {built.vocabulary} word types, {counts}; normaliser: {normalizer!r}")
     print(f"wrote {args.output} and {Path(args.output).parent / 'unigrams.txt'} "
           f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+# --- evaluate --tune -----------------------------------------------------------------------------------------
+
+
+def _floats(text: str) -> list[float]:
+    return [float(value) for value in text.split(",") if value.strip()]
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
+    and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
+    from ptasr.inference import Chunking, error_rates, score_utterance
+    from ptasr.lm import (DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, EmissionRecorder, best_trial,
+                          save_weights, search_weights)
+
+    if args.lm is None:
+        raise ValueError("--tune searches the weights of an n-gram LM: give one with --lm LM")
+    recognizer = _recognizer(args)
+    data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
+    started = time.perf_counter()
+    recorder = EmissionRecorder()
+    transcripts = list(recognizer.transcribe_iter(data.audio, batch_size=args.batch_size, decoder=recorder,
+                                                  chunking=Chunking(args.chunk_length_s or None, args.stride_length_s)))
+    rows = [i for i, t in enumerate(transcripts) if t.error is None]
+    if not rows:
+        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read")
+    references = [data.references[i] for i in rows]
+
+    def score(predictions: list[str]) -> list[Any]:
+        return [score_utterance(data.ids[i], ref, recognizer.normalizer(p), data.groups[i])
+                for i, ref, p in zip(rows, references, predictions)]
+
+    decoder = BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
+                                beam_size=args.beam_size)
+    trials = search_weights(decoder, recorder.emissions, lambda predictions: error_rates(score(predictions)),
+                            args.lm_weights or DEFAULT_LM_WEIGHTS, args.word_scores or DEFAULT_WORD_SCORES)
+    best = best_trial(trials)
+    print("| LM weight | word score | WER | CER |\n|---:|---:|---:|---:|")
+    print("\n".join(f"| {t.lm_weight:g} | {t.word_score:g} | {t.wer:.4f} | {t.cer:.4f} |" for t in trials))
+    print(f"\nbest: LM weight {best.lm_weight:g}, word score {best.word_score:g} (WER {best.wer:.4f}, CER {best.cer:.4f}) "
+          f"on {len(rows)} utterances of {args.data} ({args.split})")
+    saved = save_weights(args.lm, best, model=args.model, data=args.data, split=args.split, utterances=len(rows),
+                         beam_size=args.beam_size, lm_unit=args.lm_unit)
+    print(f"saved to {saved}\n")
+    args.lm_weight, args.word_score = best.lm_weight, best.word_score
+    scored = score(best.predictions)
+    seconds = sum(transcripts[i].duration for i in rows)
+    skipped = [f"{data.ids[i]}: {t.error}" for i, t in enumerate(transcripts) if t.error is not None]
+    results = summarise(args, recognizer, scored, skipped, seconds, time.perf_counter() - started)
+    results["tuning"] = [{"lm_weight": t.lm_weight, "word_score": t.word_score, "wer": t.wer, "cer": t.cer}
+                         for t in trials]
+    print(report(results))
+    write_results(Path(args.output_dir), data.name, results, scored)
     return 0

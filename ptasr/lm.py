@@ -1,4 +1,5 @@
-"""CTC beam search with a KenLM n-gram language model, through torchaudio's flashlight decoder.
+"""CTC beam search with a KenLM n-gram language model, through torchaudio's flashlight decoder, and the search
+for its weights.
 
 Decoding is lexicon-free: any character sequence can come out, the LM only rescores. flashlight's own
 lexicon-free decoder asks its LM about every emitted *token*, so a KenLM model plugged into it directly must
@@ -18,8 +19,11 @@ flashlight-text is an optional dependency (``pip install 'ptasr[lm]'``); it is i
 from __future__ import annotations
 
 import bisect
+import copy
 import importlib
+import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,15 +59,18 @@ class Hypothesis:
 
 
 def _flashlight() -> Any:
-    """torchaudio's flashlight decoder module, or a one-line way out if flashlight-text is missing."""
+    """torchaudio's public decoder module (``ctc_decoder`` and the custom-LM base classes), or a one-line way out
+    if flashlight-text, which it wraps, is missing."""
     try:
         # import_module consults sys.modules, so an absent flashlight fails here even after a first import
-        _ctc_decoder = importlib.import_module("torchaudio.models.decoder._ctc_decoder")
-    except ImportError as error:
+        importlib.import_module("flashlight.lib.text.decoder")
+        decoder = importlib.import_module("torchaudio.models.decoder")
+        decoder.ctc_decoder  # noqa: B018 -- a lazy attribute: the first access imports the flashlight binding
+    except (ImportError, RuntimeError) as error:  # torchaudio reports a failed flashlight import as RuntimeError
         raise LMUnavailableError(
             f"beam search decoding needs flashlight-text ({error}); install it with: pip install 'ptasr[lm]'"
         ) from error
-    return _ctc_decoder
+    return decoder
 
 
 # --- reading the LM's word list --------------------------------------------------------------------------------
@@ -221,23 +228,26 @@ class BeamSearchDecoder:
         lm_weight: float = 2.0,
         word_score: float = 0.0,
     ) -> None:
-        flashlight = _flashlight()
+        self._flashlight = _flashlight()
         self.vocab = vocab
-        lm_model = self._language_model(flashlight, Path(lm) if lm is not None else None, unit, words)
+        self.settings = {"beam_size": beam_size, "beam_size_token": beam_size_token, "beam_threshold": beam_threshold}
+        self._lm = self._language_model(self._flashlight, Path(lm) if lm is not None else None, unit, words)
+        self._decoder = self._build(lm_weight, word_score)
+
+    def _build(self, lm_weight: float, word_score: float) -> Any:
+        self.lm_weight, self.word_score = lm_weight, word_score
         # Lexicon-free decoding has no word score of its own: its "silence score", added whenever the
         # delimiter is emitted, is the per-word bonus.
-        self._decoder = flashlight.ctc_decoder(
-            lexicon=None,
-            tokens=vocab.tokens,
-            lm=lm_model,
-            beam_size=beam_size,
-            beam_size_token=beam_size_token,
-            beam_threshold=beam_threshold,
-            lm_weight=lm_weight,
-            sil_score=word_score,
-            blank_token=vocab.pad_token,
-            sil_token=vocab.word_delimiter,
+        return self._flashlight.ctc_decoder(
+            lexicon=None, tokens=self.vocab.tokens, lm=self._lm, lm_weight=lm_weight, sil_score=word_score,
+            blank_token=self.vocab.pad_token, sil_token=self.vocab.word_delimiter, **self.settings,
         )
+
+    def with_weights(self, lm_weight: float, word_score: float) -> BeamSearchDecoder:
+        """The same decoder and LM (loaded once) with another LM weight and word score, for weight search."""
+        other = copy.copy(self)
+        other._decoder = other._build(lm_weight, word_score)
+        return other
 
     def _language_model(self, flashlight: Any, path: Path | None, unit: LMUnit, words: str | Path | None) -> Any:
         if path is None:
@@ -286,3 +296,88 @@ class BeamSearchDecoder:
     def decode(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
         """Transcripts of a batch: (B, T, V) log-probabilities, (B,) frames -> B strings."""
         return [self.vocab.decode(h.tokens) for h in self(log_probs, frame_lengths)]
+
+
+# --- the weight search --------------------------------------------------------------------------------------
+
+# Grids of ``ptasr evaluate --tune``: LM weights in flashlight's scale (times the LM's log10 probability; 2.3 is
+# pyctcdecode's alpha 1) and per-word scores (natural-log units, as the acoustic scores).
+DEFAULT_LM_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_WORD_SCORES = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+
+
+class EmissionRecorder:
+    """Takes a decoder's place in ``Recognizer.transcribe_iter`` and keeps each recording's (T, V) log-probabilities
+    (chunks already stitched), so that a weight search runs the network once; it returns empty hypotheses."""
+
+    def __init__(self) -> None:
+        self.emissions: list[torch.Tensor] = []
+
+    def __call__(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[Hypothesis]:
+        """(B, T, V) log-probabilities and (B,) frame counts -> B empty hypotheses."""
+        rows = [row[:frames].detach().to("cpu", torch.float32) for row, frames in zip(log_probs, frame_lengths.tolist())]
+        self.emissions += rows
+        return [Hypothesis([], [], 0.0) for _ in rows]
+
+
+@dataclass
+class Trial:
+    """One (LM weight, word score) pair of a weight search, with its corpus error rates and transcripts."""
+
+    lm_weight: float
+    word_score: float
+    wer: float
+    cer: float
+    predictions: list[str]
+
+
+def search_weights(
+    decoder: BeamSearchDecoder, emissions: list[torch.Tensor], score: Callable[[list[str]], dict[str, Any]],
+    lm_weights: Sequence[float] = DEFAULT_LM_WEIGHTS, word_scores: Sequence[float] = DEFAULT_WORD_SCORES,
+) -> list[Trial]:
+    """Decode the same emissions with every pair of the grid.
+
+    Args:
+        decoder: the beam search decoder with its LM (loaded once, re-weighted per trial).
+        emissions: one (T_i, V) log-probability tensor per utterance.
+        score: transcripts -> a dict with the corpus ``wer`` and ``cer`` (``ptasr``'s one scorer).
+    """
+    log_probs = torch.nn.utils.rnn.pad_sequence(emissions, batch_first=True)  # (B, T, V); padding is never read
+    frames = torch.tensor([e.shape[0] for e in emissions], dtype=torch.long)
+    trials = []
+    for lm_weight in lm_weights:
+        for word_score in word_scores:
+            predictions = decoder.with_weights(lm_weight, word_score).decode(log_probs, frames)
+            rates = score(predictions)
+            trials.append(Trial(lm_weight, word_score, rates["wer"], rates["cer"], predictions))
+    return trials
+
+
+def best_trial(trials: Sequence[Trial]) -> Trial:
+    """The lowest WER, ties to the lowest CER, then to the smaller LM weight (the least change)."""
+    return min(trials, key=lambda t: (t.wer, t.cer, t.lm_weight, abs(t.word_score)))
+
+
+def weights_path(lm: str | Path) -> Path:
+    """Where tuned weights live: beside the LM, ``lm.arpa`` -> ``lm.arpa.json``."""
+    return Path(f"{lm}.json")
+
+
+def save_weights(lm: str | Path, trial: Trial, **provenance: Any) -> Path:
+    """Write the tuned pair (and what it was tuned on) where ``transcribe``, ``evaluate`` and ``export`` read it."""
+    path = weights_path(lm)
+    record = {"lm_weight": trial.lm_weight, "word_score": trial.word_score, "wer": trial.wer, "cer": trial.cer,
+              **provenance}
+    path.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_weights(lm: str | Path) -> dict[str, Any] | None:
+    """The tuned weights saved beside ``lm``, or None if it was never tuned."""
+    path = weights_path(lm)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not {"lm_weight", "word_score"} <= set(record):
+        raise ValueError(f"{path} lacks lm_weight or word_score; delete it or run: ptasr evaluate ... --tune")
+    return record

@@ -143,6 +143,41 @@ def test_not_an_lm_file_is_refused_before_kenlm_sees_it(tmp_path: Path) -> None:
 
 def test_missing_flashlight_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # A None entry in sys.modules makes the import fail as if the package were absent.
-    monkeypatch.setitem(sys.modules, "torchaudio.models.decoder._ctc_decoder", None)
+    monkeypatch.setitem(sys.modules, "flashlight.lib.text.decoder", None)
     with pytest.raises(LMUnavailableError, match=r"pip install 'ptasr\[lm\]'"):
         BeamSearchDecoder(VOCAB)
+
+
+# --- the weight search --------------------------------------------------------------------------------------
+
+
+def test_search_weights_reuses_emissions_and_finds_the_lm_helps(word_lm: Path) -> None:
+    from ptasr.inference import error_rates, score_utterance
+    from ptasr.lm import best_trial, search_weights
+
+    references = ["casa mesa", "casa"]
+    emissions = [CAZA_MEZA[0], CAZA[0]]  # (T_i, V) each, different lengths
+
+    def score(predictions: list[str]) -> dict:
+        return error_rates([score_utterance(str(i), r, p) for i, (r, p) in enumerate(zip(references, predictions))])
+
+    trials = search_weights(BeamSearchDecoder(VOCAB, word_lm), emissions, score, lm_weights=[0.0, 1.0],
+                            word_scores=[0.0, 0.5])
+    assert [(t.lm_weight, t.word_score) for t in trials] == [(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)]
+    assert trials[0].predictions == ["caza meza", "caza"] and trials[0].wer == 1.0  # no LM: greedy's answer
+    assert trials[2].predictions == ["casa mesa", "casa"] and trials[2].wer == 0.0
+    best = best_trial(trials)
+    assert (best.lm_weight, best.word_score) == (1.0, 0.0)  # ties go to the smaller change
+
+
+def test_tuned_weights_round_trip(tmp_path: Path) -> None:
+    from ptasr.lm import Trial, load_weights, save_weights, weights_path
+
+    lm = tmp_path / "lm.arpa"
+    assert load_weights(lm) is None
+    saved = save_weights(lm, Trial(1.5, -1.0, 0.2, 0.05, []), split="dev")
+    assert saved == weights_path(lm) == tmp_path / "lm.arpa.json"
+    assert load_weights(lm) == {"lm_weight": 1.5, "word_score": -1.0, "wer": 0.2, "cer": 0.05, "split": "dev"}
+    saved.write_text('{"alpha": 1}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"lm\.arpa\.json lacks lm_weight"):
+        load_weights(lm)
