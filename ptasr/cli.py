@@ -436,16 +436,14 @@ def run_tune(args: argparse.Namespace) -> int:
     """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
     from ptasr.inference import Chunking, error_rates, score_utterance
-    from ptasr.lm import (DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, EmissionRecorder, best_trial,
-                          save_weights, search_weights)
+    from ptasr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, best_trial, save_weights, search_weights
 
     if args.lm is None:
         raise ValueError("--tune searches the weights of an n-gram LM: give one with --lm LM")
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     started = time.perf_counter()
-    recorder = EmissionRecorder()
-    transcripts = list(recognizer.transcribe_iter(data.audio, batch_size=args.batch_size, decoder=recorder,
+    transcripts = list(recognizer.transcribe_iter(data.audio, batch_size=args.batch_size, keep_log_probs=True,
                                                   chunking=Chunking(args.chunk_length_s or None, args.stride_length_s)))
     rows = [i for i, t in enumerate(transcripts) if t.error is None]
     if not rows:
@@ -458,13 +456,15 @@ def run_tune(args: argparse.Namespace) -> int:
 
     decoder = BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
                                 beam_size=args.beam_size)
-    trials = search_weights(decoder, recorder.emissions, lambda predictions: error_rates(score(predictions)),
+    trials = search_weights(decoder, [transcripts[i].log_probs for i in rows],
+                            lambda predictions: error_rates(score(predictions)),
                             args.lm_weights or DEFAULT_LM_WEIGHTS, args.word_scores or DEFAULT_WORD_SCORES)
-    best = best_trial(trials)
+    best, greedy = best_trial(trials), error_rates(score([transcripts[i].text for i in rows]))
     print("| LM weight | word score | WER | CER |\n|---:|---:|---:|---:|")
     print("\n".join(f"| {t.lm_weight:g} | {t.word_score:g} | {t.wer:.4f} | {t.cer:.4f} |" for t in trials))
     print(f"\nbest: LM weight {best.lm_weight:g}, word score {best.word_score:g} (WER {best.wer:.4f}, CER {best.cer:.4f}) "
-          f"on {len(rows)} utterances of {args.data} ({args.split})")
+          f"on {len(rows)} utterances of {args.data} ({args.split}); greedy: WER {greedy['wer']:.4f}, "
+          f"CER {greedy['cer']:.4f}")
     saved = save_weights(args.lm, best, model=args.model, data=args.data, split=args.split, utterances=len(rows),
                          beam_size=args.beam_size, lm_unit=args.lm_unit)
     print(f"saved to {saved}\n")

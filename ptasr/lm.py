@@ -306,20 +306,6 @@ DEFAULT_LM_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 DEFAULT_WORD_SCORES = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
 
 
-class EmissionRecorder:
-    """Takes a decoder's place in ``Recognizer.transcribe_iter`` and keeps each recording's (T, V) log-probabilities
-    (chunks already stitched), so that a weight search runs the network once; it returns empty hypotheses."""
-
-    def __init__(self) -> None:
-        self.emissions: list[torch.Tensor] = []
-
-    def __call__(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[Hypothesis]:
-        """(B, T, V) log-probabilities and (B,) frame counts -> B empty hypotheses."""
-        rows = [row[:frames].detach().to("cpu", torch.float32) for row, frames in zip(log_probs, frame_lengths.tolist())]
-        self.emissions += rows
-        return [Hypothesis([], [], 0.0) for _ in rows]
-
-
 @dataclass
 class Trial:
     """One (LM weight, word score) pair of a weight search, with its corpus error rates and transcripts."""
