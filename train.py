@@ -6,33 +6,31 @@
     python train.py test -c configs/demo.yaml --ckpt_path runs/demo/version_0/checkpoints/last.ckpt
     python train.py fit --print_config                    # the full resolved configuration
 
-See ``ptasr/train/cli.py`` for the CLI and ``configs/`` for the recipes.
+See ``ptasr/train/cli.py`` for the CLI and ``configs/`` for the recipes. A wrong setting or path ends the run
+with one line naming it (``PTASR_TRACEBACK=1`` shows the traceback; see ``ptasr/errors.py``).
 """
 
-import os
 import sys
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from ptasr.model.convert import CheckpointError
+from ptasr.errors import UserError, exit_status
 from ptasr.train.cli import cli_main
 from ptasr.train.module import TrainingDiverged
 
-# What a user can fix: a wrong path, a mismatched checkpoint, a bad value, a learning rate that diverges, Trainer
-# settings that contradict each other (Lightning's MisconfigurationException).
-# These end with one line naming the problem; PTASR_TRACEBACK=1 shows the traceback instead.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, CheckpointError, ValueError, OSError, TrainingDiverged,
-               MisconfigurationException)
+
+def _run() -> None:
+    cli_main()  # arguments from sys.argv
+
+
+def _other_rank_of_divergence(error: BaseException) -> bool:
+    # Every DDP rank raises TrainingDiverged at the same update (its counts come from all-reduced gradients),
+    # so rank 0's line speaks for all of them.
+    return isinstance(error, TrainingDiverged) and rank_zero_only.rank != 0
+
 
 if __name__ == "__main__":
-    try:
-        cli_main()
-    except USER_ERRORS as error:
-        if os.environ.get("PTASR_TRACEBACK"):
-            raise
-        if isinstance(error, TrainingDiverged) and rank_zero_only.rank != 0:
-            # Every DDP rank raises it at the same update (its counts come from all-reduced gradients), so
-            # rank 0's line speaks for all of them.
-            sys.exit(1)
-        sys.exit(f"train.py: error: {error} (PTASR_TRACEBACK=1 shows where)")
+    # Lightning's MisconfigurationException names Trainer settings that contradict each other: the user's to fix.
+    sys.exit(exit_status(_run, "train.py", (UserError, MisconfigurationException),
+                         silent=_other_rank_of_divergence))

@@ -4,7 +4,7 @@ MODEL is anything :meth:`ptasr.inference.Recognizer.load` takes: a ``train.py`` 
 folder written by ``ptasr export`` (or any Hugging Face wav2vec2 CTC folder), or a hub id.
 
 A wrong path, a checkpoint that does not fit, or unreadable data ends the command with one line on stderr
-saying what and where, and a non-zero exit status; ``PTASR_DEBUG=1`` shows the traceback instead.
+saying what and where, and exit status 1; ``PTASR_TRACEBACK=1`` shows the traceback (see ``ptasr/errors.py``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from typing import Any, TextIO
 
 
 from ptasr.data.audio import AudioDecodeError
+from ptasr.errors import DataError, MissingPathError, SettingError, UserError, exit_status
 
 log = logging.getLogger("ptasr")
 
 BREAKDOWN_COLUMNS = ("gender", "age", "accent")
-
-# Errors that describe a problem with the user's input, not a bug: reported in one line.
-_USER_ERRORS = (OSError, ValueError, AudioDecodeError, ImportError)
 
 
 # --- argument parsing ----------------------------------------------------------------------------------------
@@ -140,16 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit.code or 0)
     logging.basicConfig(level=logging.WARNING, format="ptasr: %(message)s")
     try:
-        return args.run(args)
+        return exit_status(lambda: args.run(args), f"ptasr {args.command}")
     except BrokenPipeError:  # `ptasr transcribe ... | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except _USER_ERRORS as error:
-        if os.environ.get("PTASR_DEBUG"):
-            raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"ptasr {args.command}: error: {message}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -195,7 +187,10 @@ def _options(args: argparse.Namespace, recognizer: Any, word_timestamps: bool = 
 
 
 def _open_output(path: str | None) -> TextIO:
-    return open(path, "w", encoding="utf-8") if path else sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8") if path else sys.stdout
+    except OSError as error:
+        raise UserError(f"cannot write --output {path}: {error.strerror}") from error
 
 
 # --- transcribe ----------------------------------------------------------------------------------------------
@@ -206,7 +201,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
 
     files = find_audio(args.audio)
     if not files:
-        raise FileNotFoundError(f"no audio files in {', '.join(args.audio)}")
+        raise MissingPathError(f"no audio files in {', '.join(args.audio)}")
     recognizer = _recognizer(args)
     options = _options(args, recognizer, word_timestamps=args.word_timestamps)
     failed = 0
@@ -258,7 +253,7 @@ def load_eval_set(data: str, split: str, normalizer: Any, language: str | None) 
     """A release folder's split (or archive), or one split TSV whose clips are in ``clips/`` beside it."""
     path = Path(data).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"no Common Voice release folder, archive or TSV at {path}")
+        raise MissingPathError(f"no Common Voice release folder, archive or TSV at {path}")
     if path.is_file() and path.suffix == ".tsv":
         return _tsv_eval_set(path, normalizer)
     return _release_eval_set(path, split, normalizer, language)
@@ -291,7 +286,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     if not data.ids:
-        raise ValueError(f"{args.data} ({args.split}) has no utterances with a non-empty transcript")
+        raise DataError(f"{args.data} ({args.split}) has no utterances with a non-empty transcript")
     page = _evaluation_report(args.report, recognizer)  # checks the folder before the long part
     started = time.perf_counter()
     options = {**_options(args, recognizer), "keep_log_probs": page is not None}
@@ -323,7 +318,7 @@ def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any],
 
     ``observe(row, transcript)`` sees every scored row's transcript, in the order of the scored utterances.
     """
-    from ptasr.inference import score_utterance
+    from ptasr.scoring import score_utterance
 
     scored, skipped, seconds = [], [], 0.0
     for i, transcript in enumerate(recognizer.transcribe_iter(data.audio, **options)):
@@ -341,7 +336,7 @@ def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any],
 def summarise(args: argparse.Namespace, recognizer: Any, scored: list[Any], skipped: list[str], seconds: float,
               elapsed: float) -> dict[str, Any]:
     """Everything the results files hold: corpus rates, breakdowns, worst utterances, settings and speed."""
-    from ptasr.inference import breakdown, error_rates, worst
+    from ptasr.scoring import breakdown, error_rates, worst
 
     return {
         "model": args.model, "data": args.data, "split": args.split,
@@ -435,11 +430,12 @@ def _floats(text: str) -> list[float]:
 def run_tune(args: argparse.Namespace) -> int:
     """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
-    from ptasr.inference import Chunking, error_rates, score_utterance
+    from ptasr.inference import Chunking
+    from ptasr.scoring import error_rates, score_utterance
     from ptasr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, best_trial, save_weights, search_weights
 
     if args.lm is None:
-        raise ValueError("--tune searches the weights of an n-gram LM: give one with --lm LM")
+        raise SettingError("--tune searches the weights of an n-gram LM: give one with --lm LM")
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     started = time.perf_counter()

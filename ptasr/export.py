@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from ptasr.data.text import Vocabulary
+from ptasr.errors import HubError, MissingPathError
 from ptasr.inference import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 
@@ -303,7 +304,7 @@ def export(
     recognizer = Recognizer.load(source, device="cpu", dtype="float32")  # the weights as trained
     log_dir = Path(logs) if logs is not None else find_log_dir(Path(source))
     if log_dir is not None and not log_dir.is_dir():
-        raise FileNotFoundError(f"no TensorBoard run folder at {log_dir}")
+        raise MissingPathError(f"no TensorBoard run folder at {log_dir}")
     write_hf_folder(recognizer, out_dir)
     rows = training_results(read_scalars(log_dir)) if log_dir is not None else []
     data = recognizer.metadata.get("datamodule_hyper_parameters") or {}
@@ -320,7 +321,7 @@ def export(
 def push(folder: Path, repo_id: str, private: bool = False) -> str:
     """Upload ``folder`` to the hub repo ``repo_id`` (created if needed); returns the repo URL."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise OSError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set. The export in {folder} is complete; "
+        raise HubError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set. The export in {folder} is complete; "
                       f"upload it later with `huggingface-cli upload {repo_id} {folder}`")
     try:
         from huggingface_hub import HfApi
@@ -329,7 +330,7 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload model exported by ptasr")
     except Exception as error:  # noqa: BLE001 -- network, auth and hub errors all end the same way
-        raise OSError(f"could not push {folder} to the hub repo {repo_id} ({type(error).__name__}: "
+        raise HubError(f"could not push {folder} to the hub repo {repo_id} ({type(error).__name__}: "
                       f"{str(error).splitlines()[0] if str(error) else 'no details'}). Offline or not logged in? "
                       f"The export itself is complete") from error
     return str(url)

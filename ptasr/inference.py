@@ -1,4 +1,4 @@
-"""Running a trained model: load it from wherever it was saved, transcribe audio of any length, score a corpus.
+"""Running a trained model: load it from wherever it was saved, transcribe audio of any length.
 
 A :class:`Recognizer` is a model with its vocabulary and text normaliser. It loads from
 
@@ -38,7 +38,8 @@ from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio, normaliz
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.model.convert import MODEL_FILES, CheckpointError, download, is_hub_id, load_checked, safe_torch_load
+from ptasr.errors import CheckpointError, MissingPathError, SettingError
+from ptasr.model.convert import MODEL_FILES, download, is_hub_id, load_checked, safe_torch_load
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ class Chunking:
 
         chunk, stride = align(self.chunk_length_s), align(stride_s)
         if chunk <= 2 * stride:
-            raise ValueError(f"chunk_length_s {self.chunk_length_s} must exceed twice stride_length_s {stride_s}")
+            raise SettingError(f"chunk_length_s {self.chunk_length_s} must exceed twice stride_length_s {stride_s}")
         return chunk, stride, stride
 
     def split(self, num_samples: int, samples_per_frame: int) -> list[Chunk]:
@@ -272,7 +273,7 @@ def load_lightning_checkpoint(path: Path) -> tuple[Wav2Vec2CTC, Vocabulary, Text
 def load_folder_vocabulary(folder: Path) -> Vocabulary:
     """``vocab.json`` plus the tokens of ``added_tokens.json`` (HF's script adds ``<s>``/``</s>`` there)."""
     if not (folder / "vocab.json").is_file():
-        raise FileNotFoundError(f"no vocab.json in {folder}: a CTC model folder needs its vocabulary")
+        raise MissingPathError(f"no vocab.json in {folder}: a CTC model folder needs its vocabulary")
     vocab = Vocabulary.load(folder / "vocab.json")
     added = folder / "added_tokens.json"
     if not added.is_file():
@@ -304,11 +305,11 @@ def load_any(source: str | Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalize
         return load_lightning_checkpoint(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is a folder without config.json: not an exported model")
+            raise MissingPathError(f"{path} is a folder without config.json: not an exported model")
         return load_folder(path)
     if is_hub_id(source):
         return load_folder(download(str(source), _HUB_FILES))
-    raise FileNotFoundError(f"no model at {source}: not a checkpoint file, a model folder or a hub id")
+    raise MissingPathError(f"no model at {source}: not a checkpoint file, a model folder or a hub id")
 
 
 # --- the recognizer ----------------------------------------------------------------------------------------
@@ -514,75 +515,6 @@ def find_audio(paths: Iterable[str | Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"no audio file or folder at {path}")
+            raise MissingPathError(f"no audio file or folder at {path}")
     return found
 
-
-# --- scoring -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Scored:
-    """One evaluated utterance with its word and character edit counts (S, D, I, H)."""
-
-    id: str
-    reference: str
-    prediction: str
-    word_counts: tuple[int, int, int, int]
-    char_counts: tuple[int, int, int, int]
-    groups: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def word_errors(self) -> int:
-        return sum(self.word_counts[:3])
-
-    @property
-    def reference_words(self) -> int:
-        substitutions, deletions, _, hits = self.word_counts
-        return substitutions + deletions + hits
-
-
-def score_utterance(
-    id: str, reference: str, prediction: str, groups: dict[str, str] | None = None
-) -> Scored:
-    """Edit counts of one utterance from jiwer 4 (its counts are what sums across a corpus)."""
-    import jiwer
-
-    prediction = " ".join(prediction.split())
-    words = jiwer.process_words(reference, prediction)
-    chars = jiwer.process_characters(reference, prediction)
-    counts = ("substitutions", "deletions", "insertions", "hits")
-    return Scored(id, reference, prediction, tuple(getattr(words, k) for k in counts),
-                  tuple(getattr(chars, k) for k in counts), groups or {})
-
-
-def error_rates(scored: Sequence[Scored]) -> dict[str, float | int]:
-    """Corpus WER and CER: edit counts summed over utterances, divided by the summed reference length.
-
-    >>> error_rates([score_utterance("1", "a b", "a c"), score_utterance("2", "c d e f", "c d e f")])
-    {'wer': 0.166667, 'cer': 0.1, 'utterances': 2, 'words': 6}
-    """
-    words = np.sum([s.word_counts for s in scored], axis=0) if scored else np.zeros(4)
-    chars = np.sum([s.char_counts for s in scored], axis=0) if scored else np.zeros(4)
-
-    def rate(counts: np.ndarray) -> float:
-        substitutions, deletions, insertions, hits = counts.tolist()
-        return round((substitutions + deletions + insertions) / max(substitutions + deletions + hits, 1), 6)
-
-    return {"wer": rate(words), "cer": rate(chars), "utterances": len(scored),
-            "words": int(words[0] + words[1] + words[3])}
-
-
-def breakdown(scored: Sequence[Scored], key: str) -> dict[str, dict[str, float | int]]:
-    """Error rates per value of one metadata column (age, gender, accent); blank values read "(unknown)"."""
-    by_value: dict[str, list[Scored]] = {}
-    for item in scored:
-        by_value.setdefault(item.groups.get(key) or "(unknown)", []).append(item)
-    ordered = sorted(by_value.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    return {value: error_rates(items) for value, items in ordered}
-
-
-def worst(scored: Sequence[Scored], count: int) -> list[Scored]:
-    """The ``count`` utterances with the most word errors (ties: the higher WER first)."""
-    return sorted(scored, key=lambda s: (s.word_errors, s.word_errors / max(s.reference_words, 1)),
-                  reverse=True)[:count]

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from ptasr.data.text import Vocabulary
+from ptasr.errors import DataError, MissingPathError, SettingError, UserError
 
 LMUnit = Literal["word", "token"]
 
@@ -39,7 +40,7 @@ _KENLM_BINARY_MAGIC = b"mmap lm http://kheafield.com/code"
 _SENTENCE_MARKERS = ("<s>", "</s>", "<unk>")
 
 
-class LMUnavailableError(ImportError):
+class LMUnavailableError(UserError, ImportError):
     """flashlight-text (the beam decoder behind torchaudio's ``ctc_decoder``) is not installed."""
 
 
@@ -84,7 +85,7 @@ def lm_format(path: Path) -> Literal["arpa", "binary"]:
         return "binary"
     if head.lstrip().startswith(_ARPA_MAGIC.encode()):
         return "arpa"
-    raise ValueError(f"{path} is neither an ARPA n-gram model (starts with \\data\\) nor a KenLM binary model")
+    raise SettingError(f"{path} is neither an ARPA n-gram model (starts with \\data\\) nor a KenLM binary model")
 
 
 def arpa_words(path: str | Path) -> list[str]:
@@ -118,7 +119,7 @@ def lm_words(lm_path: Path, words_path: str | Path | None = None) -> list[str]:
     beside = lm_path.parent / "unigrams.txt"
     if beside.is_file():
         return _read_word_list(beside)
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"cannot list the words of the binary KenLM model {lm_path}: put its word list (one per line) in "
         f"{beside}, pass it with --lm-words, or use the ARPA file"
     )
@@ -253,19 +254,19 @@ class BeamSearchDecoder:
         if path is None:
             return None
         if not path.is_file():
-            raise FileNotFoundError(f"no language model at {path}")
+            raise MissingPathError(f"no language model at {path}")
         lm_format(path)  # a clear error for a file that is not an n-gram model, before KenLM aborts on it
         if unit == "token":
             # The decoder scores token id n as LM entry n, so the LM's dictionary must list the tokens in id
             # order. (torchaudio builds it from an unordered map when given a path: ids come out shuffled.)
             return _kenlm(path, [*self.vocab.tokens, "<unk>"])[0]
         if unit != "word":
-            raise ValueError(f"unit must be 'word' or 'token', got {unit!r}")
+            raise SettingError(f"unit must be 'word' or 'token', got {unit!r}")
         return self._word_lm(flashlight, path, lm_words(path, words))
 
     def _word_lm(self, flashlight: Any, path: Path, words: list[str]) -> Any:
         if not words:
-            raise ValueError(f"{path} lists no words")
+            raise SettingError(f"{path} lists no words")
         kenlm, ids = _kenlm(path, ["<unk>", *words])
         word_ids = {word: ids[word] for word in words}
         vocab = self.vocab
@@ -365,5 +366,5 @@ def load_weights(lm: str | Path) -> dict[str, Any] | None:
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
     if not {"lm_weight", "word_score"} <= set(record):
-        raise ValueError(f"{path} lacks lm_weight or word_score; delete it or run: ptasr evaluate ... --tune")
+        raise DataError(f"{path} lacks lm_weight or word_score; delete it or run: ptasr evaluate ... --tune")
     return record

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ptasr.errors import DataError, MissingPathError, SettingError
+
 log = logging.getLogger(__name__)
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -248,10 +250,10 @@ def estimate(tables: list[NGramOrder], fallback: tuple[float, float, float] = FA
 def build(sentences: Iterable[str], order: int = 4) -> NGramModel:
     """Estimate an interpolated modified Kneser-Ney model of ``order`` from whitespace-tokenised sentences."""
     if order < 1:
-        raise ValueError(f"--order must be at least 1, got {order}")
+        raise SettingError(f"--order must be at least 1, got {order}")
     vocab, stream, sentence_of = encode(sentences)
     if len(stream) == 0:
-        raise ValueError("no words to build a language model from: every sentence is empty")
+        raise DataError("no words to build a language model from: every sentence is empty")
     tables = count(stream, sentence_of, len(vocab), order)
     estimate(tables)
     return NGramModel(vocab, tables)
@@ -273,7 +275,7 @@ def read_sentences(path: str | Path) -> list[str]:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no text file or manifest at {path}")
+        raise MissingPathError(f"no text file or manifest at {path}")
     suffix = path.suffix.lower()
     with open(path, encoding="utf-8", newline="") as f:
         if suffix == ".jsonl":
@@ -286,7 +288,7 @@ def read_sentences(path: str | Path) -> list[str]:
     column = next((c for c in TEXT_COLUMNS if rows and c in rows[0]), None)
     if column is None:
         found = sorted(rows[0]) if rows else "no rows"
-        raise ValueError(f"{path} has no text column ({', '.join(TEXT_COLUMNS)}); its columns: {found}")
+        raise DataError(f"{path} has no text column ({', '.join(TEXT_COLUMNS)}); its columns: {found}")
     return [str(row[column] or "") for row in rows]
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ptasr.data.audio import SAMPLE_RATE, AudioSource
+from ptasr.errors import SettingError
 
 if TYPE_CHECKING:
     from ptasr.inference import Recognizer, Scored, Transcript
@@ -204,14 +205,14 @@ def _row(scored: Scored, duration: float, audio: str) -> list[Any]:
 def check_report_dir(directory: Path) -> None:
     """Refuse a folder that holds anything but an earlier report: the report replaces ``audio/`` and ``detail/``."""
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"--report {directory} is a file; give a folder for the report")
+        raise SettingError(f"--report {directory} is a file; give a folder for the report")
     if not directory.is_dir() or not any(directory.iterdir()):
         return
     index = directory / "index.html"
     if index.is_file() and f'<meta name="generator" content="{GENERATOR}">' in index.read_text(
             encoding="utf-8", errors="replace")[:2000]:
         return
-    raise ValueError(f"--report {directory} is a folder with other files in it (no earlier ptasr report); "
+    raise SettingError(f"--report {directory} is a folder with other files in it (no earlier ptasr report); "
                      "give a new or empty folder")
 
 

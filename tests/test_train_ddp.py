@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.testing import make_corpus
-from ptasr.train.callbacks import edit_counts, error_rate
+from ptasr.scoring import Counts, edit_counts, error_rate
 from ptasr.train.cli import cli_main
 from test_train_fit import SMALL_MODEL, SMALL_RUN
 
@@ -79,7 +79,7 @@ def _validation(records: list[dict], step: int | None = None) -> tuple[list[tupl
     return [clip for r in records if "val" in r for clip in r["val"]], [r["metrics"] for r in records if "metrics" in r]
 
 
-def _counts(clips: list[tuple[str, str, str]]) -> tuple[list[int], list[int]]:
+def _counts(clips: list[tuple[str, str, str]]) -> tuple[Counts, Counts]:
     """Word and character (S, D, I, H) summed over clips, normalised as WERMetrics does."""
     words, chars = edit_counts([c[1] for c in clips], [" ".join(c[2].split()) for c in clips])
     return words, chars
@@ -164,8 +164,8 @@ def test_ddp_validation_equals_a_single_process_on_the_same_weights(
     # Both ranks log the WER of all clips, not of their own half, and it is the single process's.
     assert len(ddp_metrics) == 2
     for metrics in [single_metrics, *ddp_metrics]:
-        assert metrics["wer"] == pytest.approx(float(error_rate(torch.tensor(words, dtype=torch.float64))), abs=1e-6)
-        assert metrics["cer"] == pytest.approx(float(error_rate(torch.tensor(chars, dtype=torch.float64))), abs=1e-6)
+        assert metrics["wer"] == pytest.approx(error_rate(words), abs=1e-6)
+        assert metrics["cer"] == pytest.approx(error_rate(chars), abs=1e-6)
 
 
 def test_ddp_validation_with_fewer_clips_than_ranks_counts_each_clip_once(tmp_path: Path) -> None:
@@ -176,5 +176,5 @@ def test_ddp_validation_with_fewer_clips_than_ranks_counts_each_clip_once(tmp_pa
     assert len(clips) == 1 and len(metrics) == 2
     words, chars = _counts(clips)
     for rank_metrics in metrics:
-        assert rank_metrics["wer"] == pytest.approx(float(error_rate(torch.tensor(words, dtype=torch.float64))))
-        assert rank_metrics["cer"] == pytest.approx(float(error_rate(torch.tensor(chars, dtype=torch.float64))))
+        assert rank_metrics["wer"] == pytest.approx(error_rate(words))
+        assert rank_metrics["cer"] == pytest.approx(error_rate(chars))

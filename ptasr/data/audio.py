@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from ptasr.errors import UserError
+
 SAMPLE_RATE = 16_000  # wav2vec 2.0 and XLS-R were pre-trained on 16 kHz audio
 
 AudioSource = str | Path | bytes | BinaryIO
 
 
-class AudioDecodeError(RuntimeError):
+class AudioDecodeError(UserError, RuntimeError):
     """A clip that cannot be used: unreadable, empty, truncated, or not finite."""
 
 

@@ -32,6 +32,7 @@ import torch
 
 from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, AudioSource, audio_duration
 from ptasr.data.text import TextNormalizer
+from ptasr.errors import DataError, MissingPathError, SettingError
 from ptasr.lengths import conv_output_lengths
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Manifest:
     def concat(cls, manifests: Sequence[Manifest]) -> Manifest:
         """Rows of several manifests of the same source, one after the other."""
         if not manifests:
-            raise ValueError("concat needs at least one manifest")
+            raise DataError("concat needs at least one manifest")
         columns = {name: [v for m in manifests for v in getattr(m, name)] for name in cls._COLUMNS}
         durations = None
         if all(m.durations is not None for m in manifests):
@@ -132,7 +133,7 @@ def read_tsv(path: str | Path, columns: dict[str, tuple[str, ...]] = COLUMN_ALIA
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path} is empty: a Common Voice TSV starts with a header line")
+            raise DataError(f"{path} is empty: a Common Voice TSV starts with a header line")
         where = _column_positions(path, header, columns)
         out: dict[str, list[str]] = {name: [] for name in columns}
         # speaker, age, gender and accent repeat across rows: one string object per distinct value instead of
@@ -156,7 +157,7 @@ def _column_positions(path: Path, header: list[str], columns: dict[str, tuple[st
     where = {name: next((positions[a] for a in aliases if a in positions), None) for name, aliases in columns.items()}
     missing = [name for name in REQUIRED_COLUMNS if name in columns and where[name] is None]
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {missing}; its header is {header}. Is this a Common Voice "
+        raise DataError(f"{path} lacks the column(s) {missing}; its header is {header}. Is this a Common Voice "
                          f"split TSV (train/dev/test/validated.tsv)?")
     return where
 
@@ -171,7 +172,7 @@ def _clip_durations(path: Path) -> Iterator[tuple[str, float]]:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = [name.strip() for name in next(reader, [])]
         if "clip" not in header or not {"duration[ms]", "duration"} & set(header):
-            raise ValueError(f"{path} has the header {header}; clip_durations.tsv has clip and duration[ms]")
+            raise DataError(f"{path} has the header {header}; clip_durations.tsv has clip and duration[ms]")
         clip = header.index("clip")
         ms = header.index("duration[ms]" if "duration[ms]" in header else "duration")
         for row in reader:
@@ -214,7 +215,7 @@ class CommonVoiceRelease:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         root = Path(root).expanduser()
         if not root.exists():
-            raise FileNotFoundError(f"Common Voice root {root} does not exist; pass the extracted language folder "
+            raise MissingPathError(f"Common Voice root {root} does not exist; pass the extracted language folder "
                                     f"(cv-corpus-<ver>/<lang>) or the release .tar.gz as data.root")
         if root.is_file():
             root = extract_release(root, self.cache_dir / "releases")
@@ -232,7 +233,7 @@ class CommonVoiceRelease:
         """Rows of ``<split>.tsv`` with normalised texts (no durations yet)."""
         path = self.root / f"{split}.tsv"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; splits in {self.root}: {self.splits()}")
+            raise MissingPathError(f"{path} does not exist; splits in {self.root}: {self.splits()}")
         table = read_tsv(path)
         return Manifest(ids=table["path"], keys=table["path"], texts=[normalizer(s) for s in table["sentence"]],
                         client_ids=table["client_id"], ages=table["age"], genders=table["gender"],
@@ -332,7 +333,7 @@ def extract_release(archive: Path, releases_dir: Path) -> Path:
     The folder name carries the archive's size and mtime, so a re-downloaded archive is extracted afresh.
     """
     if not tarfile.is_tarfile(archive):
-        raise ValueError(f"{archive} is a file but not a tar archive; data.root takes a Common Voice language "
+        raise SettingError(f"{archive} is a file but not a tar archive; data.root takes a Common Voice language "
                          f"folder or its .tar.gz release archive")
     stat = archive.stat()
     name = archive.name.split(".tar")[0].removesuffix(".tgz")
@@ -367,9 +368,9 @@ def find_language_dir(root: Path, language: str | None) -> Path:
         return candidates[0]
     if not candidates:
         which = f" for language {language!r}" if language else ""
-        raise FileNotFoundError(f"no Common Voice split TSVs (train.tsv/validated.tsv){which} in {root} or the two "
+        raise MissingPathError(f"no Common Voice split TSVs (train.tsv/validated.tsv){which} in {root} or the two "
                                 f"levels below it")
-    raise ValueError(f"{root} holds several languages {[p.name for p in candidates]}; choose one with data.language")
+    raise SettingError(f"{root} holds several languages {[p.name for p in candidates]}; choose one with data.language")
 
 
 class HFAudioColumn:
@@ -419,7 +420,7 @@ class HFDatasetSource:
             dataset = datasets.load_dataset(self.name, self.config, data_dir=self.data_dir, split=split)
             for column in (self.audio_column, self.text_column):
                 if column not in dataset.column_names:
-                    raise ValueError(f"{self.name} split {split!r} has no column {column!r}; its columns are "
+                    raise DataError(f"{self.name} split {split!r} has no column {column!r}; its columns are "
                                      f"{dataset.column_names} (set data.hf_audio_column / data.hf_text_column)")
             if isinstance(dataset.features[self.audio_column], datasets.Audio):
                 # decode=False: rows give {"bytes", "path"} and we decode with soundfile, no torchcodec/FFmpeg
@@ -435,7 +436,7 @@ class HFDatasetSource:
         for name in SPLIT_ALIASES.get(split, (split,)):
             if name in available:
                 return name
-        raise ValueError(f"{self.name} has no split {split!r}; it has {available}")
+        raise SettingError(f"{self.name} has no split {split!r}; it has {available}")
 
     def read_split(self, split: str, normalizer: TextNormalizer) -> Manifest:
         split = self.resolve_split(split)
@@ -626,6 +627,6 @@ def check_leakage(train: Manifest, evaluation: Manifest, eval_name: str,
                    f"accuracy. Use disjoint splits (e.g. train_splits=[train, dev], val_split=test), or set "
                    f"data.leakage=ignore if this is intended")
         if action == "raise":
-            raise ValueError(message)
+            raise DataError(message)
         log.warning(message)
     return shared_clips, len(shared_texts)

@@ -29,6 +29,7 @@ from ptasr.data.commonvoice import (
 from ptasr.data.dataset import ClipDataset, ClipLoader
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, TextNormalizer, Vocabulary
+from ptasr.errors import DataError, SettingError
 
 
 class CommonVoiceDataModule(pl.LightningDataModule):
@@ -111,7 +112,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if batch_size is None and max_batch_seconds is None:
-            raise ValueError("set data.batch_size, data.max_batch_seconds, or both")
+            raise SettingError("set data.batch_size, data.max_batch_seconds, or both")
         if max_duration is not None and max_batch_seconds is not None and max_duration > max_batch_seconds:
             rank_zero_warn(f"max_duration={max_duration} s exceeds max_batch_seconds={max_batch_seconds} s: clips "
                            f"longer than the budget get a batch of their own, over budget")
@@ -121,7 +122,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         self.num_buckets, self.num_workers, self.pin_memory, self.seed = num_buckets, num_workers, pin_memory, seed
         self.leakage = leakage
         if pad_to_multiple_seconds is not None and pad_to_multiple_seconds <= 0:
-            raise ValueError(f"data.pad_to_multiple_seconds must be positive or null, got {pad_to_multiple_seconds}")
+            raise SettingError(f"data.pad_to_multiple_seconds must be positive or null, got {pad_to_multiple_seconds}")
         self.pad_to_multiple = max(1, round((pad_to_multiple_seconds or 0) * SAMPLE_RATE))  # samples
         self.normalizer = TextNormalizer(chars_to_ignore, lowercase=lowercase, strip_accents=strip_accents)
         self.filters = FilterSettings(min_duration, max_duration, tuple(conv_kernel), tuple(conv_stride))
@@ -203,7 +204,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             parts.append(manifest)
         manifest = Manifest.concat(parts)
         if len(manifest) == 0:
-            raise ValueError(f"no {name} clips left after filtering {splits} of {self.source}; see the counts above "
+            raise DataError(f"no {name} clips left after filtering {splits} of {self.source}; see the counts above "
                              f"(check data.min_duration / data.max_duration / data.root)")
         return manifest
 
@@ -302,7 +303,7 @@ def check_checkpoint_vocabulary(saved: Vocabulary, data: Vocabulary) -> None:
         f"only in the checkpoint: {' '.join(map(repr, only_saved))}" if only_saved else "",
         f"only here: {' '.join(map(repr, only_data))}" if only_data else "",
     ) if part) or "same tokens, other order"
-    raise ValueError(f"the checkpoint's vocabulary ({len(saved)} tokens) differs from this data's ({len(data)} "
+    raise DataError(f"the checkpoint's vocabulary ({len(saved)} tokens) differs from this data's ({len(data)} "
                      f"tokens; {differences}): the model's outputs would mean other characters. Pass the run's "
                      f"vocab.json (in its run folder) as data.vocab_path, and the same data.* text settings "
                      f"(chars_to_ignore, lowercase, strip_accents) as that run")

@@ -19,6 +19,7 @@ from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
 from ptasr.data.commonvoice import Manifest
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.text import Vocabulary
+from ptasr.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class ClipLoader(DataLoader):
             raise ValueError(f"ClipLoader takes shuffle=None/False and batch_sampler=None (got {shuffle!r}, "
                              f"{batch_sampler!r}): its BucketBatchSampler decides order and batches")
         if pad_to_multiple < 1:
-            raise ValueError(f"pad_to_multiple must be a positive number of samples, got {pad_to_multiple}")
+            raise SettingError(f"pad_to_multiple must be a positive number of samples, got {pad_to_multiple}")
         self.pad_to_multiple = pad_to_multiple
         super().__init__(dataset, sampler=sampler, batch_size=None,
                          collate_fn=functools.partial(collate_clips, pad_to_multiple=pad_to_multiple),

@@ -22,6 +22,8 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from ptasr.errors import DataError, SettingError
+
 log = logging.getLogger(__name__)
 
 
@@ -64,14 +66,14 @@ class BucketBatchSampler(DistributedSampler):
                  max_batch_seconds: float | None = None, num_buckets: int = 10, shuffle: bool = True, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None) -> None:
         if batch_size is None and max_batch_seconds is None:
-            raise ValueError("set batch_size (clips per batch), max_batch_seconds (padded seconds), or both")
+            raise SettingError("set batch_size (clips per batch), max_batch_seconds (padded seconds), or both")
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise SettingError(f"batch_size must be >= 1, got {batch_size}")
         if max_batch_seconds is not None and max_batch_seconds <= 0:
-            raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
+            raise SettingError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
         durations = np.asarray(durations, dtype=np.float64)
         if len(durations) == 0:
-            raise ValueError("no clips to batch: every clip was filtered out or the split is empty")
+            raise DataError("no clips to batch: every clip was filtered out or the split is empty")
         num_replicas, rank = _distributed_defaults(num_replicas, rank)
         # DistributedSampler's own state (epoch, rank, num_replicas, seed, shuffle) is what we use; its
         # per-sample iteration is replaced below
@@ -194,7 +196,7 @@ class BucketBatchSampler(DistributedSampler):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue ``state``'s epoch after its ``batches_done`` batches on the next iteration."""
         if state["seed"] != self.seed:
-            raise ValueError(f"the checkpoint's sampler seed {state['seed']} differs from this run's {self.seed}; "
+            raise SettingError(f"the checkpoint's sampler seed {state['seed']} differs from this run's {self.seed}; "
                              f"resume with the same data.seed to continue the same epoch order")
         done = state["batches_done"]
         if state["num_replicas"] != self.num_replicas or state["num_batches"] != len(self):

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ptasr.errors import DataError, MissingPathError, SettingError
+
 # The robust-speech-event README's list (the reference model card's script uses it verbatim).
 DEFAULT_CHARS_TO_IGNORE = ',?.!-;:"“%‘”�—’…–'
 
@@ -116,10 +118,10 @@ class Vocabulary:
         self._ids = {token: i for i, token in enumerate(self.tokens)}
         if len(self._ids) != len(self.tokens):
             duplicates = sorted(t for t, n in Counter(self.tokens).items() if n > 1)
-            raise ValueError(f"vocabulary tokens must be unique; duplicated: {duplicates}")
+            raise DataError(f"vocabulary tokens must be unique; duplicated: {duplicates}")
         for name, token in (("pad_token", pad_token), ("unk_token", unk_token), ("word_delimiter", word_delimiter)):
             if token not in self._ids:
-                raise ValueError(f"{name} {token!r} is not among the {len(self.tokens)} tokens; add it or pass the "
+                raise SettingError(f"{name} {token!r} is not among the {len(self.tokens)} tokens; add it or pass the "
                                  f"token this vocabulary uses (e.g. pad_token='<pad>')")
         self.pad_token, self.unk_token, self.word_delimiter = pad_token, unk_token, word_delimiter
         self.pad_id = self._ids[pad_token]
@@ -142,7 +144,7 @@ class Vocabulary:
         for text in texts:
             chars.update(text)
         if WORD_DELIMITER in chars:
-            raise ValueError(f"the texts contain {WORD_DELIMITER!r}, the word delimiter token; add it to the "
+            raise DataError(f"the texts contain {WORD_DELIMITER!r}, the word delimiter token; add it to the "
                              f"normaliser's chars_to_ignore")
         # a single-word corpus has no space; "|" still gets the id a space would have (0)
         chars.add(" ")
@@ -188,9 +190,11 @@ class Vocabulary:
         path = Path(path)
         if path.is_dir():
             path = path / "vocab.json"
+        if not path.is_file():
+            raise MissingPathError(f"no vocabulary at {path}: expected an HF vocab.json (or a folder holding one)")
         mapping: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))
         if sorted(mapping.values()) != list(range(len(mapping))):
-            raise ValueError(f"{path}: token ids must be 0..{len(mapping) - 1} without gaps")
+            raise DataError(f"{path}: token ids must be 0..{len(mapping) - 1} without gaps")
         tokens = sorted(mapping, key=mapping.__getitem__)
         pad = PAD_TOKEN if PAD_TOKEN in mapping else "<pad>"
         unk = UNK_TOKEN if UNK_TOKEN in mapping else "<unk>"

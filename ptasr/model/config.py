@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ptasr.errors import SettingError, UnknownFieldError
+
 _CONV_DIM = (512, 512, 512, 512, 512, 512, 512)
 _CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
 _CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
@@ -74,22 +76,22 @@ class Wav2Vec2Config:
         self.conv_kernel = tuple(self.conv_kernel)
         self.conv_stride = tuple(self.conv_stride)
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
-            raise ValueError(
+            raise SettingError(
                 f"conv_dim, conv_kernel and conv_stride need one entry per conv layer, got "
                 f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)}"
             )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise SettingError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
             )
         if self.feat_extract_norm not in ("group", "layer"):
-            raise ValueError(f"feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}")
+            raise SettingError(f"feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}")
 
     def replace(self, **overrides: Any) -> Wav2Vec2Config:
-        """A copy with some fields changed; unknown names raise a TypeError naming them."""
+        """A copy with some fields changed; unknown names raise an UnknownFieldError (a TypeError) naming them."""
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise TypeError(f"unknown Wav2Vec2Config field(s) {unknown}; see ptasr/model/config.py")
+            raise UnknownFieldError(f"unknown Wav2Vec2Config field(s) {unknown}; see ptasr/model/config.py")
         return dataclasses.replace(self, **overrides)
 
     @classmethod
@@ -100,7 +102,7 @@ class Wav2Vec2Config:
         24
         """
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise SettingError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[name].replace(**overrides)
 
     # --- Hugging Face config.json ---------------------------------------------------------------------------
@@ -109,10 +111,10 @@ class Wav2Vec2Config:
     def from_hf_dict(cls, hf: dict[str, Any]) -> Wav2Vec2Config:
         """Read a transformers ``Wav2Vec2Config`` dict (``config.json``); unknown keys are ignored."""
         if hf.get("model_type", "wav2vec2") != "wav2vec2":
-            raise ValueError(f"expected a wav2vec2 config, got model_type {hf['model_type']!r}")
+            raise SettingError(f"expected a wav2vec2 config, got model_type {hf['model_type']!r}")
         for key, plain in _UNSUPPORTED_HF.items():
             if hf.get(key, plain) != plain:
-                raise ValueError(f"config.json sets {key}={hf[key]!r}, which ptasr does not implement")
+                raise SettingError(f"config.json sets {key}={hf[key]!r}, which ptasr does not implement")
         names = {f.name for f in dataclasses.fields(cls)} - {"pre_norm"}
         values = {k: v for k, v in hf.items() if k in names}
         values["pre_norm"] = bool(hf.get("do_stable_layer_norm", False))

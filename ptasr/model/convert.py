@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ptasr.errors import CheckpointError, HubError, MissingPathError
 from ptasr.model.config import Wav2Vec2Config
 
 if TYPE_CHECKING:
@@ -81,10 +82,6 @@ _OLD_WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0", "weight_v":
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message lists the offending keys."""
-
-
 # --- reading sources -----------------------------------------------------------------------------------------
 
 
@@ -94,7 +91,7 @@ def resolve_source(source: str | Path) -> Path:
     if path.exists():
         return path
     if not is_hub_id(source):
-        raise FileNotFoundError(f"no checkpoint at {str(source)!r}: not a file or folder, and not a hub id")
+        raise MissingPathError(f"no checkpoint at {str(source)!r}: not a file or folder, and not a hub id")
     return download(str(source), MODEL_FILES)
 
 
@@ -113,7 +110,7 @@ def download(hub_id: str, patterns: list[str]) -> Path:
 
         return Path(snapshot_download(hub_id, allow_patterns=patterns))
     except Exception as error:  # noqa: BLE001 -- every hub failure gets the same way out, with its cause attached
-        raise OSError(
+        raise HubError(
             f"could not fetch {hub_id!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
             f"If you are offline, download the model folder on a connected machine and pass its path instead."
         ) from error
@@ -145,7 +142,7 @@ def read_hf_weights(folder: Path) -> StateDict:
             return state
     if (folder / "pytorch_model.bin").exists():
         return safe_torch_load(folder / "pytorch_model.bin")
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+    raise MissingPathError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
 
 def hf_to_ptasr(state: StateDict) -> StateDict:
@@ -253,7 +250,7 @@ def load_pretrained(
         config, state = read_fairseq(path)
     else:
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"no config.json in {path}: expected a Hugging Face wav2vec2 model folder")
+            raise MissingPathError(f"no config.json in {path}: expected a Hugging Face wav2vec2 model folder")
         config, state = Wav2Vec2Config.from_json(path / "config.json"), hf_to_ptasr(read_hf_weights(path))
     head = state.get("lm_head.weight")
     if vocab_size is None:

@@ -7,53 +7,15 @@ are read back only when Lightning writes its logs.
 
 from __future__ import annotations
 
-import heapq
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import jiwer
 import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
 
-# Order of the edit counts in the summed count vector.
-_COUNTS = ("substitutions", "deletions", "insertions", "hits")
-
-
-def edit_counts(references: list[str], hypotheses: list[str]) -> tuple[list[int], list[int]]:
-    """Word and character edit counts (S, D, I, H) of a batch, from jiwer 4.
-
-    Counts, not rates, are what can be summed over batches and ranks: WER = (S + D + I) / (S + D + H).
-
-    >>> edit_counts(["a b c"], ["a c d"])
-    ([2, 0, 0, 1], [2, 0, 0, 3])
-    """
-    words = jiwer.process_words(references, hypotheses)
-    chars = jiwer.process_characters(references, hypotheses)
-    return [getattr(words, k) for k in _COUNTS], [getattr(chars, k) for k in _COUNTS]
-
-
-def error_rate(counts: torch.Tensor) -> torch.Tensor:
-    """(S + D + I) / (S + D + H) of a (4,) count vector; 0 when there is no reference.
-
-    >>> error_rate(torch.tensor([2.0, 0.0, 1.0, 1.0]))
-    tensor(1.)
-    """
-    substitutions, deletions, insertions, hits = counts.unbind()
-    return (substitutions + deletions + insertions) / (substitutions + deletions + hits).clamp(min=1)
-
-
-@dataclass(order=True)
-class _Scored:
-    """One utterance's result; ordered by word errors so a heap keeps the worst."""
-
-    errors: int
-    reference_words: int
-    id: str = field(compare=False)
-    reference: str = field(compare=False)
-    prediction: str = field(compare=False)
+from ptasr.scoring import Scored, error_rate, score_utterance, summed_counts, worst
 
 
 class WERMetrics(L.Callback):
@@ -74,38 +36,29 @@ class WERMetrics(L.Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self._counts = torch.zeros(2, len(_COUNTS), dtype=torch.float64)  # words, characters
-        self._samples: list[_Scored] = []
-        self._worst: list[_Scored] = []  # a min-heap of the num_worst largest
+        self.counts = torch.zeros(2, 4, dtype=torch.float64)  # (S, D, I, H) of words, of characters
+        self._samples: list[Scored] = []
+        self._worst: list[Scored] = []  # this rank's num_worst worst so far
 
     def _update(self, outputs: dict[str, Any] | None) -> None:
         if not outputs:
             return
-        for utterance_id, reference, prediction in zip(
-            outputs["ids"], outputs["references"], outputs["predictions"], strict=True
-        ):
-            prediction = " ".join(prediction.split())  # a doubled space is not a character error
-            words, chars = edit_counts([reference], [prediction])
-            self._counts += torch.tensor([words, chars], dtype=torch.float64)
-            scored = _Scored(words[0] + words[1] + words[2], words[0] + words[1] + words[3],
-                             utterance_id, reference, prediction)
-            if len(self._samples) < self.num_samples:
-                self._samples.append(scored)
-            if len(self._worst) < self.num_worst:
-                heapq.heappush(self._worst, scored)
-            elif self.num_worst:
-                heapq.heappushpop(self._worst, scored)
+        scored = [score_utterance(*row) for row in
+                  zip(outputs["ids"], outputs["references"], outputs["predictions"], strict=True)]
+        self.counts += torch.tensor(summed_counts(scored), dtype=torch.float64)
+        self._samples += scored[:self.num_samples - len(self._samples)]
+        self._worst = worst(self._worst + scored, self.num_worst)
 
     def _finish(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        counts = trainer.strategy.reduce(self._counts.to(module.device), reduce_op="sum")
+        counts = trainer.strategy.reduce(self.counts.to(module.device), reduce_op="sum")
         # The value is already global; sync_dist only makes Lightning agree (and keeps it quiet about DDP).
-        module.log(f"{stage}/wer", error_rate(counts[0]).float(), sync_dist=True)
-        module.log(f"{stage}/cer", error_rate(counts[1]).float(), sync_dist=True)
-        worst = heapq.nlargest(self.num_worst, _gather_objects(self._worst))
+        module.log(f"{stage}/wer", error_rate(counts[0].tolist()), sync_dist=True)
+        module.log(f"{stage}/cer", error_rate(counts[1].tolist()), sync_dist=True)
+        worst_overall = worst(_gather_objects(self._worst), self.num_worst)
         if trainer.is_global_zero and not trainer.sanity_checking:
             step = trainer.global_step
             _add_text(trainer, f"{stage}/predictions", _table(self._samples), step)
-            _add_text(trainer, f"{stage}/worst", _table(worst), step)
+            _add_text(trainer, f"{stage}/worst", _table(worst_overall), step)
         self._reset()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -277,11 +230,12 @@ def _gather_objects(items: list[Any]) -> list[Any]:
     return [item for part in gathered for item in part]
 
 
-def _table(rows: list[_Scored]) -> str:
+def _table(rows: list[Scored]) -> str:
     """A Markdown table for TensorBoard's text panel."""
     lines = ["| id | word errors | reference | prediction |", "|---|---|---|---|"]
     for row in rows:
-        cells = [row.id.rsplit("/", 1)[-1], f"{row.errors} / {row.reference_words}", row.reference, row.prediction]
+        cells = [row.id.rsplit("/", 1)[-1], f"{row.word_errors} / {row.reference_words}", row.reference,
+                 row.prediction]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 

@@ -27,6 +27,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ptasr.errors import MissingPathError
+
 log = logging.getLogger(__name__)
 
 # ".<checkpoint name>.<12 hex digits>.partial": the temporary files save_checkpoint makes, and nothing else.
@@ -46,6 +48,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def __init__(self) -> None:
         super().__init__()
         self._started = time.time()  # temporary files last written before this are not this process's
+
+    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # Lightning's FileNotFoundError here is about the user's --ckpt_path: a user error, reported in one line.
+        if _is_local(path) and not os.path.exists(path):
+            raise MissingPathError(f"no checkpoint at {path}: pass an existing .ckpt file as --ckpt_path, or "
+                                   f"--ckpt_path last to resume the newest checkpoint of the run folder")
+        return super().load_checkpoint(path, *args, **kwargs)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):

@@ -22,6 +22,7 @@ import torch
 from ptasr.data.datamodule import check_checkpoint_vocabulary
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
+from ptasr.errors import SettingError, UserError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.loss import ctc_loss
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
@@ -30,7 +31,7 @@ from ptasr.train.schedules import ScheduleName, make_schedule
 Batch = dict[str, Any]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Too many consecutive updates had non-finite gradients (``nonfinite_patience``): the run cannot recover."""
 
 
@@ -133,7 +134,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if datamodule is not None:
             self.vocab, self.normalizer = datamodule.vocab, datamodule.normalizer
         if self.vocab is not None and len(self.vocab) != self.model.config.vocab_size:
-            raise ValueError(
+            raise SettingError(
                 f"the data's vocabulary has {len(self.vocab)} tokens but the CTC head has "
                 f"{self.model.config.vocab_size}; link data.vocab_size to model.vocab_size (train.py does)"
             )
@@ -322,7 +323,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         if self._grad_scaler() is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
-            raise ValueError("model.fused=true cannot clip fp16-scaled gradients; use precision bf16-mixed or fused=null")
+            raise SettingError("model.fused=true cannot clip fp16-scaled gradients; use precision bf16-mixed or fused=null")
         parameters = [p for p in self.parameters() if p.grad is not None]
         torch.nn.utils.clip_grads_with_norm_(parameters, gradient_clip_val, self._grad_norm)  # no host sync
         self._grad_norm = None

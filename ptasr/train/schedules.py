@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
+from ptasr.errors import SettingError
+
 ScheduleName = Literal["linear", "tri_stage", "constant"]
 
 
@@ -98,7 +100,7 @@ def make_schedule(
         if decay_steps is None:
             decay_steps = total_steps - warmup_steps - hold_steps
         if decay_steps < 0:
-            raise ValueError(
+            raise SettingError(
                 f"tri_stage: warmup_steps ({warmup_steps}) + hold_steps ({hold_steps}) exceed the "
                 f"{total_steps} training steps; lower them or raise trainer.max_steps"
             )
@@ -112,4 +114,4 @@ def make_schedule(
         )
     if name == "constant":
         return constant
-    raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of 'linear', 'tri_stage', 'constant'")
+    raise SettingError(f"unknown learning-rate schedule {name!r}; choose one of 'linear', 'tri_stage', 'constant'")
