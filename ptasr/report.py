@@ -35,7 +35,8 @@ from ptasr.data.audio import SAMPLE_RATE, AudioSource
 from ptasr.errors import SettingError
 
 if TYPE_CHECKING:
-    from ptasr.inference import Recognizer, Scored, Transcript
+    from ptasr.inference import Recognizer, Transcript
+    from ptasr.scoring import Scored
 
 ASSETS = Path(__file__).parent / "assets" / "report"
 DETAIL_SHARD = 100  # utterances per detail/NNNNN.js file
@@ -192,7 +193,7 @@ class EvaluationReport:
 
 
 def _row(scored: Scored, duration: float, audio: str) -> list[Any]:
-    from ptasr.inference import error_rates
+    from ptasr.scoring import error_rates
 
     rates = error_rates([scored])
     values = {"id": scored.id, "reference": scored.reference, "prediction": scored.prediction,

@@ -152,7 +152,7 @@ def test_missing_flashlight_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_search_weights_reuses_emissions_and_finds_the_lm_helps(word_lm: Path) -> None:
-    from ptasr.inference import error_rates, score_utterance
+    from ptasr.scoring import error_rates, score_utterance
     from ptasr.lm import best_trial, search_weights
 
     references = ["casa mesa", "casa"]
