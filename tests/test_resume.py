@@ -33,6 +33,7 @@ KILL_AT = 9
 CALLBACKS = '''
 import os
 import signal
+import time
 
 from lightning.pytorch import Callback
 
@@ -57,10 +58,21 @@ class KillAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Slow(Callback):
+    """Sleeps before every batch, so that a signal sent by the test arrives while the fit is still running."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        time.sleep(self.seconds)
 '''
 
 
-def _config(tmp_path: Path, name: str, loss_log: Path, kill_at: int | None = None) -> Path:
+def _config(tmp_path: Path, name: str, loss_log: Path, kill_at: int | None = None,
+            slow: float = 0.0) -> Path:
     """The demo config shrunk to seconds on CPU, with dropout and LayerDrop on (so the RNG state matters)."""
     config = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
     trainer = config["trainer"]
@@ -75,6 +87,9 @@ def _config(tmp_path: Path, name: str, loss_log: Path, kill_at: int | None = Non
     ]
     if kill_at is not None:
         trainer["callbacks"].append({"class_path": "resume_callbacks.KillAt", "init_args": {"step": kill_at}})
+    if slow:  # the recipes' last.ckpt, which a signal ends the run with, instead of a checkpoint every update
+        trainer["callbacks"][0] = {"class_path": "ptasr.train.LastCheckpoint"}
+        trainer["callbacks"].append({"class_path": "resume_callbacks.Slow", "init_args": {"seconds": slow}})
     model = config["model"]
     model["config_overrides"].update(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[16] * 7,
@@ -153,6 +168,50 @@ def test_a_fit_resumed_from_the_end_of_an_epoch_continues_exactly(runs: tuple[Pa
                               "--ckpt_path", str(end_of_epoch))
     assert returncode == 0, stderr
     _assert_same_losses(_losses(tmp_path / "from_epoch_end.log"), expected, first=EPOCH + 1)
+
+
+def _wait_for_update(loss_log: Path, fit: subprocess.Popen, update: int) -> None:
+    deadline = time.monotonic() + 240
+    while not (loss_log.exists() and len(loss_log.read_text().splitlines()) >= update):
+        assert fit.poll() is None, fit.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the fit made no progress"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_fit_with_last_ckpt_that_resumes_exactly(runs: tuple[Path, dict[int, float]],
+                                                                    signum: signal.Signals) -> None:
+    tmp_path, expected = runs
+    name = f"signal_{signum.name}"
+    stopped_log = tmp_path / f"{name}.log"
+    fit = _start_fit(tmp_path, _config(tmp_path, name, stopped_log, slow=0.5))
+    _wait_for_update(stopped_log, fit, 3)
+    fit.send_signal(signum)
+    returncode, stderr = _finish(fit)
+    # Saved, then ended as the shell reports a process ended by the signal: 128 + its number.
+    assert returncode == 128 + signum, stderr
+    stopped = _losses(stopped_log)
+    last_update = max(stopped)
+    assert 3 <= last_update < MAX_STEPS and f"stopped by {signum.name} after update {last_update}" in stderr
+    last = tmp_path / name / "demo" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == last_update
+    returncode, stderr = _fit(tmp_path, _config(tmp_path, name, tmp_path / f"{name}_resumed.log"), "--ckpt_path", "last")
+    assert returncode == 0, stderr
+    _assert_same_losses(_losses(tmp_path / f"{name}_resumed.log"), expected, first=last_update + 1)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path) -> None:
+    (tmp_path / "resume_callbacks.py").write_text(CALLBACKS)
+    loss_log = tmp_path / "twice.log"
+    fit = _start_fit(tmp_path, _config(tmp_path, "twice", loss_log, slow=5.0))
+    _wait_for_update(loss_log, fit, 2)
+    time.sleep(1.0)  # inside the 5 s before the third batch: the update cannot finish between the two
+    fit.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # two signals in quick succession would merge into one
+    fit.send_signal(signal.SIGINT)
+    returncode, stderr = _finish(fit)
+    assert returncode == 1 and "KeyboardInterrupt" in stderr, stderr
+    assert not (tmp_path / "twice" / "demo" / "version_0" / "checkpoints" / "last.ckpt").exists()
 
 
 # --- atomic checkpoint writes ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ The only part of ptasr that joins the model (``ptasr.model``) and the data (``pt
 """
 
 from ptasr.train.callbacks import CTCHealth, MixedPrecisionHealth, TrainingMonitor, WERMetrics
+from ptasr.train.last_checkpoint import LastCheckpoint
 from ptasr.train.module import Wav2Vec2CTCModule
 
-__all__ = ["CTCHealth", "MixedPrecisionHealth", "TrainingMonitor", "WERMetrics", "Wav2Vec2CTCModule"]
+__all__ = ["CTCHealth", "LastCheckpoint", "MixedPrecisionHealth", "TrainingMonitor", "WERMetrics", "Wav2Vec2CTCModule"]
