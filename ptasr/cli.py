@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="WER and CER on a Common Voice split or TSV")
     _add_model_arguments(evaluate)
     evaluate.add_argument("--data", required=True,
-                          help="a Common Voice release folder (or .tar.gz), or a split TSV with clips/ beside it")
+                          help="a Common Voice release folder (or .tar.gz), a split TSV with clips/ beside it, "
+                               "or a manifest of your own recordings (.csv/.tsv/.jsonl: path,text[,duration])")
     evaluate.add_argument("--split", default="test", help="split of a release folder (default: test)")
     evaluate.add_argument("--language", default=None, help="language folder, when --data holds several")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
@@ -250,13 +251,26 @@ class EvalSet:
 
 
 def load_eval_set(data: str, split: str, normalizer: Any, language: str | None) -> EvalSet:
-    """A release folder's split (or archive), or one split TSV whose clips are in ``clips/`` beside it."""
+    """A release folder's split (or archive), one split TSV whose clips are in ``clips/`` beside it, or a
+    manifest file (.csv, .tsv, .jsonl)."""
     path = Path(data).expanduser()
     if not path.exists():
         raise MissingPathError(f"no Common Voice release folder, archive or TSV at {path}")
-    if path.is_file() and path.suffix == ".tsv":
+    if path.is_file() and path.suffix == ".tsv" and (path.parent / "clips").is_dir():
         return _tsv_eval_set(path, normalizer)
+    if path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl"):
+        return _manifest_eval_set(path, normalizer)
     return _release_eval_set(path, split, normalizer, language)
+
+
+def _manifest_eval_set(path: Path, normalizer: Any) -> EvalSet:
+    """A manifest file of your own recordings (see ptasr.data.manifests); ``--split`` does not apply."""
+    from ptasr.data.manifests import ManifestFile
+
+    manifest = ManifestFile(path).read_split("", normalizer)
+    columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
+    groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return EvalSet(path.stem, list(manifest.ids), list(manifest.keys), list(manifest.texts), groups)
 
 
 def _tsv_eval_set(path: Path, normalizer: Any) -> EvalSet:

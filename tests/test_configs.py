@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -75,5 +76,38 @@ def test_reference_config_matches_the_card(capsys: pytest.CaptureFixture[str]) -
     assert overrides["attention_dropout"] == 0.0 and overrides["final_dropout"] == 0.0
     assert overrides["ctc_loss_reduction"] == "mean"
     assert data["max_duration"] == 20.0 and data["train_splits"] == ["train", "dev"] and data["val_split"] == "test"
+    assert data["chars_to_ignore"] == ',?.!-;:"“%‘”�—’…–' and not data["strip_punctuation"]  # the card's list
     assert model["freeze_feature_encoder"] is True
     assert model["pretrained"] == "facebook/wav2vec2-xls-r-300m"
+
+
+def test_improved_recipe_chooses_on_dev_and_reports_on_test(capsys: pytest.CaptureFixture[str]) -> None:
+    config = _print_config(capsys, ["fit", "-c", str(CONFIG_DIR / "xls-r-300m_pt_improved.yaml"), "--print_config"])
+    data = config["data"]
+    assert (data["train_splits"], data["val_split"], data["test_split"]) == (["train"], "dev", "test")
+
+
+def _commented_examples(path: Path) -> list[list[str]]:
+    """The ``--data...`` argument lines in a config's header comment, each (with its continuations) a list."""
+    lines = [line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+    examples, current = [], ""
+    for line in lines:
+        if current or line.startswith("--data."):
+            current += " " + line.rstrip("\\").strip()
+            if not line.endswith("\\"):
+                examples.append(shlex.split(current))
+                current = ""
+    return examples
+
+
+def test_the_improved_recipes_data_suggestions_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    path = CONFIG_DIR / "xls-r-300m_pt_improved.yaml"
+    examples = _commented_examples(path)
+    assert len(examples) >= 4 and not any("mozilla-foundation/" in " ".join(e) for e in examples)
+    for example in examples:
+        data = _print_config(capsys, ["fit", "-c", str(path), *example, "--print_config"])["data"]
+        given = {arg.split(".", 2)[1] for arg in example if arg.startswith("--data.")}
+        assert all(data[key] is not None for key in given), example
+    sources = next(e for e in examples if "--data.sources" in e)
+    data = _print_config(capsys, ["fit", "-c", str(path), *sources, "--print_config"])["data"]
+    assert [s["weight"] for s in data["sources"]] == [1.0, 2.0] and data["sources"][0]["splits"] == ["train"]

@@ -318,7 +318,58 @@ def test_sampler_single_process_order_is_a_plain_shuffle_of_the_batches():
     for bucket, sizes in zip(sampler._buckets, sampler._sizes):
         members, bounds = rng.permutation(bucket), np.cumsum([0] + sizes)
         batches += [members[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
-    assert list(sampler) == [batches[i] for i in rng.permutation(len(batches))]
+    shuffled = [batches[i] for i in rng.permutation(len(batches))]
+    largest = max(shuffled, key=lambda b: len(b) * durations[b].max())
+    assert list(sampler) == [largest] + [b for b in shuffled if b is not largest]  # the largest first, then as drawn
+
+
+def _padded(durations, batch):
+    return len(batch) * durations[batch].max() if batch else 0.0
+
+
+@pytest.mark.parametrize("mode", [dict(batch_size=8), dict(batch_size=None, max_batch_seconds=40.0),
+                                  dict(batch_size=6, max_batch_seconds=30.0)])
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_sampler_first_batch_is_the_largest(mode, shuffle, world):
+    # a batch that does not fit in memory should fail at the first step, not hours into the run
+    durations = _durations(203)
+    for epoch in range(3):
+        shards = []
+        for rank in range(world):
+            sampler = BucketBatchSampler(durations, **mode, num_buckets=7, shuffle=shuffle, seed=epoch,
+                                         num_replicas=world, rank=rank)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        largest = max(_padded(durations, b) for shard in shards for b in shard)
+        assert max(_padded(durations, shard[0]) for shard in shards) == largest  # the first step holds it
+        if not shuffle:  # evaluation: every rank's first batch is its own largest
+            assert all(_padded(durations, s[0]) == max(_padded(durations, b) for b in s) for s in shards)
+
+
+@pytest.mark.parametrize("mode", [dict(batch_size=8), dict(batch_size=None, max_batch_seconds=40.0)])
+def test_sampler_weights_draw_clips_as_often_as_they_say(mode):
+    durations = _durations(400)
+    weights = np.where(np.arange(400) < 200, 2.0, 0.5)  # the first "corpus" twice, the second half the time
+    sampler = BucketBatchSampler(durations, **mode, num_buckets=5, seed=2, weights=weights)
+    seen_half = set()
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        counts = np.bincount([i for b in batches for i in b], minlength=400)
+        assert (counts[:200] == 2).all()  # every clip of weight 2 exactly twice
+        assert set(counts[200:]) <= {0, 1} and abs(counts[200:].sum() - 100) <= 5  # a half of weight 0.5
+        seen_half |= set(np.flatnonzero(counts[200:]))
+        if mode.get("max_batch_seconds"):
+            assert all(len(b) * durations[b].max() <= 40.0 for b in batches if len(b) > 1)
+    assert len(seen_half) > 150  # another half each epoch
+    state = sampler.state_dict()
+    resumed = BucketBatchSampler(durations, **mode, num_buckets=5, seed=2, weights=weights)
+    resumed.load_state_dict({**state, "batches_done": 3})
+    assert list(resumed) == batches[3:]  # weighted draws resume exactly too
+    unweighted = BucketBatchSampler(durations, **mode, num_buckets=5, seed=2, weights=np.ones(400))
+    assert list(unweighted) == list(BucketBatchSampler(durations, **mode, num_buckets=5, seed=2))
 
 
 def test_sampler_ddp_with_fewer_clips_than_ranks_gives_spare_ranks_an_empty_batch():

@@ -67,9 +67,14 @@ def default_cache_dir() -> Path:
 class Manifest:
     """One row per clip, column-wise.
 
-    ``ids`` is the clip path as the release TSV writes it (``common_voice_pt_123.mp3``) or, for HF datasets,
-    the audio file name when it has one; ``keys`` is what ``reader`` needs to fetch the audio (the same list
-    as ``ids`` for releases). ``durations`` (seconds) is ``None`` until :func:`build_manifest` fills it.
+    ``ids`` is the clip path as the release TSV writes it (``common_voice_pt_123.mp3``), for HF datasets the
+    audio file name when it has one, for manifest files the audio file's path; ``keys`` is what ``reader``
+    needs to fetch the audio (the same list as ``ids`` for releases and manifest files). ``durations``
+    (seconds) is ``None`` until :func:`build_manifest` fills it (a manifest file's listed durations, NaN
+    where absent, until then).
+
+    Rows of several sources (:meth:`concat` of manifests with different readers) keep one reader per source:
+    ``part`` (N,) says which of ``readers`` fetches each row, and :meth:`audio` picks it.
     """
 
     ids: list[str]
@@ -81,28 +86,44 @@ class Manifest:
     accents: list[str]
     reader: Callable[[str], AudioSource]
     durations: np.ndarray | None = None  # float64 (N,), seconds
+    part: np.ndarray | None = None  # int64 (N,): index into ``readers``; None when one reader serves all rows
+    readers: tuple[Callable[[str], AudioSource], ...] = ()
 
     _COLUMNS = ("ids", "keys", "texts", "client_ids", "ages", "genders", "accents")
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def audio(self, row: int) -> AudioSource:
+        """What :func:`ptasr.data.audio.load_audio` reads for ``row``: a path, or bytes."""
+        reader = self.reader if self.part is None else self.readers[self.part[row]]
+        return reader(self.keys[row])
+
     def select(self, rows: Sequence[int] | np.ndarray) -> Manifest:
         """The manifest of ``rows`` (indices), in that order."""
         columns = {name: [getattr(self, name)[i] for i in rows] for name in self._COLUMNS}
-        durations = None if self.durations is None else self.durations[np.asarray(rows, dtype=np.int64)]
-        return Manifest(**columns, reader=self.reader, durations=durations)
+        index = np.asarray(rows, dtype=np.int64)
+        durations = None if self.durations is None else self.durations[index]
+        part = None if self.part is None else self.part[index]
+        return Manifest(**columns, reader=self.reader, durations=durations, part=part, readers=self.readers)
 
     @classmethod
     def concat(cls, manifests: Sequence[Manifest]) -> Manifest:
-        """Rows of several manifests of the same source, one after the other."""
+        """Rows of several manifests one after the other; ``part`` tells their readers apart where they differ."""
         if not manifests:
             raise DataError("concat needs at least one manifest")
         columns = {name: [v for m in manifests for v in getattr(m, name)] for name in cls._COLUMNS}
         durations = None
         if all(m.durations is not None for m in manifests):
             durations = np.concatenate([m.durations for m in manifests])
-        return cls(**columns, reader=manifests[0].reader, durations=durations)
+        readers = tuple(dict.fromkeys(r for m in manifests for r in (m.readers or (m.reader,))))
+        if len(readers) == 1:
+            return cls(**columns, reader=readers[0], durations=durations)
+        position = {r: i for i, r in enumerate(readers)}
+        part = np.concatenate([
+            np.full(len(m), position[m.reader], dtype=np.int64) if m.part is None
+            else np.array([position[r] for r in m.readers], dtype=np.int64)[m.part] for m in manifests])
+        return cls(**columns, reader=readers[0], durations=durations, part=part, readers=readers)
 
     @property
     def total_seconds(self) -> float:
@@ -598,10 +619,17 @@ def ctc_feasible(texts: Sequence[str], durations: np.ndarray, settings: FilterSe
     feasible = labels <= frames
     # repeats <= labels - 1, so only rows with 2 * labels > frames can fail on repeats: count only those
     for i in np.flatnonzero(feasible & (2 * labels > frames)):
-        text = texts[i]
-        repeats = sum(a == b for a, b in zip(text, text[1:]))
-        feasible[i] = labels[i] + repeats <= frames[i]
+        feasible[i] = ctc_frames_needed(texts[i]) <= frames[i]
     return feasible
+
+
+def ctc_frames_needed(text: str) -> int:
+    """Fewest frames CTC needs to emit ``text``: one per label, plus a blank between two equal neighbours.
+
+    >>> ctc_frames_needed("passo")
+    6
+    """
+    return len(text) + sum(a == b for a, b in zip(text, text[1:]))
 
 
 # ---------------------------------------------------------------------------------------------------------

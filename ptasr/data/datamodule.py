@@ -1,4 +1,4 @@
-"""The LightningDataModule: Common Voice (release folder, archive or HF dataset) -> filtered, bucketed batches.
+"""The LightningDataModule: Common Voice, manifest files, HF datasets, or several at once -> filtered, bucketed batches.
 
 Defaults follow the reference (``lgris/wav2vec2-xls-r-pt-cv7`` with HF's ``run_speech_recognition_ctc.py``):
 train on train + dev, evaluate on test, 16 clips per batch, 8 per evaluation batch, clips up to 20 s, the
@@ -8,10 +8,12 @@ README's ``chars_to_ignore``, lower-case, vocabulary from training and evaluatio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -27,13 +29,44 @@ from ptasr.data.commonvoice import (
     filter_manifest,
 )
 from ptasr.data.dataset import ClipDataset, ClipLoader
+from ptasr.data.manifests import ManifestFile, is_manifest_file
 from ptasr.data.sampler import BucketBatchSampler
-from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, TextNormalizer, Vocabulary
+from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, AlphabetReport, TextNormalizer, Vocabulary
 from ptasr.errors import DataError, SettingError
 
 
+@dataclass
+class TrainSource:
+    """One training corpus of several (``data.sources``).
+
+    Args:
+        path: a manifest file (``.csv``/``.tsv``/``.jsonl``), or a Common Voice release folder or archive.
+        hf_dataset: a Hugging Face dataset instead of ``path`` (with ``hf_config``, ``hf_data_dir``; the audio
+            and text columns are ``data.hf_audio_column`` / ``data.hf_text_column``).
+        hf_config: its configuration name.
+        hf_data_dir: its ``data_dir``.
+        splits: the release's or dataset's splits to train on (default ``data.train_splits``); a manifest
+            file is one split.
+        language: the language folder, where ``path`` holds several.
+        weight: how often its clips are drawn relative to their count: 2.0 draws each clip twice per epoch,
+            0.5 a random half of them (another half each epoch).
+    """
+
+    path: str | None = None
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_data_dir: str | None = None
+    splits: list[str] | None = None
+    language: str | None = None
+    weight: float = 1.0
+
+
 class CommonVoiceDataModule(pl.LightningDataModule):
-    """Common Voice for CTC fine-tuning.
+    """Common Voice, your own manifest files, or several corpora at once, for CTC fine-tuning.
+
+    What trains: ``sources`` (several corpora) if given, else ``train_manifest``, else ``train_splits`` of
+    ``root`` (or ``hf_dataset``). What validates and tests: ``val_manifest`` / ``test_manifest`` if given,
+    else ``val_split`` / ``test_split`` of ``root``. One vocabulary covers all of them.
 
     ``vocab``, ``vocab_size``, ``pad_token_id`` and ``normalizer`` work right after construction (LightningCLI
     links ``vocab_size`` into the model before ``setup``): the first access reads and normalises the split
@@ -49,6 +82,14 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         hf_data_dir: its ``data_dir``.
         hf_audio_column: its audio column (Audio feature or file paths).
         hf_text_column: its transcript column.
+        train_manifest: a manifest file (``.csv``/``.tsv``/``.jsonl``: audio column ``path``/``audio``/``file``,
+            text column ``text``/``sentence``/``transcript``, optional ``duration`` seconds and ``speaker``;
+            relative paths from the manifest's folder) to train on instead of ``root``'s splits.
+        val_manifest: a manifest file to validate on instead of ``root``'s ``val_split``.
+        test_manifest: a manifest file to test on (default: ``val_manifest`` where ``root`` is the bundled
+            demo corpus, else ``root``'s ``test_split``).
+        sources: several training corpora (manifests, releases, HF datasets), each with a weight; see
+            :class:`TrainSource`. Replaces ``train_manifest`` and ``root``'s ``train_splits`` for training.
         train_splits: splits trained on, concatenated (``"dev"`` also finds an HF ``"validation"`` split).
         val_split: split validated on.
         test_split: split tested on.
@@ -66,6 +107,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         chars_to_ignore: characters the normaliser deletes.
         lowercase: lower-case transcripts.
         strip_accents: remove diacritics (``"ação"`` -> ``"acao"``).
+        strip_punctuation: replace every Unicode punctuation character by a space (apostrophes and hyphens
+            between two letters stay), for languages whose punctuation ``chars_to_ignore`` does not list.
+        rare_symbol_count: the alphabet table printed at setup flags symbols seen fewer times than this.
         vocab_path: an existing ``vocab.json`` (e.g. of a checkpoint being fine-tuned further) instead of
             building one; characters it lacks map to ``[UNK]`` and are counted at setup.
         conv_kernel: feature-encoder kernel widths, for the CTC-feasibility filter (must match the model's).
@@ -87,6 +131,10 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         hf_data_dir: str | None = None,
         hf_audio_column: str = "audio",
         hf_text_column: str = "sentence",
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
+        test_manifest: str | None = None,
+        sources: list[TrainSource] | None = None,
         train_splits: Sequence[str] = ("train", "dev"),
         val_split: str = "test",
         test_split: str = "test",
@@ -100,6 +148,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         chars_to_ignore: str = DEFAULT_CHARS_TO_IGNORE,
         lowercase: bool = True,
         strip_accents: bool = False,
+        strip_punctuation: bool = False,
+        rare_symbol_count: int = 10,
         vocab_path: str | None = None,
         conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
         conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2),
@@ -124,17 +174,39 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         if pad_to_multiple_seconds is not None and pad_to_multiple_seconds <= 0:
             raise SettingError(f"data.pad_to_multiple_seconds must be positive or null, got {pad_to_multiple_seconds}")
         self.pad_to_multiple = max(1, round((pad_to_multiple_seconds or 0) * SAMPLE_RATE))  # samples
-        self.normalizer = TextNormalizer(chars_to_ignore, lowercase=lowercase, strip_accents=strip_accents)
+        self.normalizer = TextNormalizer(chars_to_ignore, lowercase=lowercase, strip_accents=strip_accents,
+                                         strip_punctuation=strip_punctuation)
+        self.rare_symbol_count = rare_symbol_count
+        self._notices: set[str] = set()  # what setup has said once already
         self.filters = FilterSettings(min_duration, max_duration, tuple(conv_kernel), tuple(conv_stride))
         self._source_args: dict[str, Any] = dict(root=root, language=language, hf_dataset=hf_dataset,
                                                  hf_config=hf_config, hf_data_dir=hf_data_dir,
                                                  hf_audio_column=hf_audio_column, hf_text_column=hf_text_column,
                                                  cache_dir=cache_dir)
         self._vocab_path = vocab_path
+        if sources is not None and train_manifest is not None:
+            raise SettingError("set data.sources (several corpora) or data.train_manifest (one file), not both: add "
+                             f"{{path: {train_manifest}}} to data.sources")
+        for spec in sources or ():
+            if (spec.path is None) == (spec.hf_dataset is None):
+                raise SettingError(f"each of data.sources needs exactly one of path and hf_dataset; got {spec}")
+            if not spec.weight > 0:
+                raise SettingError(f"data.sources weight must be positive, got {spec.weight} for {spec}")
+        self._sources_spec = list(sources) if sources is not None else None
+        self._manifest_args = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
+        uses_own_data = sources is not None or train_manifest is not None
+        if uses_own_data and val_manifest is None and hf_dataset is None and root == BUNDLED_CORPUS:
+            raise SettingError("data.val_manifest is not set, so validation would run on the bundled demo corpus: set "
+                             "data.val_manifest to a manifest of held-out clips (or data.root to the release whose "
+                             "data.val_split you validate on)")
+        if test_manifest is None and val_manifest is not None and hf_dataset is None and root == BUNDLED_CORPUS:
+            self._manifest_args["test"] = val_manifest
         self._source: Source | None = None
-        self._rows: dict[str, Manifest] = {}  # split -> unfiltered rows with normalised text
+        self._opened: dict[str, Source] = {}  # manifest files and data.sources entries, by what names them
+        self._rows: dict[tuple[int, str], Manifest] = {}  # (source, split) -> unfiltered rows with normalised text
         self._vocab: Vocabulary | None = None
         self._manifests: dict[str, Manifest] = {}  # "train" / "val" / "test" -> filtered
+        self._train_weights: np.ndarray | None = None  # (N,) per training clip, where data.sources weigh them
         self._loaders: list[ClipLoader] = []
 
     # -- lazily built pieces -------------------------------------------------------------------------------
@@ -151,11 +223,44 @@ class CommonVoiceDataModule(pl.LightningDataModule):
                 self._source = CommonVoiceRelease(a["root"], a["language"], a["cache_dir"])
         return self._source
 
-    def rows(self, split: str) -> Manifest:
-        """Unfiltered rows of ``split`` with normalised texts (read once)."""
-        if split not in self._rows:
-            self._rows[split] = self.source.read_split(split, self.normalizer)
-        return self._rows[split]
+    def _open(self, key: str, make: Any) -> Source:
+        if key not in self._opened:
+            self._opened[key] = make()
+        return self._opened[key]
+
+    def _source_of(self, spec: TrainSource) -> Source:
+        a = self._source_args
+        if spec.hf_dataset is not None:
+            return self._open(f"hf:{spec.hf_dataset}:{spec.hf_config}:{spec.hf_data_dir}", lambda: HFDatasetSource(
+                spec.hf_dataset, spec.hf_config, spec.hf_data_dir, a["hf_audio_column"], a["hf_text_column"],
+                a["cache_dir"]))
+        if is_manifest_file(spec.path):
+            return self._open(f"file:{spec.path}", lambda: ManifestFile(spec.path, a["cache_dir"]))
+        return self._open(f"cv:{spec.path}:{spec.language}", lambda: CommonVoiceRelease(spec.path, spec.language,
+                                                                                         a["cache_dir"]))
+
+    def parts(self, name: str) -> list[tuple[Source, str, float]]:
+        """What ``"train"``, ``"val"`` or ``"test"`` reads: ``(source, split, weight)`` for each piece."""
+        manifest = self._manifest_args[name]
+        if name == "train" and self._sources_spec is not None:
+            parts = []
+            for spec in self._sources_spec:
+                source = self._source_of(spec)
+                splits = [""] if isinstance(source, ManifestFile) else (spec.splits or self.train_splits)
+                parts += [(source, split, spec.weight) for split in splits]
+            return parts
+        if manifest is not None:
+            return [(self._source_of(TrainSource(path=manifest)), "", 1.0)]
+        splits = self.train_splits if name == "train" else [self.val_split if name == "val" else self.test_split]
+        return [(self.source, split, 1.0) for split in splits]
+
+    def rows(self, split: str, source: Source | None = None) -> Manifest:
+        """Unfiltered rows of ``split`` of ``source`` (default ``root``'s) with normalised texts (read once)."""
+        source = self.source if source is None else source
+        key = (id(source), split)
+        if key not in self._rows:
+            self._rows[key] = source.read_split(split, self.normalizer)
+        return self._rows[key]
 
     @property
     def vocab(self) -> Vocabulary:
@@ -164,8 +269,10 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             if self._vocab_path is not None:
                 self._vocab = Vocabulary.load(self._vocab_path)
             else:
-                splits = dict.fromkeys([*self.train_splits, self.val_split, self.test_split])
-                self._vocab = Vocabulary.build(text for split in splits for text in self.rows(split).texts)
+                parts = dict.fromkeys((id(source), split, source) for name in ("train", "val", "test")
+                                      for source, split, _ in self.parts(name))
+                self._vocab = Vocabulary.build(text for _, split, source in parts
+                                               for text in self.rows(split, source).texts)
         return self._vocab
 
     @property
@@ -180,8 +287,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        # runs once per node before the other ranks start: extract an archive here, not in every rank
-        self.source  # noqa: B018 (the property does the work)
+        # runs once per node before the other ranks start: extract archives here, not in every rank
+        for name in ("train", "val", "test"):
+            self.parts(name)
 
     def setup(self, stage: str) -> None:
         """Filter the splits the stage needs, report the counts, check leakage, save normaliser and vocab."""
@@ -192,21 +300,44 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         if stage == "fit":
             check_leakage(self._manifests["train"], self._manifests["val"], f"validation ({self.val_split})",
                           self.leakage)
+            self._notice_validation_on_test()
+        self._report_alphabet(wanted[0])
         self._report_unknown_chars(wanted)
         self._save_text_files()
 
     def _build(self, name: str) -> Manifest:
-        splits = self.train_splits if name == "train" else [self.val_split if name == "val" else self.test_split]
-        parts = []
-        for split in splits:
-            manifest, report = filter_manifest(self.source, self.rows(split), self.filters, split)
+        pieces, weights = [], []
+        for source, split, weight in self.parts(name):
+            label = f"{source!r} {split}".rstrip()
+            manifest, report = filter_manifest(source, self.rows(split, source), self.filters, label)
             rank_zero_info(f"[data] {name} <- {report}; {manifest.total_seconds / 3600:.2f} h")
-            parts.append(manifest)
-        manifest = Manifest.concat(parts)
+            pieces.append(manifest)
+            weights.append(weight)
+        manifest = Manifest.concat(pieces)
         if len(manifest) == 0:
-            raise DataError(f"no {name} clips left after filtering {splits} of {self.source}; see the counts above "
-                             f"(check data.min_duration / data.max_duration / data.root)")
+            raise DataError(f"no {name} clips left after filtering {[p[:2] for p in self.parts(name)]}; see the "
+                             f"counts above (check data.min_duration / data.max_duration and the data paths)")
+        if name == "train" and any(w != 1.0 for w in weights):
+            self._train_weights = np.repeat(np.array(weights), [len(m) for m in pieces])
         return manifest
+
+    def _once(self, key: str, message: str) -> None:
+        if key not in self._notices:
+            self._notices.add(key)
+            rank_zero_info(message)
+
+    def _report_alphabet(self, name: str) -> None:
+        report = AlphabetReport.build(self._manifests[name].texts, self.normalizer.chars_to_ignore,
+                                      self.rare_symbol_count, self.normalizer.lowercase)
+        self._once("alphabet", f"[data] {name} {report.table()}")
+
+    def _notice_validation_on_test(self) -> None:
+        val, test = ([(id(source), split) for source, split, _ in self.parts(name)] for name in ("val", "test"))
+        if val == test:
+            where = self._manifest_args["val"] or f"split {self.val_split!r} of {self.source!r}"
+            self._once("val-is-test", f"[data] validation runs on {where}, which is also the test set: the checkpoint "
+                                      f"chosen by val/wer is chosen on the test clips, so its test WER is optimistic. "
+                                      f"Validate on held-out clips (data.val_split: dev) to report an unbiased one")
 
     def _report_unknown_chars(self, names: list[str]) -> None:
         if self._vocab_path is None:
@@ -252,11 +383,14 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         sampler = BucketBatchSampler(
             manifest.durations, batch_size=batch_size, max_batch_seconds=self.max_batch_seconds,
             num_buckets=self.num_buckets, shuffle=shuffle, seed=self.seed,
+            weights=self._train_weights if name == "train" else None,
             num_replicas=trainer.world_size if trainer is not None else None,
             rank=trainer.global_rank if trainer is not None else None)
         # persistent workers: forking a worker re-copies the manifest, so do it once, not every epoch
         # sampler by keyword: Lightning re-creates predict loaders from these arguments plus its own sampler=
-        loader = ClipLoader(ClipDataset(manifest, self.vocab), sampler=sampler, num_workers=self.num_workers,
+        dataset = ClipDataset(manifest, self.vocab, conv_kernel=self.filters.conv_kernel,
+                              conv_stride=self.filters.conv_stride)
+        loader = ClipLoader(dataset, sampler=sampler, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, persistent_workers=True, pad_to_multiple=self.pad_to_multiple)
         # Its own generator: otherwise each new iterator draws the workers' base seed from the global RNG,
         # which shifts every later random draw (dropout) and breaks exact resume at an epoch boundary.
@@ -271,8 +405,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         if self.num_skipped_clips:
-            rank_zero_warn(f"[data] {self.num_skipped_clips} clips were skipped as unreadable or truncated "
-                           f"(see the warnings naming them)")
+            rank_zero_warn(f"[data] {self.num_skipped_clips} clips were skipped as unreadable or truncated (or too "
+                           f"short for their text; see the warnings naming them)")
 
     # -- checkpoints -----------------------------------------------------------------------------------------
 

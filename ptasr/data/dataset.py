@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
-from ptasr.data.commonvoice import Manifest
+from ptasr.data.commonvoice import Manifest, ctc_frames_needed
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.text import Vocabulary
 from ptasr.errors import SettingError
+from ptasr.lengths import conv_output_lengths
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +44,31 @@ class ClipDataset(Dataset):
     """The clips of a manifest, decoded and encoded on demand (in DataLoader workers).
 
     Indexing takes a batch of clip indices (what :class:`BucketBatchSampler` yields) and returns one
-    :class:`Example` per index, or ``None`` for a clip that cannot be used — unreadable, empty, or truncated
-    (decoding to less than ``min_decoded_fraction`` of the manifest's duration). A bad clip costs one
-    warning and its place in the batch, never the run.
+    :class:`Example` per index, or ``None`` for a clip that cannot be used — unreadable, empty, truncated
+    (decoding to less than ``min_decoded_fraction`` of the manifest's duration), or too short for CTC to emit
+    its text (checked on the decoded length: the manifest filter saw the listed duration, and one such clip
+    in a batch makes the loss infinite, which skips the whole update when ``ctc_zero_infinity`` is off).
+    A bad clip costs one warning and its place in the batch, never the run.
 
     Args:
         manifest: clips with durations (from :func:`ptasr.data.commonvoice.build_manifest`).
         vocab: encodes the normalised texts into labels.
         sample_rate: rate the waveforms are resampled to.
         min_decoded_fraction: shortest acceptable decoded length, as a fraction of the listed duration.
+        conv_kernel: feature-encoder kernel widths, for the CTC check (must match the model's).
+        conv_stride: feature-encoder strides, likewise.
     """
 
     def __init__(self, manifest: Manifest, vocab: Vocabulary, sample_rate: int = SAMPLE_RATE,
-                 min_decoded_fraction: float = 0.9) -> None:
+                 min_decoded_fraction: float = 0.9, conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
+                 conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2)) -> None:
         if manifest.durations is None:
             raise ValueError("the manifest has no durations; build it with build_manifest()")
         self.manifest = manifest
         self.vocab = vocab
         self.sample_rate = sample_rate
         self.min_decoded_fraction = min_decoded_fraction
+        self.conv_kernel, self.conv_stride = tuple(conv_kernel), tuple(conv_stride)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -72,7 +79,7 @@ class ClipDataset(Dataset):
     def load(self, index: int) -> Example | None:
         """Clip ``index`` decoded, resampled, normalised and encoded; ``None`` (with a warning) if unusable."""
         m = self.manifest
-        source = m.reader(m.keys[index])
+        source = m.audio(index)
         try:
             waveform = load_audio(source, self.sample_rate)
         except (AudioDecodeError, OSError) as error:
@@ -82,6 +89,11 @@ class ClipDataset(Dataset):
         if len(waveform) < self.min_decoded_fraction * expected:
             log.warning("skipping clip %s: truncated, decodes to %d samples of the %d its listed duration "
                         "(%.2f s) implies", m.ids[index], len(waveform), round(expected), m.durations[index])
+            return None
+        frames = conv_output_lengths(len(waveform), self.conv_kernel, self.conv_stride)
+        if ctc_frames_needed(m.texts[index]) > frames:
+            log.warning("skipping clip %s: CTC-infeasible, its %d decoded samples give %d frames, fewer than its "
+                        "text needs (%d)", m.ids[index], len(waveform), frames, ctc_frames_needed(m.texts[index]))
             return None
         labels = torch.tensor(self.vocab.encode(m.texts[index]), dtype=torch.int64)
         return Example(waveform, labels, m.texts[index], m.ids[index], m.ages[index], m.genders[index],

@@ -6,6 +6,14 @@ from one bucket. Which clips share a batch and the batch order change every epoc
 the epoch); how many batches each bucket yields does not, so ``len()`` is the same every epoch — Lightning
 reads it once. For evaluation (``shuffle=False``) batches are cut from the sorted order, longest first.
 
+Largest first: every epoch starts with its largest batch (in padded seconds, clips x longest clip), for
+training and evaluation alike, so a batch that does not fit in memory fails in the first minute of a run,
+not hours into it. The order stays a function of (seed, epoch), so resuming is still exact.
+
+Weights (several corpora): a clip of weight ``w`` fills ``w`` places of its bucket per epoch on average --
+2.0 draws it twice, 0.5 draws a random half of the clips of that weight (another half each epoch). The
+places per bucket are fixed, so ``len()`` stays constant and the budget per batch holds.
+
 Why a ``DistributedSampler`` subclass: it yields whole batches (the DataLoader runs with ``batch_size=None``),
 already sharded by rank. Lightning sees a ``DistributedSampler`` as the loader's sampler, so it neither
 injects its own under DDP nor needs ``use_distributed_sampler=False``, and it calls our ``set_epoch``.
@@ -51,6 +59,7 @@ class BucketBatchSampler(DistributedSampler):
         seed: with the epoch, decides the order; must be equal on all ranks.
         num_replicas: DDP world size (default: torch.distributed's, else 1).
         rank: this process's rank (default: torch.distributed's, else 0).
+        weights: (N,) how often each clip is drawn per epoch relative to once (training only; ``None``: once).
 
     Every epoch each clip is in exactly one batch of one rank, and every rank gets the same number of
     batches: where the batch count does not divide by the world size, the largest batches are halved
@@ -64,7 +73,8 @@ class BucketBatchSampler(DistributedSampler):
 
     def __init__(self, durations: Sequence[float] | np.ndarray, batch_size: int | None = 16,
                  max_batch_seconds: float | None = None, num_buckets: int = 10, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None) -> None:
+                 num_replicas: int | None = None, rank: int | None = None,
+                 weights: Sequence[float] | np.ndarray | None = None) -> None:
         if batch_size is None and max_batch_seconds is None:
             raise SettingError("set batch_size (clips per batch), max_batch_seconds (padded seconds), or both")
         if batch_size is not None and batch_size < 1:
@@ -74,6 +84,15 @@ class BucketBatchSampler(DistributedSampler):
         durations = np.asarray(durations, dtype=np.float64)
         if len(durations) == 0:
             raise DataError("no clips to batch: every clip was filtered out or the split is empty")
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != durations.shape or not (weights > 0).all():
+                raise SettingError(f"weights must be positive, one per clip ({len(durations)}); got shape "
+                                 f"{weights.shape}, smallest {weights.min() if len(weights) else None}")
+            if not shuffle:
+                raise SettingError("weights apply to training (shuffle=True); evaluation counts every clip once")
+            if (weights == 1.0).all():
+                weights = None
         num_replicas, rank = _distributed_defaults(num_replicas, rank)
         # DistributedSampler's own state (epoch, rank, num_replicas, seed, shuffle) is what we use; its
         # per-sample iteration is replaced below
@@ -81,6 +100,8 @@ class BucketBatchSampler(DistributedSampler):
         self.durations = durations
         self.batch_size, self.max_batch_seconds = batch_size, max_batch_seconds
         self.num_buckets = num_buckets
+        self.weights = weights
+        self._groups: list[list[tuple[np.ndarray, int]]] = []  # per bucket: (clips of one weight, their places)
         self._buckets, self._sizes = self._plan()
         self._start = 0  # batches of this epoch to skip on the next iteration (set by load_state_dict)
         self._yielded = 0  # batches of the current epoch handed out so far, skipped ones included
@@ -114,8 +135,30 @@ class BucketBatchSampler(DistributedSampler):
         sizes = []
         for bucket in buckets:
             cap = self._cap(self.durations[bucket[-1]])
-            sizes.append([cap] * (len(bucket) // cap) + ([len(bucket) % cap] if len(bucket) % cap else []))
+            places = len(bucket)
+            if self.weights is not None:
+                weights = self.weights[bucket]
+                self._groups.append([(bucket[weights == w], round(w * int((weights == w).sum())))
+                                     for w in np.unique(weights)])
+                places = sum(n for _, n in self._groups[-1])
+            sizes.append([cap] * (places // cap) + ([places % cap] if places % cap else []))
         return buckets, self._even_out(sizes)
+
+    def _padded_seconds(self, batch: list[int]) -> float:
+        return len(batch) * float(self.durations[batch].max()) if batch else 0.0
+
+    def _draw(self, rng: np.random.Generator, b: int) -> np.ndarray:
+        """Bucket ``b``'s clips for one epoch, shuffled: each once, or as often as their weights say."""
+        if self.weights is None:
+            return rng.permutation(self._buckets[b])
+        drawn = []
+        for clips, places in self._groups[b]:
+            if places == 0:  # a weight too small for this bucket's few clips of it
+                continue
+            rounds = -(-places // len(clips))  # whole passes over the group, the last one cut short
+            drawn += [rng.permutation(clips) for _ in range(rounds)]
+            drawn[-1] = drawn[-1][: places - (rounds - 1) * len(clips)]
+        return rng.permutation(np.concatenate(drawn)) if drawn else np.zeros(0, dtype=np.int64)
 
     def _even_out(self, sizes: list[list[int]]) -> list[list[int]]:
         """Halve the largest batches until every rank can get as many (halving never breaks the budget)."""
@@ -132,8 +175,8 @@ class BucketBatchSampler(DistributedSampler):
         """All ranks' batches of ``epoch``, in order; rank ``r`` takes every ``num_replicas``-th from ``r``."""
         rng = np.random.default_rng([self.seed, epoch])
         per_bucket: list[list[list[int]]] = []
-        for bucket, sizes in zip(self._buckets, self._sizes):
-            members = rng.permutation(bucket) if self.shuffle else bucket
+        for b, (bucket, sizes) in enumerate(zip(self._buckets, self._sizes)):
+            members = self._draw(rng, b) if self.shuffle else bucket
             bounds = np.cumsum([0] + sizes)
             per_bucket.append([members[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])])
         if self.shuffle:
@@ -148,9 +191,16 @@ class BucketBatchSampler(DistributedSampler):
                 steps += [batches_of_bucket[i: i + self.num_replicas] for i in range(0, whole, self.num_replicas)]
                 leftovers += batches_of_bucket[whole:]
             steps += [leftovers[i: i + self.num_replicas] for i in range(0, len(leftovers), self.num_replicas)]
-            batches = [batch for i in rng.permutation(len(steps)) for batch in steps[i]]
+            order = rng.permutation(len(steps)).tolist()
+            # the step holding the epoch's largest batch goes first (order otherwise unchanged)
+            largest = max(order, key=lambda i: max(map(self._padded_seconds, steps[i])))
+            order.remove(largest)
+            batches = [batch for i in [largest, *order] for batch in steps[i]]
         else:
             batches = [batch for batches_of_bucket in per_bucket for batch in batches_of_bucket]
+            # longest clips first is not always largest first: under a budget a batch of shorter clips can
+            # hold more padded seconds; sorted (stably) by size, every rank's first batch is its largest
+            batches.sort(key=self._padded_seconds, reverse=True)
         if len(batches) % self.num_replicas:
             # fewer clips than ranks (halving stopped at single clips): an empty batch keeps every rank in step
             # with the others' collectives; the module skips it, without a clip counted twice in val/wer

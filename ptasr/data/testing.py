@@ -10,10 +10,17 @@ espeak-ng. Any test of any part can use it::
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import read_tsv
@@ -121,3 +128,88 @@ def _write(path: Path, rows: list[dict[str, str]], columns: list[str], end: str)
         for row in rows:
             values = [row.get(c, row.get("accent", "") if c == "accents" else fill.get(c, "")) for c in columns]
             f.write("\t".join(values) + end)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Recordings of your own: audio files in several formats and a manifest listing them
+# --------------------------------------------------------------------------------------------------------
+
+# (file suffix, soundfile format, subtype, sample rate, channels): what users bring, other than CV's MP3
+RECORDING_FORMATS = (
+    ("wav", "WAV", "PCM_16", 8000, 1),
+    ("wav", "WAV", "PCM_16", 22050, 1),
+    ("wav", "WAV", "FLOAT", 44100, 1),
+    ("flac", "FLAC", "PCM_16", 32000, 2),
+    ("opus", "OGG", "OPUS", 48000, 1),
+    ("ogg", "OGG", "VORBIS", 44100, 2),
+)
+
+
+@dataclass
+class Recording:
+    """One written clip: ``path`` relative to the folder, its transcript, duration (s), rate and channels."""
+
+    path: str
+    text: str
+    duration: float
+    sample_rate: int
+    channels: int
+
+
+def speak(text: str, voice: str = "pt-br") -> tuple[np.ndarray, int]:
+    """Speech for ``text``: espeak-ng's (mono, 22.05 kHz) where installed, else a bundled clip's (48 kHz).
+
+    The fallback keeps tests that need real speech in odd formats running without espeak-ng; its words are
+    not ``text``'s, which such tests do not check.
+    """
+    if shutil.which("espeak-ng"):
+        with tempfile.TemporaryDirectory() as folder:
+            wav = Path(folder) / "speech.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
+            samples, rate = sf.read(wav, dtype="float32")
+        return samples, rate
+    clips = sorted((Path(BUNDLED_CORPUS) / "clips").iterdir())
+    samples, rate = sf.read(clips[sum(map(ord, text)) % len(clips)], dtype="float32")
+    return samples, rate
+
+
+def make_recordings(directory: str | Path, sentences: Sequence[str], folder: str = "audio",
+                    voice: str = "pt-br") -> list[Recording]:
+    """Speak each sentence into ``directory/folder``, cycling through :data:`RECORDING_FORMATS`."""
+    import torch
+
+    from ptasr.data.audio import resample
+
+    (Path(directory) / folder).mkdir(parents=True, exist_ok=True)
+    recordings = []
+    for i, text in enumerate(sentences):
+        suffix, fmt, subtype, rate, channels = RECORDING_FORMATS[i % len(RECORDING_FORMATS)]
+        samples, spoken_rate = speak(text, voice)
+        mono = resample(torch.from_numpy(samples), spoken_rate, rate).numpy()
+        audio = np.stack([mono, 0.8 * mono], axis=1) if channels == 2 else mono
+        path = f"{folder}/clip{i:03d}.{suffix}"
+        sf.write(Path(directory) / path, audio, rate, format=fmt, subtype=subtype)
+        recordings.append(Recording(path, text, len(mono) / rate, rate, channels))
+    return recordings
+
+
+def write_manifest(path: str | Path, recordings: Sequence[Recording], durations: bool = True,
+                   audio_column: str = "path", text_column: str = "text", speaker: str | None = "me") -> Path:
+    """A manifest of ``recordings`` in the format its suffix names (.csv, .tsv or .jsonl)."""
+    path = Path(path)
+    rows = []
+    for r in recordings:
+        row = {audio_column: r.path, text_column: r.text}
+        if durations:
+            row["duration"] = round(r.duration, 3)
+        if speaker is not None:
+            row["speaker"] = speaker
+        rows.append(row)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        return path
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t" if path.suffix == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

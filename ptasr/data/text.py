@@ -7,13 +7,19 @@ and both serialise to plain dicts that travel inside checkpoints and exports.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ptasr.errors import DataError, MissingPathError, SettingError
 
@@ -23,6 +29,8 @@ DEFAULT_CHARS_TO_IGNORE = ',?.!-;:"“%‘”�—’…–'
 WORD_DELIMITER = "|"
 UNK_TOKEN = "[UNK]"
 PAD_TOKEN = "[PAD]"
+# kept by strip_punctuation between two letters ("d'água", "guarda-chuva"): apostrophes and hyphens
+WORD_INTERNAL_PUNCTUATION = "'’‐‑-"
 
 
 class TextNormalizer:
@@ -30,27 +38,37 @@ class TextNormalizer:
 
     Steps, in order: Unicode NFC (so "ã" typed as "a" + combining tilde is one character), remove every
     character of ``chars_to_ignore`` (replaced by nothing, as in the reference: "guarda-chuva" ->
-    "guardachuva"), lower-case, optionally strip accents, collapse runs of whitespace and trim.
+    "guardachuva"), optionally replace every Unicode punctuation character by a space (``strip_punctuation``;
+    apostrophes and hyphens between two letters stay), lower-case, optionally strip accents, collapse runs of
+    whitespace and trim.
 
     >>> TextNormalizer()('  "Olá,  João!" — disse a mãe… ')
     'olá joão disse a mãe'
     >>> TextNormalizer(strip_accents=True)("Ação à vista")
     'acao a vista'
+    >>> TextNormalizer("", strip_punctuation=True)("«Ele disse: 'd'água'», o guarda-chuva—¿não?")
+    "ele disse d'água o guarda-chuva não"
     """
 
     def __init__(
-        self, chars_to_ignore: str = DEFAULT_CHARS_TO_IGNORE, lowercase: bool = True, strip_accents: bool = False
+        self, chars_to_ignore: str = DEFAULT_CHARS_TO_IGNORE, lowercase: bool = True, strip_accents: bool = False,
+        strip_punctuation: bool = False,
     ) -> None:
         self.chars_to_ignore = chars_to_ignore
         self.lowercase = lowercase
         self.strip_accents = strip_accents
+        self.strip_punctuation = strip_punctuation
         # a character class, not alternation: one pass over the text whatever the list length
         self._ignore = re.compile(f"[{re.escape(chars_to_ignore)}]") if chars_to_ignore else None
+        self._punctuation = _punctuation_pattern() if strip_punctuation else None
 
     def __call__(self, text: str) -> str:
         text = unicodedata.normalize("NFC", text)
         if self._ignore is not None:
             text = self._ignore.sub("", text)
+        if self._punctuation is not None:
+            # a space, not nothing: "a—b" and "fim.Outro" are two words
+            text = self._punctuation.sub(lambda m: m.group(1) or " ", text)
         if self.lowercase:
             text = text.lower()
         if self.strip_accents:
@@ -58,8 +76,10 @@ class TextNormalizer:
         return " ".join(text.split())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chars_to_ignore": self.chars_to_ignore, "lowercase": self.lowercase,
-                "strip_accents": self.strip_accents}
+        d = {"chars_to_ignore": self.chars_to_ignore, "lowercase": self.lowercase, "strip_accents": self.strip_accents}
+        if self.strip_punctuation:  # only when set: normalizer.json files and checkpoints without it stay equal
+            d["strip_punctuation"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TextNormalizer:
@@ -81,7 +101,15 @@ class TextNormalizer:
 
     def __repr__(self) -> str:
         return (f"TextNormalizer(chars_to_ignore={self.chars_to_ignore!r}, lowercase={self.lowercase}, "
-                f"strip_accents={self.strip_accents})")
+                f"strip_accents={self.strip_accents}, strip_punctuation={self.strip_punctuation})")
+
+
+@lru_cache(maxsize=1)
+def _punctuation_pattern() -> re.Pattern[str]:
+    """Every Unicode punctuation character (categories P*), except a word-internal apostrophe or hyphen."""
+    punctuation = "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("P"))
+    kept = re.escape(WORD_INTERNAL_PUNCTUATION)
+    return re.compile(f"(?<=\\w)([{kept}])(?=\\w)|[{re.escape(punctuation)}]")
 
 
 def _strip_accents(text: str) -> str:
@@ -199,3 +227,114 @@ class Vocabulary:
         pad = PAD_TOKEN if PAD_TOKEN in mapping else "<pad>"
         unk = UNK_TOKEN if UNK_TOKEN in mapping else "<unk>"
         return cls(tokens, pad_token=pad, unk_token=unk)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The alphabet report: what the CTC head will learn to emit, with what is usually a mistake flagged
+# ---------------------------------------------------------------------------------------------------------
+
+FLAGS = {"P": "punctuation", "S": "symbol", "D": "digit", "X": "letter of another script", "R": "rare"}
+
+
+def char_counts(texts: Iterable[str], chunk: int = 65536) -> Counter[str]:
+    """How often each character occurs in ``texts``.
+
+    Counted as code points with ``np.bincount`` over chunks of texts: millions of transcripts in a second or
+    two, where a ``Counter`` over every character takes ten times as long.
+
+    >>> char_counts(["aba", "c"])
+    Counter({'a': 2, 'b': 1, 'c': 1})
+    """
+    counts = np.zeros(0, dtype=np.int64)
+    iterator = iter(texts)
+    while batch := list(itertools.islice(iterator, chunk)):
+        codes = np.frombuffer("".join(batch).encode("utf-32-le"), dtype=np.uint32)
+        found = np.bincount(codes)
+        if len(found) > len(counts):
+            counts = np.pad(counts, (0, len(found) - len(counts)))
+        counts[: len(found)] += found
+    return Counter({chr(c): int(counts[c]) for c in np.flatnonzero(counts)})
+
+
+def script_of(char: str) -> str | None:
+    """The script a letter or mark belongs to, from its Unicode name (``"CYRILLIC SMALL LETTER A"`` ->
+    ``"CYRILLIC"``); ``None`` for other characters and for combining marks shared by all scripts.
+
+    >>> script_of("ж"), script_of("a"), script_of("क"), script_of("\\u0301"), script_of("1")
+    ('CYRILLIC', 'LATIN', 'DEVANAGARI', None, None)
+    """
+    if unicodedata.category(char)[0] not in "LM":
+        return None
+    word = unicodedata.name(char, "").split(" ", 1)[0]
+    return None if word in ("", "COMBINING", "MODIFIER") else word
+
+
+@dataclass
+class AlphabetReport:
+    """The characters of a corpus's normalised transcripts, their counts, and flags for likely mistakes.
+
+    ``counts`` is in descending order of count; ``flags[c]`` holds letters of :data:`FLAGS`;
+    ``suggested_chars_to_ignore`` is ``data.chars_to_ignore`` plus every character flagged other than
+    only rare (rare letters are often real ones: look at them); ``script`` is the majority script.
+    """
+
+    counts: list[tuple[str, int]]
+    flags: dict[str, str]
+    script: str | None
+    rare_below: int
+    chars_to_ignore: str
+    suggested_chars_to_ignore: str
+
+    @classmethod
+    def build(cls, texts: Iterable[str], chars_to_ignore: str = "", rare_below: int = 10,
+              lowercase: bool = True) -> AlphabetReport:
+        counts = char_counts(texts)
+        del counts[" "]
+        scripts: Counter[str] = Counter()
+        for char, n in counts.items():
+            if (script := script_of(char)) is not None:
+                scripts[script] += n
+        majority = scripts.most_common(1)[0][0] if scripts else None
+        flags = {}
+        for char, n in counts.items():
+            category = unicodedata.category(char)[0]
+            script = script_of(char)
+            flags[char] = "".join(flag for flag, hit in (
+                ("P", category == "P"), ("S", category == "S"), ("D", category == "N"),
+                ("X", script is not None and script != majority), ("R", n < rare_below)) if hit)
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        added = []
+        for char, _ in ordered:
+            if flags[char].replace("R", ""):
+                # chars_to_ignore applies before lower-casing: an upper-case form would come back as this one
+                added += [c for c in dict.fromkeys([char, char.upper() if lowercase else char])
+                          if len(c) == 1 and c not in chars_to_ignore]
+        return cls(ordered, flags, majority, rare_below, chars_to_ignore, chars_to_ignore + "".join(added))
+
+    @property
+    def flagged(self) -> list[str]:
+        return [char for char, _ in self.counts if self.flags[char]]
+
+    def table(self, columns: int = 4) -> str:
+        """The report as a few lines of text: symbols in columns, then the legend and the suggested setting."""
+        cells = [f"{_shown(char):>3} {count:>10,} {self.flags[char]:<3}" for char, count in self.counts]
+        lines = [f"alphabet: {len(self.counts)} symbols besides the space (majority script {self.script}); "
+                 f"{len(self.flagged)} flagged"]
+        lines += ["  " + " | ".join(cells[i: i + columns]) for i in range(0, len(cells), columns)]
+        if self.flagged:
+            legend = ", ".join(f"{flag} {name}" for flag, name in FLAGS.items() if flag != "X")
+            lines.append(f"  flags: {legend} (fewer than {self.rare_below}), X {FLAGS['X']} than {self.script}")
+            if self.suggested_chars_to_ignore != self.chars_to_ignore:
+                lines.append("  to remove the flagged symbols (all but the rare-only ones, which may be real letters), "
+                             "set in the config:")
+                lines.append(f"    data.chars_to_ignore: {json.dumps(self.suggested_chars_to_ignore, ensure_ascii=False)}")
+            if any("P" in self.flags[c] for c in self.flagged):
+                lines.append("  or, for any Unicode punctuation: data.strip_punctuation: true")
+        return "\n".join(lines)
+
+
+def _shown(char: str) -> str:
+    """A character as the table shows it: combining marks on a dotted circle, invisible ones escaped."""
+    if unicodedata.category(char).startswith("M"):
+        return "◌" + char
+    return char if char.isprintable() else repr(char)[1:-1]

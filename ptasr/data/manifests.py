@@ -1,0 +1,195 @@
+"""Your own recordings: a manifest file (``.csv``, ``.tsv`` or ``.jsonl``) listing audio files and transcripts.
+
+Columns, by header name (CSV/TSV) or key (JSON lines): the audio file (``path``, else ``audio`` or ``file``),
+its transcript (``text``, else ``sentence`` or ``transcript``), optionally ``duration`` (seconds; read from
+the audio header where absent or empty, and cached like a release's) and ``speaker`` (also ``age``,
+``gender``, ``accent`` where present). Relative paths resolve against the manifest's folder. Any audio that
+soundfile reads works: WAV, FLAC, Ogg Vorbis/Opus, MP3, at any rate, mono or stereo.
+
+A :class:`ManifestFile` is a source like :class:`ptasr.data.commonvoice.CommonVoiceRelease`: it gives a
+:class:`~ptasr.data.commonvoice.Manifest`, and :func:`~ptasr.data.commonvoice.filter_manifest` applies the
+same filters to it. It has one split, the whole file.
+
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "train.csv").write_text("path,text,duration\\nclips/a.wav,Olá mundo,1.5\\n")
+>>> rows = ManifestFile(folder / "train.csv").read_split("", lambda s: s.lower())
+>>> rows.keys == [str(folder / "clips" / "a.wav")], rows.texts, rows.durations.tolist()
+(True, ['olá mundo'], [1.5])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ptasr.data.commonvoice import ClipFiles, HeaderDurationCache, Manifest, default_cache_dir
+from ptasr.errors import DataError, MissingPathError, SettingError
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
+# canonical column -> the names accepted for it, first match wins
+MANIFEST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "path": ("path", "audio", "file"),
+    "text": ("text", "sentence", "transcript"),
+    "duration": ("duration",),
+    "speaker": ("speaker", "client_id"),
+    "age": ("age",),
+    "gender": ("gender",),
+    "accent": ("accent", "accents"),
+}
+SHARED_COLUMNS = ("speaker", "age", "gender", "accent")  # values that repeat across rows: one string each
+
+
+def is_manifest_file(path: str | Path) -> bool:
+    """Whether ``path`` names a manifest file (by its suffix), as opposed to a release folder or archive."""
+    return Path(path).suffix.lower() in MANIFEST_SUFFIXES
+
+
+class ManifestFile:
+    """One manifest file as a data source.
+
+    Args:
+        path: the ``.csv``/``.tsv``/``.jsonl`` file.
+        cache_dir: where durations read from audio headers are cached (default
+            :func:`ptasr.data.commonvoice.default_cache_dir`).
+    """
+
+    def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.is_file():
+            raise MissingPathError(f"manifest {self.path} does not exist; pass a .csv, .tsv or .jsonl file with "
+                                    f"an audio column (path/audio/file) and a text column (text/sentence/transcript)")
+        if not is_manifest_file(self.path):
+            raise SettingError(f"{self.path} is not a manifest: its name must end in {', '.join(MANIFEST_SUFFIXES)}")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        # keys are absolute paths, so one reader serves every row and ids stay distinct across manifests
+        self.reader = ClipFiles("")
+
+    def __repr__(self) -> str:
+        return f"ManifestFile({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def read_split(self, split: str, normalizer: Callable[[str], str]) -> Manifest:
+        """All rows with normalised texts and the listed durations (NaN where the file gives none).
+
+        ``split`` is ignored: a manifest file is one split.
+        """
+        table = read_manifest_table(self.path)
+        base = str(self.path.parent) + os.sep
+        # plain concatenation, not os.path.join per row: a few million rows stay within a second
+        keys = [p if os.path.isabs(p) else base + p for p in table["path"]]
+        return Manifest(ids=keys, keys=keys, texts=[normalizer(t) for t in table["text"]],
+                        client_ids=table["speaker"], ages=table["age"], genders=table["gender"],
+                        accents=table["accent"], reader=self.reader, durations=table["duration"])
+
+    def exists(self, manifest: Manifest) -> np.ndarray:
+        """Boolean (N,): which audio files exist. One directory listing per folder, not a stat per file."""
+        present = np.zeros(len(manifest), dtype=bool)
+        listings: dict[str, set[str]] = {}
+        for row, key in enumerate(manifest.keys):
+            folder, name = os.path.split(key)
+            names = listings.get(folder)
+            if names is None:
+                try:
+                    with os.scandir(folder) as entries:
+                        names = {entry.name for entry in entries}
+                except OSError:  # a folder that does not exist (or cannot be listed): none of its files is there
+                    names = set()
+                listings[folder] = names
+            present[row] = name in names
+        return present
+
+    def durations(self, manifest: Manifest) -> np.ndarray:
+        """Seconds (N,): the listed ones; the rest read from audio headers (cached), NaN if unreadable."""
+        result = np.full(len(manifest), np.nan) if manifest.durations is None else manifest.durations.copy()
+        unknown = np.flatnonzero(np.isnan(result))
+        if len(unknown):
+            cache = HeaderDurationCache(self.cache_dir / "durations", self.path.parent)
+            result[unknown] = cache.durations([manifest.keys[i] for i in unknown])
+        return result
+
+
+def read_manifest_table(path: Path) -> dict[str, list[str] | np.ndarray]:
+    """Read a manifest column-wise: ``{"path", "text", "speaker", "age", "gender", "accent": list of str,
+    "duration": float64 (N,) seconds, NaN where empty}``.
+
+    CSV follows the usual quoting (what spreadsheets and pandas write); TSV is read verbatim like Common Voice's
+    (a transcript may start with an unmatched quote); JSON lines take one object per line.
+
+    Raises:
+        DataError: no audio or text column, a duration that is not a number, or a line that is not JSON.
+    """
+    rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _delimited_rows(path)
+    out: dict[str, list] = {name: [] for name in MANIFEST_COLUMNS}
+    shared: dict[str, dict[str, str]] = {name: {} for name in SHARED_COLUMNS}
+    for row in rows:
+        for name, value in row.items():
+            out[name].append(shared[name].setdefault(value, value) if name in shared else value)
+    result: dict[str, list[str] | np.ndarray] = dict(out)
+    result["duration"] = _seconds(path, out["duration"])
+    return result
+
+
+def _seconds(path: Path, values: list[str]) -> np.ndarray:
+    try:
+        return np.array([float(v) if v not in ("", None) else np.nan for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{path}: the duration column holds a value that is not a number of seconds ({error}); "
+                         f"leave it empty where unknown, it is then read from the audio header") from error
+
+
+def _delimited_rows(path: Path) -> Iterator[dict[str, str]]:
+    delimiter, quoting = ("\t", csv.QUOTE_NONE) if path.suffix.lower() == ".tsv" else (",", csv.QUOTE_MINIMAL)
+    # newline="": "\r\n" is one line end; utf-8-sig: spreadsheets write a byte-order mark
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path} is empty: a manifest starts with a header line such as `path,text,duration`")
+        where = _positions(path, [name.strip().lower() for name in header])
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path} line {line} has {len(row)} fields, the header {len(header)}; quote fields "
+                                 f"that contain the delimiter")
+            yield {name: (row[i] if i is not None else "") for name, i in where.items()}
+
+
+def _jsonl_rows(path: Path) -> Iterator[dict[str, str]]:
+    with open(path, encoding="utf-8-sig") as f:
+        where: dict[str, str | None] | None = None
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} line {line} is not JSON: {error}") from error
+            if where is None:  # the first record names the columns, as a header would
+                found = _positions(path, list(record))
+                where = {name: (list(record)[i] if i is not None else None) for name, i in found.items()}
+            yield {name: _text(record.get(key, "")) if key is not None else "" for name, key in where.items()}
+
+
+def _text(value: object) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _positions(path: Path, header: list[str]) -> dict[str, int | None]:
+    positions = {name: i for i, name in enumerate(header)}
+    where = {name: next((positions[a] for a in aliases if a in positions), None)
+             for name, aliases in MANIFEST_COLUMNS.items()}
+    for name in ("path", "text"):
+        if where[name] is None:
+            raise DataError(f"{path} has no {name} column (one of {'/'.join(MANIFEST_COLUMNS[name])}); its columns "
+                             f"are {header}")
+    return where
