@@ -168,9 +168,7 @@ class Vocabulary:
     @classmethod
     def build(cls, texts: Iterable[str]) -> Vocabulary:
         """The reference vocabulary of already-normalised ``texts``."""
-        chars: set[str] = set()
-        for text in texts:
-            chars.update(text)
+        chars = set(char_counts(texts))
         if WORD_DELIMITER in chars:
             raise DataError(f"the texts contain {WORD_DELIMITER!r}, the word delimiter token; add it to the "
                              f"normaliser's chars_to_ignore")

@@ -1,0 +1,192 @@
+"""How long and how much memory a run on several corpora needs before its first batch: 5M rows in three sources.
+
+Goal (issue 12 item 3): three training sources with 5M rows in all -- a manifest with durations, a manifest
+without, a Common Voice release TSV -- reach a ready training loader in < 60 s and < 4 GiB.
+
+Builds, in a temporary folder (not timed):
+
+- a release (``benchmarks/data_manifest_scale.py``'s synthetic one): train.tsv with 2/5 of the rows,
+  dev.tsv and test.tsv with 1 % as many each, clip_durations.tsv, one empty file per clip;
+- ``a/train.csv``: 2/5 of the rows, with a ``duration`` column, clips in folders of 10 000;
+- ``b/train.jsonl``: 1/5 of the rows, without durations. Their durations come from the audio headers, read
+  once and cached: here the cache is written by the generator, so what is timed is every start after the
+  first. The first start's header reads are measured apart, on real WAV files (``--headers``), and
+  extrapolated: reading a million headers takes minutes whatever the code around it.
+
+Then, in a fresh process, times what a run does before its first training batch, as the data module does it:
+``dm.vocab`` (read and normalise every source and the evaluation splits, build the vocabulary),
+``dm.setup("fit")`` (durations, filters and report per source, leakage check, alphabet table), and
+``dm.train_dataloader()`` with its first epoch's batch order (weights applied); and reports wall time and the
+peak resident memory of that process (``ru_maxrss``, torch and Lightning included).
+
+Usage::
+
+    python benchmarks/data_sources_scale.py                     # 5M rows
+    python benchmarks/data_sources_scale.py --rows 500000       # quicker
+    python benchmarks/data_sources_scale.py --json benchmarks/results/data_sources_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_manifest_scale import write_release  # noqa: E402
+
+from ptasr.data import BUNDLED_CORPUS  # noqa: E402
+from ptasr.data.commonvoice import read_tsv  # noqa: E402
+
+FOLDER_SIZE = 10_000
+
+
+def write_manifests(root: Path, rows_a: int, rows_b: int, seed: int = 1) -> None:
+    """``a/train.csv`` (with durations) and ``b/train.jsonl`` (without, header cache pre-filled)."""
+    rng = random.Random(seed)
+    sentences = read_tsv(Path(BUNDLED_CORPUS) / "train.tsv")["sentence"]
+    speakers = [f"spk{i}" for i in range(2000)]
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        cache_lines = []
+        path = folder / ("train.csv" if name == "a" else "train.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            if name == "a":
+                f.write("path,text,duration,speaker\n")
+            for i in range(rows):
+                clip = f"clips/{i // FOLDER_SIZE:04d}/{name}{i}.flac"
+                if i % FOLDER_SIZE == 0:
+                    (folder / clip).parent.mkdir(parents=True)
+                os.close(os.open(folder / clip, os.O_CREAT | os.O_WRONLY, 0o644))
+                text = f"{rng.choice(sentences)} {rng.choice(sentences)}"
+                seconds = rng.randint(1000, 10000) / 1000
+                if name == "a":
+                    f.write(f'{clip},"{text.replace(chr(34), chr(34) * 2)}",{seconds},{rng.choice(speakers)}\n')
+                else:
+                    f.write(json.dumps({"audio": clip, "sentence": text, "speaker": rng.choice(speakers)},
+                                       ensure_ascii=False) + "\n")
+                    stat = os.stat(folder / clip)
+                    cache_lines.append(f"{folder / clip}\t{stat.st_size}\t{stat.st_mtime_ns}\t{seconds!r}\n")
+        if cache_lines:
+            # what HeaderDurationCache writes after a first start, keyed as it keys it
+            digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+            (root / "cache" / "durations").mkdir(parents=True, exist_ok=True)
+            (root / "cache" / "durations" / f"{digest}.tsv").write_text("".join(cache_lines), encoding="utf-8")
+
+
+def measure(root: str) -> dict:
+    """Runs in a fresh process so that ru_maxrss is this work's peak, not the generator's."""
+    start = time.perf_counter()
+    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data.datamodule import TrainSource
+
+    imported = time.perf_counter()
+    base = Path(root)
+    release = str(base / "release")
+    sources = [TrainSource(path=release, splits=["train"]), TrainSource(path=str(base / "a" / "train.csv")),
+               TrainSource(path=str(base / "b" / "train.jsonl"), weight=2.0)]
+    dm = CommonVoiceDataModule(release, sources=sources, val_split="dev", num_workers=0, batch_size=None,
+                               max_batch_seconds=320.0, num_buckets=20, cache_dir=str(base / "cache"))
+    vocab = dm.vocab
+    vocab_done = time.perf_counter()
+    dm.setup("fit")
+    setup_done = time.perf_counter()
+    loader = dm.train_dataloader()
+    first = next(iter(loader.sampler))
+    ready = time.perf_counter()
+    result = {
+        "train_clips": len(dm._manifests["train"]), "val_clips": len(dm._manifests["val"]),
+        "vocabulary_tokens": len(vocab), "train_batches": len(loader), "first_batch_clips": len(first),
+        "import_s": round(imported - start, 2), "vocab_s": round(vocab_done - imported, 2),
+        "setup_s": round(setup_done - vocab_done, 2), "loader_and_first_epoch_order_s": round(ready - setup_done, 2),
+        "total_s": round(ready - imported, 2),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),  # Linux: KiB
+    }
+    print(json.dumps(result))
+    return result
+
+
+def measure_headers(count: int) -> dict:
+    """First start vs later starts of a manifest without durations, on ``count`` real 1 s WAV files."""
+    import numpy as np
+    import soundfile as sf
+
+    from ptasr.data.commonvoice import FilterSettings, filter_manifest
+    from ptasr.data.manifests import ManifestFile
+    from ptasr.data.text import TextNormalizer
+
+    folder = Path(tempfile.mkdtemp(prefix="headers-"))
+    try:
+        (folder / "clips").mkdir()
+        audio = np.zeros(16000, dtype=np.int16)
+        with open(folder / "m.csv", "w") as f:
+            f.write("path,text\n")
+            for i in range(count):
+                sf.write(folder / "clips" / f"{i}.wav", audio, 16000)
+                f.write(f"clips/{i}.wav,uma frase\n")
+        timings = []
+        for _ in range(2):
+            source = ManifestFile(folder / "m.csv", cache_dir=folder / "cache")
+            t = time.perf_counter()
+            filter_manifest(source, source.read_split("", TextNormalizer()), FilterSettings(), "m")
+            timings.append(time.perf_counter() - t)
+        return {"clips": count, "first_start_s": round(timings[0], 3), "later_starts_s": round(timings[1], 3),
+                "first_start_ms_per_clip": round(1000 * timings[0] / count, 3),
+                "later_starts_ms_per_clip": round(1000 * timings[1] / count, 4)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=5_000_000, help="training rows over the three sources")
+    parser.add_argument("--headers", type=int, default=5000, help="real WAV files for the header-path measurement")
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the fresh measuring process
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.measure)
+        return
+    root = Path(tempfile.mkdtemp(prefix="sources-scale-"))
+    try:
+        t = time.perf_counter()
+        rows_release, rows_a = 2 * args.rows // 5, 2 * args.rows // 5
+        rows_b = args.rows - rows_release - rows_a
+        write_release(root / "release", rows_release)
+        write_manifests(root, rows_a, rows_b)
+        print(f"wrote {args.rows} rows (release {rows_release}, csv with durations {rows_a}, jsonl without "
+              f"{rows_b}) in {time.perf_counter() - t:.0f} s: {root}", flush=True)
+        out = subprocess.run([sys.executable, __file__, "--measure", str(root)], check=True, capture_output=True,
+                             text=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    headers = measure_headers(args.headers)
+    report = {
+        "benchmark": "data_sources_scale", "rows": args.rows,
+        "sources": {"release_tsv_with_clip_durations": rows_release, "csv_with_durations": rows_a,
+                    "jsonl_without_durations_cache_warm": rows_b},
+        "goal": "ready training loader < 60 s and < 4 GiB",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
+        "result": result, "header_path": headers,
+        "header_path_note": "jsonl durations come from the header cache (every start after the first); a first "
+                            "start reads each header: first_start_ms_per_clip x clips more",
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
