@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -198,8 +198,6 @@ def _open_output(path: str | None) -> TextIO:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from ptasr.inference import find_audio
-
     files = find_audio(args.audio)
     if not files:
         raise MissingPathError(f"no audio files in {', '.join(args.audio)}")
@@ -219,6 +217,22 @@ def run_transcribe(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 1 if failed else 0
+
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
+
+
+def find_audio(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the audio files (by extension) under folders, sorted; a missing path raises."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise MissingPathError(f"no audio file or folder at {path}")
+    return found
 
 
 def _format(transcript: Any, fmt: str, with_source: bool) -> str:
@@ -418,9 +432,9 @@ def run_lm_build(args: argparse.Namespace) -> int:
     from ptasr.ngram import build_from_files
 
     if args.model is not None:
-        from ptasr.inference import load_any
+        from ptasr.checkpoint import load_any
 
-        normalizer = load_any(args.model)[2]
+        normalizer = load_any(args.model).normalizer
     else:
         normalizer = TextNormalizer.load(args.normalizer) if args.normalizer else TextNormalizer()
     started = time.perf_counter()

@@ -1,12 +1,7 @@
-"""Running a trained model: load it from wherever it was saved, transcribe audio of any length.
+"""Running a trained model: transcribe audio of any length, with word timestamps if asked.
 
-A :class:`Recognizer` is a model with its vocabulary and text normaliser. It loads from
-
-- a Lightning checkpoint written by ``python train.py fit`` (``checkpoint["ptasr"]`` holds the model config,
-  vocabulary and normaliser; the weights are the LightningModule's ``model.*`` entries),
-- a folder written by ``ptasr export`` or any Hugging Face wav2vec2 CTC folder (``config.json``,
-  ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.json``; ``normalizer.json`` if ptasr wrote it),
-- a hub id of such a folder (downloaded with huggingface_hub).
+A :class:`Recognizer` is a model with its vocabulary and text normaliser; :meth:`Recognizer.load` takes a
+``train.py`` checkpoint, an exported or Hugging Face model folder, or a hub id (``ptasr.checkpoint``).
 
 Long recordings are cut into overlapping chunks exactly as transformers' ASR pipeline does with
 ``chunk_length_s``/``stride_length_s``: each chunk sees ``stride`` seconds of context on both sides, and only
@@ -20,10 +15,7 @@ V vocabulary size.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -37,22 +29,16 @@ from torch.nn.utils import parametrize
 from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio, normalize_waveform, resample
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
+from ptasr.checkpoint import load_any
+from ptasr.errors import CheckpointError, SettingError
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.errors import CheckpointError, MissingPathError, SettingError
-from ptasr.model.convert import MODEL_FILES, download, is_hub_id, load_checked, safe_torch_load
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
 if TYPE_CHECKING:
     from ptasr.lm import BeamSearchDecoder
 
-log = logging.getLogger(__name__)
-
 # A path, a 1-D tensor already at 16 kHz, or (samples (S,) or (C, S), sample rate).
 AudioInput = str | Path | torch.Tensor | tuple[np.ndarray | torch.Tensor, int]
-
-# What a ptasr or HF wav2vec2 CTC folder needs; tokenizer/processor files are read by transformers only.
-# the model files plus the text side an exported folder carries
-_HUB_FILES = [*MODEL_FILES, "vocab.json", "added_tokens.json", "normalizer.json"]
 
 
 # --- results -----------------------------------------------------------------------------------------------
@@ -218,7 +204,7 @@ def word_spans(spans: Sequence[tuple[int, int, int]], vocab: Vocabulary, seconds
     return words
 
 
-# --- loading -----------------------------------------------------------------------------------------------
+# --- device and precision -----------------------------------------------------------------------------------------------
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -246,70 +232,6 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
     else:
         native = False
     return torch.bfloat16 if native else torch.float32
-
-
-def load_lightning_checkpoint(path: Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
-    """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint."""
-    if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives; anything else is not ours
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (.ckpt) file")
-    checkpoint = safe_torch_load(path)
-    saved = checkpoint.get("ptasr") if isinstance(checkpoint, dict) else None
-    if not saved or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a ptasr training checkpoint (no 'ptasr' and 'state_dict' entries)")
-    if saved.get("vocab") is None:
-        raise CheckpointError(f"{path} was saved without a vocabulary (trained without the data module?)")
-    config = Wav2Vec2Config(**saved["model_config"])
-    # The LightningModule holds the network as `self.model`: its weights are the "model." entries.
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model = Wav2Vec2CTC(config)
-    load_checked(model, state, set(), source=str(path))
-    vocab = Vocabulary.from_dict(saved["vocab"])
-    normalizer = TextNormalizer.from_dict(saved["normalizer"]) if saved.get("normalizer") else TextNormalizer()
-    metadata = {key: checkpoint.get(key) for key in ("hyper_parameters", "datamodule_hyper_parameters",
-                                                     "global_step", "epoch")}
-    return model, vocab, normalizer, {**metadata, "checkpoint": str(path)}
-
-
-def load_folder_vocabulary(folder: Path) -> Vocabulary:
-    """``vocab.json`` plus the tokens of ``added_tokens.json`` (HF's script adds ``<s>``/``</s>`` there)."""
-    if not (folder / "vocab.json").is_file():
-        raise MissingPathError(f"no vocab.json in {folder}: a CTC model folder needs its vocabulary")
-    vocab = Vocabulary.load(folder / "vocab.json")
-    added = folder / "added_tokens.json"
-    if not added.is_file():
-        return vocab
-    extra = json.loads(added.read_text(encoding="utf-8"))
-    tokens = list(vocab.tokens)
-    for token, index in sorted(extra.items(), key=lambda item: item[1]):
-        if index == len(tokens):
-            tokens.append(token)
-    return Vocabulary(tokens, pad_token=vocab.pad_token, unk_token=vocab.unk_token)
-
-
-def load_folder(folder: Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
-    """Model, vocabulary and normaliser of an exported (or any HF wav2vec2 CTC) folder."""
-    model = Wav2Vec2CTC.from_pretrained(folder)
-    vocab = load_folder_vocabulary(folder)
-    if (folder / "normalizer.json").is_file():
-        normalizer = TextNormalizer.load(folder / "normalizer.json")
-    else:
-        log.info("%s has no normalizer.json; references will be normalised with the default", folder)
-        normalizer = TextNormalizer()
-    return model, vocab, normalizer, {"folder": str(folder)}
-
-
-def load_any(source: str | Path) -> tuple[Wav2Vec2CTC, Vocabulary, TextNormalizer, dict[str, Any]]:
-    """Dispatch on what ``source`` is: checkpoint file, model folder, or hub id."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return load_lightning_checkpoint(path)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise MissingPathError(f"{path} is a folder without config.json: not an exported model")
-        return load_folder(path)
-    if is_hub_id(source):
-        return load_folder(download(str(source), _HUB_FILES))
-    raise MissingPathError(f"no model at {source}: not a checkpoint file, a model folder or a hub id")
 
 
 # --- the recognizer ----------------------------------------------------------------------------------------
@@ -499,22 +421,4 @@ def _describe(item: AudioInput) -> str:
     if isinstance(item, torch.Tensor):
         return f"<waveform of {item.shape[-1]} samples>"
     return f"<waveform of {np.shape(item[0])[-1]} samples at {item[1]} Hz>"
-
-
-# --- audio files -------------------------------------------------------------------------------------------
-
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
-
-
-def find_audio(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and the audio files (by extension) under folders, sorted; a missing path raises."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise MissingPathError(f"no audio file or folder at {path}")
-    return found
 

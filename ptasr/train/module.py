@@ -10,7 +10,6 @@ configs in ``configs/`` set it; the defaults below are plain fallbacks, the reci
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from ptasr.checkpoint import ENTRY, checkpoint_entry, text_side
 from ptasr.data.datamodule import check_checkpoint_vocabulary
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
@@ -381,10 +381,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything needed to rebuild the model and its text side from the .ckpt alone (transcribe, export).
-        checkpoint["ptasr"] = {
-            "model_config": dataclasses.asdict(self.model.config),
-            "vocab": self.vocab.to_dict() if self.vocab is not None else None,
-            "normalizer": self.normalizer.to_dict() if self.normalizer is not None else None,
+        checkpoint[ENTRY] = {
+            **checkpoint_entry(self.model.config, self.vocab, self.normalizer),
             # Lightning saves no RNG state, and resuming re-seeds from `seed_everything`: without these the
             # dropout masks after a resume would differ from those of an uninterrupted run.
             "rng": _rng_states(),
@@ -393,13 +391,13 @@ class Wav2Vec2CTCModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Outside a Trainer (``load_from_checkpoint`` for inference) take the text side from the checkpoint.
         # Inside one, a checkpoint whose vocabulary differs from the data's is refused.
-        saved = checkpoint.get("ptasr") or {}
-        if self.vocab is not None and saved.get("vocab") is not None:
+        saved = checkpoint.get(ENTRY) or {}
+        vocab, normalizer = text_side(saved)
+        if self.vocab is not None and vocab is not None:
             # Before Lightning loads the weights: a head of another size would fail there with a bare shape error.
-            check_checkpoint_vocabulary(Vocabulary.from_dict(saved["vocab"]), self.vocab)
-        if self.vocab is None and saved.get("vocab") is not None:
-            self.vocab = Vocabulary.from_dict(saved["vocab"])
-            self.normalizer = TextNormalizer.from_dict(saved["normalizer"])
+            check_checkpoint_vocabulary(vocab, self.vocab)
+        if self.vocab is None and vocab is not None:
+            self.vocab, self.normalizer = vocab, normalizer
         # Only a Trainer resuming a fit continues the random streams; inference loading leaves them alone.
         if self._trainer is not None and self.trainer.state.fn == "fit" and saved.get("rng") is not None:
             self._rng_to_restore = saved["rng"]

@@ -1,0 +1,142 @@
+"""The trained-model format: what a ``train.py`` checkpoint carries besides the weights, and loading a model
+with its vocabulary and normaliser from any place a trained model lives.
+
+A trained model is three things that belong together: the network (a :class:`Wav2Vec2Config` and weights),
+the :class:`Vocabulary` its CTC head predicts, and the :class:`TextNormalizer` its references were cleaned
+with. They live in
+
+- a Lightning checkpoint written by ``python train.py fit``: the LightningModule's ``model.*`` weights, plus the
+  ``"ptasr"`` entry (:func:`checkpoint_entry`) with the model config, vocabulary and normaliser, so the
+  ``.ckpt`` alone rebuilds the model (training state such as random streams travels in the same entry),
+- a folder written by ``ptasr export`` or any Hugging Face wav2vec2 CTC folder (``config.json``,
+  ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.json``; ``normalizer.json`` if ptasr wrote it),
+- a hub id of such a folder (downloaded with huggingface_hub).
+
+:func:`load_any` reads all three; the weight conversion itself (HF and fairseq names, checked loading) is
+``ptasr.model.convert``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.errors import CheckpointError, MissingPathError
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.model.convert import MODEL_FILES, download, is_hub_id, load_checked, safe_torch_load
+from ptasr.model.wav2vec2 import Wav2Vec2CTC
+
+log = logging.getLogger(__name__)
+
+# The key of a Lightning checkpoint that holds the model config and the text side.
+ENTRY = "ptasr"
+# A hub download: the model files plus the text side an exported folder carries (tokenizer and processor
+# files are for transformers only).
+HUB_FILES = [*MODEL_FILES, "vocab.json", "added_tokens.json", "normalizer.json"]
+
+
+class TrainedModel(NamedTuple):
+    """A network with its vocabulary and normaliser, and where it came from (training metadata when known)."""
+
+    model: Wav2Vec2CTC
+    vocab: Vocabulary
+    normalizer: TextNormalizer
+    metadata: dict[str, Any]
+
+
+# --- the checkpoint's "ptasr" entry ----------------------------------------------------------------------------
+
+
+def checkpoint_entry(config: Wav2Vec2Config, vocab: Vocabulary | None,
+                     normalizer: TextNormalizer | None) -> dict[str, Any]:
+    """What the LightningModule writes under ``checkpoint["ptasr"]``: plain data only, so the checkpoint loads
+    with ``torch.load(weights_only=True)``.
+
+    >>> entry = checkpoint_entry(Wav2Vec2Config.preset("tiny"), Vocabulary.build(["ab"]), TextNormalizer())
+    >>> sorted(entry), entry["vocab"]["tokens"]
+    (['model_config', 'normalizer', 'vocab'], ['|', 'a', 'b', '[UNK]', '[PAD]'])
+    >>> text_side(entry)[0].tokens == Vocabulary.build(["ab"]).tokens
+    True
+    """
+    return {
+        "model_config": dataclasses.asdict(config),
+        "vocab": vocab.to_dict() if vocab is not None else None,
+        "normalizer": normalizer.to_dict() if normalizer is not None else None,
+    }
+
+
+def text_side(entry: dict[str, Any]) -> tuple[Vocabulary | None, TextNormalizer]:
+    """The vocabulary (None if the run had none) and normaliser (the default if none was saved) of an entry."""
+    vocab = Vocabulary.from_dict(entry["vocab"]) if entry.get("vocab") is not None else None
+    normalizer = TextNormalizer.from_dict(entry["normalizer"]) if entry.get("normalizer") else TextNormalizer()
+    return vocab, normalizer
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+
+def load_lightning_checkpoint(path: Path) -> TrainedModel:
+    """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint."""
+    if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives; anything else is not ours
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (.ckpt) file")
+    checkpoint = safe_torch_load(path)
+    entry = checkpoint.get(ENTRY) if isinstance(checkpoint, dict) else None
+    if not entry or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a ptasr training checkpoint (no 'ptasr' and 'state_dict' entries)")
+    vocab, normalizer = text_side(entry)
+    if vocab is None:
+        raise CheckpointError(f"{path} was saved without a vocabulary (trained without the data module?)")
+    # The LightningModule holds the network as `self.model`: its weights are the "model." entries.
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model = Wav2Vec2CTC(Wav2Vec2Config(**entry["model_config"]))
+    load_checked(model, state, set(), source=str(path))
+    metadata = {key: checkpoint.get(key) for key in ("hyper_parameters", "datamodule_hyper_parameters",
+                                                     "global_step", "epoch")}
+    return TrainedModel(model, vocab, normalizer, {**metadata, "checkpoint": str(path)})
+
+
+def load_folder_vocabulary(folder: Path) -> Vocabulary:
+    """``vocab.json`` plus the tokens of ``added_tokens.json`` (HF's script adds ``<s>``/``</s>`` there)."""
+    if not (folder / "vocab.json").is_file():
+        raise MissingPathError(f"no vocab.json in {folder}: a CTC model folder needs its vocabulary")
+    vocab = Vocabulary.load(folder / "vocab.json")
+    added = folder / "added_tokens.json"
+    if not added.is_file():
+        return vocab
+    extra = json.loads(added.read_text(encoding="utf-8"))
+    tokens = list(vocab.tokens)
+    for token, index in sorted(extra.items(), key=lambda item: item[1]):
+        if index == len(tokens):
+            tokens.append(token)
+    return Vocabulary(tokens, pad_token=vocab.pad_token, unk_token=vocab.unk_token)
+
+
+def load_folder(folder: Path) -> TrainedModel:
+    """Model, vocabulary and normaliser of an exported (or any HF wav2vec2 CTC) folder."""
+    model = Wav2Vec2CTC.from_pretrained(folder)
+    vocab = load_folder_vocabulary(folder)
+    if (folder / "normalizer.json").is_file():
+        normalizer = TextNormalizer.load(folder / "normalizer.json")
+    else:
+        log.info("%s has no normalizer.json; references will be normalised with the default", folder)
+        normalizer = TextNormalizer()
+    return TrainedModel(model, vocab, normalizer, {"folder": str(folder)})
+
+
+def load_any(source: str | Path) -> TrainedModel:
+    """Dispatch on what ``source`` is: checkpoint file, model folder, or hub id."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return load_lightning_checkpoint(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MissingPathError(f"{path} is a folder without config.json: not an exported model")
+        return load_folder(path)
+    if is_hub_id(source):
+        return load_folder(download(str(source), HUB_FILES))
+    raise MissingPathError(f"no model at {source}: not a checkpoint file, a model folder or a hub id")
