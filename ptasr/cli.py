@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+from ptasr import __version__
 from ptasr.data.audio import AudioDecodeError
 from ptasr.errors import DataError, MissingPathError, SettingError, UserError, exit_status
 
@@ -63,6 +64,7 @@ def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptasr", description="Run, score and share wav2vec2 CTC models.")
+    parser.add_argument("--version", action="version", version=f"ptasr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     transcribe = commands.add_parser("transcribe", help="transcribe audio files or folders")
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--language", default=None, help="language code for the card, e.g. pt")
     export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload to this hub repo")
     export.add_argument("--private", action="store_true", help="create the hub repo as private")
+    export.add_argument("--overwrite", action="store_true",
+                        help="write into OUT_DIR even if it is not empty (replacing its files of the same names)")
     export.set_defaults(run=run_export)
 
     lm = commands.add_parser("lm", help="build an n-gram language model for beam search")
@@ -139,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit.code or 0)
     logging.basicConfig(level=logging.WARNING, format="ptasr: %(message)s")
     try:
-        return exit_status(lambda: args.run(args), f"ptasr {args.command}")
+        status = exit_status(lambda: args.run(args), f"ptasr {args.command}")
+        sys.stdout.flush()  # here, so that a reader gone early (`| head`) ends as below, not at interpreter exit
+        return status
     except BrokenPipeError:  # `ptasr transcribe ... | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -324,10 +330,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     results = summarise(args, recognizer, scored, skipped, seconds, time.perf_counter() - started)
     for line in skipped[:5]:
         print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
-    print(report(results))
-    write_results(Path(args.output_dir), data.name, results, scored)
+    # The files first: a reader that leaves early (`| head -5`) must not cost the results.
+    written = [write_results(Path(args.output_dir), data.name, results, scored)]
     if page is not None:
-        print(f"report written to {page.write(results, scored, data.audio)}", file=sys.stderr)
+        written.append(f"report written to {page.write(results, scored, data.audio)}")
+    print(report(results))
+    print("\n" + "\n".join(written), file=sys.stderr)
     return 0
 
 
@@ -399,8 +407,10 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(directory: Path, name: str, results: dict[str, Any], scored: Sequence[Any]) -> None:
-    """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions."""
+def write_results(directory: Path, name: str, results: dict[str, Any], scored: Sequence[Any]) -> str:
+    """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions.
+
+    Returns the line that says where they are."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / name
     Path(f"{stem}_eval_results.txt").write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")
@@ -409,7 +419,7 @@ def write_results(directory: Path, name: str, results: dict[str, Any], scored: S
     with open(f"{stem}_predictions.tsv", "w", encoding="utf-8") as f:
         f.write("id\tword_errors\treference_words\treference\tprediction\n")
         f.writelines(f"{s.id}\t{s.word_errors}\t{s.reference_words}\t{s.reference}\t{s.prediction}\n" for s in scored)
-    print(f"\nresults written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv", file=sys.stderr)
+    return f"results written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv"
 
 
 # --- export --------------------------------------------------------------------------------------------------
@@ -419,7 +429,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ptasr.export import export
 
     out = export(args.model, args.out_dir, logs=args.logs, name=args.name, language=args.language,
-                 push_to_hub=args.push_to_hub, private=args.private)
+                 push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite)
     print(f"exported to {out}" + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 

@@ -210,7 +210,8 @@ def _versions() -> str:
     return "\n".join(lines)
 
 
-def _front_matter(name: str, language: str | None, dataset: str | None, rows: list[ResultRow]) -> str:
+def _front_matter(name: str, language: str | None, dataset: str | None, rows: list[ResultRow],
+                  carried: dict[str, Any] | None = None) -> str:
     meta: dict[str, Any] = {}
     if language:
         meta["language"] = [language]
@@ -226,14 +227,21 @@ def _front_matter(name: str, language: str | None, dataset: str | None, rows: li
             "dataset": {"name": dataset or "validation set", "type": dataset or "validation"},
             "metrics": metrics,
         }]}]
+    elif (carried or {}).get("model-index"):
+        meta["model-index"] = [{**entry, "name": name} for entry in carried["model-index"]]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
 def model_card(
     name: str, recognizer: Recognizer, rows: list[ResultRow], hparams: dict[str, Any],
-    language: str | None = None, dataset: str | None = None,
+    language: str | None = None, dataset: str | None = None, carried: dict[str, Any] | None = None,
 ) -> str:
-    """README.md text in the layout of transformers' Trainer cards, which the reference model card uses."""
+    """README.md text in the layout of transformers' Trainer cards, which the reference model card uses.
+
+    ``carried``: the training sections of the card of the folder being re-exported (:func:`previous_card`),
+    used where this export has no training information of its own (no event files, no checkpoint metadata).
+    """
+    carried = carried or {}
     config = recognizer.model.config
     trained = recognizer.metadata.get("hyper_parameters") or {}
     if trained.get("pretrained"):
@@ -246,11 +254,20 @@ def model_card(
     if last is not None and last.validation_loss is not None:
         results = ("It achieves the following results on the evaluation set:\n"
                    f"- Loss: {last.validation_loss:.4f}\n- Wer: {last.wer:.4f}\n")
+    intro = (f"This model is {origin} ({config.num_hidden_layers} layers, hidden size {config.hidden_size}, a CTC "
+             f"head over {len(recognizer.vocab)} characters), trained with ptasr{f' on {dataset}' if dataset else ''}.\n")
+    if not trained and carried.get("intro"):
+        intro = carried["intro"]
+    if not rows and carried.get("results"):
+        results = carried["results"]
+    hparams_text = "\n".join(f"- {key}: {value}" for key, value in hparams.items())
+    if not hparams and carried.get("hyperparameters"):
+        hparams_text = carried["hyperparameters"].strip()
+    table = results_table(rows) if rows else carried.get("training results", "").strip()
     sections = [
-        _front_matter(name, language, dataset, rows),
+        _front_matter(name, language, dataset, rows, carried),
         f"# {name}\n",
-        f"This model is {origin} ({config.num_hidden_layers} layers, hidden size {config.hidden_size}, a CTC head "
-        f"over {len(recognizer.vocab)} characters), trained with ptasr{f' on {dataset}' if dataset else ''}.\n",
+        intro,
         results,
         "## Usage\n",
         "```bash\nptasr transcribe " + name + " audio.mp3\n```\n",
@@ -259,10 +276,9 @@ def model_card(
         "print(asr(\"audio.flac\", chunk_length_s=20)[\"text\"])\n```\n",
         "Transcripts were normalised before training: " + _describe_normalizer(recognizer) + "\n",
         "## Training hyperparameters\n",
-        "The following hyperparameters were used during training:\n"
-        + ("\n".join(f"- {key}: {value}" for key, value in hparams.items()) or "- (not recorded)") + "\n",
+        "The following hyperparameters were used during training:\n" + (hparams_text or "- (not recorded)") + "\n",
         "### Training results\n",
-        (results_table(rows) if rows else "No TensorBoard event files were found for this run.") + "\n",
+        (table or "No TensorBoard event files were found for this run.") + "\n",
         "### Framework versions\n",
         _versions() + "\n",
     ]
@@ -274,6 +290,70 @@ def _describe_normalizer(recognizer: Recognizer) -> str:
     parts = [f"characters `{settings['chars_to_ignore']}` removed" if settings["chars_to_ignore"] else "",
              "lower-cased" if settings["lowercase"] else "", "accents stripped" if settings["strip_accents"] else ""]
     return ", ".join(part for part in parts if part) + " (see normalizer.json)."
+
+
+# --- re-exporting a folder ----------------------------------------------------------------------------------
+
+
+def previous_card(folder: Path) -> dict[str, Any]:
+    """The training sections of the ptasr model card in ``folder`` (empty if there is none).
+
+    A folder holds no event files and no training metadata, so re-exporting it (in place, or elsewhere) would
+    otherwise replace its hyperparameters and results with "not recorded". Keys: ``model-index`` (front
+    matter), ``intro`` (the "This model is ..." paragraph), ``results`` (the "It achieves ..." lines),
+    ``hyperparameters`` (the list) and ``training results`` (the table).
+    """
+    path = folder / "README.md"
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("---\n") or text.count("---\n") < 2:
+        return {}
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front) or {}
+    if not isinstance(meta, dict) or "ptasr" not in (meta.get("tags") or []):
+        return {}  # not ours: its layout is unknown
+    paragraphs = body.split("\n\n")
+    carried: dict[str, Any] = {"model-index": meta.get("model-index")}
+    for paragraph in paragraphs:
+        if paragraph.startswith("This model is "):
+            carried["intro"] = paragraph.strip() + "\n"
+        elif paragraph.startswith("It achieves the following results"):
+            carried["results"] = paragraph.strip() + "\n"
+    sections = _sections(body)
+    hyperparameters = sections.get("## Training hyperparameters", "")
+    carried["hyperparameters"] = "\n".join(line for line in hyperparameters.splitlines() if line.startswith("- "))
+    table = sections.get("### Training results", "").strip()
+    if table.startswith("|"):
+        carried["training results"] = table
+    return {key: value for key, value in carried.items() if value}
+
+
+def _sections(markdown: str) -> dict[str, str]:
+    """``{heading line: text under it}`` of a markdown text; ``#`` lines inside code fences are not headings."""
+    sections: dict[str, str] = {}
+    heading, fenced = "", False
+    for line in markdown.splitlines(keepends=True):
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced:
+            heading = line.strip()
+            sections[heading] = ""
+        elif heading:
+            sections[heading] += line
+    return sections
+
+
+def check_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty folder unless ``overwrite``: it may hold a user's README.md or model."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"export target {out_dir} is a file, not a folder; choose a folder name")
+    if overwrite or not out_dir.is_dir():
+        return
+    present = sorted(path.name for path in out_dir.iterdir())
+    if present:
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise FileExistsError(f"export target {out_dir} is not empty ({shown}); pass --overwrite to replace its "
+                              f"files, or choose a new folder")
 
 
 # --- the command ---------------------------------------------------------------------------------------------
@@ -289,7 +369,7 @@ def find_log_dir(source: Path) -> Path | None:
 
 def export(
     source: str | Path, out_dir: str | Path, logs: str | Path | None = None, name: str | None = None,
-    language: str | None = None, push_to_hub: str | None = None, private: bool = False,
+    language: str | None = None, push_to_hub: str | None = None, private: bool = False, overwrite: bool = False,
 ) -> Path:
     """Write the HF folder and model card for ``source`` (checkpoint, folder or hub id) into ``out_dir``.
 
@@ -299,9 +379,15 @@ def export(
         language: language code for the card's metadata (default: the data module's ``language``, if set).
         push_to_hub: a hub repo id (``user/name``) to upload the folder to.
         private: create that repo as private.
+        overwrite: write into ``out_dir`` even if it is not empty (its files of the same names are replaced).
+
+    Re-exporting an exported folder (in place with ``overwrite``, or elsewhere) keeps its card's training
+    sections (:func:`previous_card`).
     """
     out_dir = Path(out_dir)
+    check_target(out_dir, overwrite)
     recognizer = Recognizer.load(source, device="cpu", dtype="float32")  # the weights as trained
+    carried = previous_card(Path(source)) if Path(source).is_dir() else {}  # read before an in-place rewrite
     log_dir = Path(logs) if logs is not None else find_log_dir(Path(source))
     if log_dir is not None and not log_dir.is_dir():
         raise MissingPathError(f"no TensorBoard run folder at {log_dir}")
@@ -311,7 +397,7 @@ def export(
     dataset = data.get("hf_dataset") or (Path(data["root"]).name if data.get("root") else None)
     card = model_card(name or push_to_hub or out_dir.resolve().name, recognizer, rows,
                       hyperparameters(recognizer.metadata, run_config(log_dir)),
-                      language=language or data.get("language"), dataset=dataset)
+                      language=language or data.get("language"), dataset=dataset, carried=carried)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
     if push_to_hub:
         push(out_dir, push_to_hub, private)

@@ -121,10 +121,12 @@ def test_validate_and_test_from_the_checkpoint_log_into_its_run(run: tuple[Path,
     assert {"val/wer", "val/cer", "val/loss"} <= set(validated.trainer.callback_metrics)
     tested = cli_main(_args(save_dir, "test", f"--ckpt_path={ckpt}"))
     assert {"test/wer", "test/cer", "test/loss"} <= set(tested.trainer.callback_metrics)
-    assert Path(tested.trainer.log_dir) == run_dir
-    assert {"test/wer", "test/cer"} <= set(_scalars(run_dir))  # beside the training curves
+    # each evaluation in its own sub-folder of the run: TensorBoard shows it beside the training curves
+    assert Path(tested.trainer.log_dir) == run_dir / "test"
+    assert {"test/wer", "test/cer"} <= set(_scalars(run_dir / "test"))
     assert (run_dir / "config.yaml").read_text() == fit_config  # the training config is kept
-    assert (run_dir / "config_test.yaml").is_file() and (run_dir / "config_validate.yaml").is_file()
+    assert (run_dir / "test" / "config_test.yaml").is_file()
+    assert (run_dir / "validate" / "config_validate.yaml").is_file()
 
 
 def test_resume_from_last_continues_in_the_same_run_folder(run: tuple[Path, L.Trainer]) -> None:

@@ -50,15 +50,16 @@ def _args(corpus: Path, save_dir: Path, *extra: str) -> list[str]:
 def test_predict_writes_a_transcript_for_every_test_clip(run: tuple[Path, Path, Path]) -> None:
     corpus, run_dir, cwd = run
     cli_main(["predict", *_args(corpus, run_dir.parent.parent), f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    predictions = run_dir / "predict" / "predictions.jsonl"  # the run's predict sub-folder
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
     tsv = read_tsv(corpus / "test.tsv", {"path": ("path",), "sentence": ("sentence",)})
     normalize = TextNormalizer()
     references = {path: normalize(sentence) for path, sentence in zip(tsv["path"], tsv["sentence"], strict=True)}
     assert len(references) == TEST_CLIPS
     assert sorted(row["id"] for row in rows) == sorted(references)  # every test clip, once
     assert all(isinstance(row["text"], str) and row["reference"] == references[row["id"]] for row in rows)
-    # the predict config lands beside the training config, in the checkpoint's run folder, not in the cwd
-    assert (run_dir / "config_predict.yaml").is_file() and (run_dir / "config.yaml").is_file()
+    # the predict config lands in the checkpoint's run folder (beside the training config), not in the cwd
+    assert (run_dir / "predict" / "config_predict.yaml").is_file() and (run_dir / "config.yaml").is_file()
     assert list(cwd.iterdir()) == []
 
 
@@ -69,4 +70,4 @@ def test_predict_without_a_logger_writes_nothing_into_the_working_directory(
               f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
     assert any("no run folder" in str(warning.message) for warning in recwarn)
     assert list(cwd.iterdir()) == []  # neither config_predict.yaml nor predictions.jsonl
-    assert not (run_dir / "predictions.jsonl").exists()
+    assert not list(run_dir.rglob("predictions.jsonl"))

@@ -292,7 +292,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             self.parts(name)
 
     def setup(self, stage: str) -> None:
-        """Filter the splits the stage needs, report the counts, check leakage, save normaliser and vocab."""
+        """Filter the splits the stage needs, report the counts, check leakage (see ``save_text_files``)."""
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
         for name in wanted:
             if name not in self._manifests:
@@ -303,7 +303,6 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             self._notice_validation_on_test()
         self._report_alphabet(wanted[0])
         self._report_unknown_chars(wanted)
-        self._save_text_files()
 
     def _build(self, name: str) -> Manifest:
         pieces, weights = [], []
@@ -348,16 +347,14 @@ class CommonVoiceDataModule(pl.LightningDataModule):
                 rank_zero_warn(f"[data] {name}: {sum(unknown.values())} characters are not in {self._vocab_path} "
                                f"and become [UNK]: {dict(unknown.most_common(20))}")
 
-    def _save_text_files(self) -> None:
-        trainer = self.trainer
-        # Without a logger, trainer.log_dir falls back to the working directory: write nothing there.
-        if trainer is None or trainer.logger is None:
+    def save_text_files(self, log_dir: Path) -> None:
+        """Write ``vocab.json`` and ``normalizer.json`` into the run folder ``log_dir`` (rank 0 only).
+
+        Not part of ``setup``: the caller (train.py's ``RunConfigSaver``, when fit starts) writes them once the
+        checkpoint being resumed has been checked against this vocabulary, so a refused run changes no file.
+        """
+        if self.trainer is not None and not self.trainer.is_global_zero:
             return
-        # Every rank must ask: trainer.log_dir broadcasts rank 0's answer, so asking on rank 0 alone hangs DDP.
-        log_dir = trainer.log_dir
-        if not trainer.is_global_zero or log_dir is None:
-            return
-        log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.vocab.save(log_dir)
         self.normalizer.save(log_dir)

@@ -6,10 +6,24 @@ instantiated. Without ``-c/--config``, the demo config (``configs/demo.yaml``) i
 configured logger in its own folder instead of starting a new ``version_N``; likewise a checkpoint path inside
 a run folder (``runs/demo/version_0/checkpoints/x.ckpt``) logs the evaluation or the resumed training there.
 ``predict`` transcribes the data's test split into ``predictions.jsonl`` in that run folder.
+
+What a command writes never replaces another run's files:
+
+- ``validate``/``test``/``predict`` need a trained model (``--ckpt_path``, or ``model.pretrained`` evaluated as it
+  is); ``--ckpt_path last`` with no ``last.ckpt`` is an error naming where it looked. A refused command creates
+  no run folder.
+- An evaluation logs into its own sub-folder of the run (``<run>/validate``, ``<run>/test``, ``<run>/predict``),
+  so its ``val/*`` points are not mistaken for training validations (``ptasr export``'s results table) and its
+  ``hparams.yaml`` does not replace the training's.
+- A fresh ``fit`` refuses a run folder that already holds a run (a pinned ``logger.init_args.version``) unless it
+  resumes that run's checkpoint.
+- ``config.yaml`` and the data's ``vocab.json``/``normalizer.json`` are written once every check passed (the
+  checkpoint's vocabulary included), and by ``fit`` only: an evaluation leaves the training's text files alone.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import sys
 from pathlib import Path
@@ -26,6 +40,7 @@ from ptasr.train.module import Wav2Vec2CTCModule
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+EVALUATIONS = ("validate", "test", "predict")
 
 
 class PtasrCLI(LightningCLI):
@@ -37,27 +52,56 @@ class PtasrCLI(LightningCLI):
         parser.link_arguments("data.pad_token_id", "model.pad_token_id", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
+        # Every refusal here comes before the data is read and before any run folder exists.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in EVALUATIONS:
+            _require_trained_model(self.subcommand, config)
         if config.get("ckpt_path"):
-            _log_into_checkpoint_run(config.trainer, config.ckpt_path)
+            _log_into_checkpoint_run(config.trainer, config.ckpt_path, self.subcommand)
+        if self.subcommand == "fit":
+            _refuse_an_occupied_run(config.trainer, config.get("ckpt_path"))
+        elif self.subcommand in EVALUATIONS:
+            _log_into_own_subfolder(config.trainer, self.subcommand)
 
     def before_predict(self) -> None:
         self.trainer.callbacks.append(TranscriptWriter())
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Saves the resolved config into the run folder: ``config.yaml`` for fit, ``config_<stage>.yaml`` otherwise.
+    """Saves the run's text files: ``config.yaml`` and the data's ``vocab.json``/``normalizer.json`` for fit,
+    ``config_<stage>.yaml`` otherwise.
 
-    A validate/test/predict run logged into a training run's folder must not overwrite its training config.
-    Without a logger there is no run folder (Lightning would fall back to the working directory): nothing is
-    written, as the data module writes no vocab.json there either.
+    They are written when the stage starts, not at ``setup``: Lightning restores the checkpoint (and the data
+    module refuses one of another vocabulary) between the two, and a refused command must leave the run's
+    files as they were. A validate/test/predict run writes only its config, into its own folder. Without a
+    logger there is no run folder (Lightning would fall back to the working directory): nothing is written.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
-        self.config_filename = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        self._stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        self.config_filename = "config.yaml" if self._stage == "fit" else f"config_{self._stage}.yaml"
         self.save_to_log_dir = trainer.logger is not None
-        super().setup(trainer, pl_module, stage)
+
+    def _save(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.already_saved:
+            return
+        super().setup(trainer, pl_module, self._stage)  # Lightning's save, with its DDP broadcasts
+        datamodule = getattr(trainer, "datamodule", None)
+        if self._stage == "fit" and trainer.logger is not None and hasattr(datamodule, "save_text_files"):
+            datamodule.save_text_files(Path(trainer.log_dir))  # every rank asks: log_dir broadcasts
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer, pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._stage == "validate":
+            self._save(trainer, pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer, pl_module)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer, pl_module)
 
 
 class TranscriptWriter(Callback):
@@ -100,23 +144,59 @@ class TranscriptWriter(Callback):
         rank_zero_info(f"[predict] {self._count} transcripts written to {self.path}")
 
 
-def _log_into_checkpoint_run(trainer_config, ckpt_path: str) -> None:
+def _require_trained_model(subcommand: str, config: Any) -> None:
+    """validate/test/predict of a random model give numbers that look like results: refuse, unless
+    ``model.pretrained`` is the model to evaluate."""
+    pretrained = (config.get("model") or {}).get("pretrained")
+    if config.get("ckpt_path"):
+        return
+    if not pretrained:
+        raise ValueError(f"train.py {subcommand} needs a trained model: pass --ckpt_path with a checkpoint "
+                         f"(runs/<name>/version_N/checkpoints/last.ckpt, or `last` for the newest run of the "
+                         f"configured logger), or --model.pretrained to {subcommand} a pretrained model as it is")
+    rank_zero_warn(f"no --ckpt_path: {subcommand} runs on model.pretrained={pretrained} as it is (with a CTC head "
+                   f"for this data's vocabulary), not on a model trained by train.py")
+
+
+def _tensorboard_args(trainer_config: Any) -> Any | None:
+    logger = trainer_config.get("logger")
+    if not hasattr(logger, "class_path") or not logger.class_path.endswith("TensorBoardLogger"):
+        return None
+    return logger.init_args
+
+
+def _runs_folder(args: Any) -> Path:
+    """``<save_dir>/<name>``: the folder of a TensorBoardLogger's ``version_N`` run folders."""
+    return Path(args.save_dir) / (args.get("name") or "lightning_logs")
+
+
+def _run_folder(args: Any) -> Path | None:
+    """The run folder a TensorBoardLogger with a pinned version logs into (None: a new ``version_N``)."""
+    version = args.get("version")
+    if version is None:
+        return None
+    return _runs_folder(args) / (version if isinstance(version, str) else f"version_{version}")
+
+
+def _log_into_checkpoint_run(trainer_config: Any, ckpt_path: str, subcommand: str | None = None) -> None:
     """Pin a TensorBoardLogger without a fixed version to the run folder the checkpoint belongs to.
 
     ``last`` means the newest run of this logger holding ``checkpoints/last.ckpt``: Lightning resolves it
     inside the checkpoint folder of *this* run, which is a fresh ``version_N`` unless the version is pinned.
     A path ``<save_dir>/<name>/<version>/checkpoints/<file>`` pins ``<version>``. Pinning keeps the run's
     curves, checkpoints and configs together; anything else (``best``, other paths) is left to Lightning.
+
+    An evaluation (``subcommand`` other than fit) with ``last`` and no ``last.ckpt`` where Lightning would look
+    is an error naming that place (Lightning would warn and evaluate the random model); ``fit`` starts afresh.
     """
-    logger = trainer_config.get("logger")
-    if not hasattr(logger, "class_path") or not logger.class_path.endswith("TensorBoardLogger"):
+    args = _tensorboard_args(trainer_config)
+    if ckpt_path == "last" and subcommand in EVALUATIONS:
+        _require_last_checkpoint(trainer_config, args)
+    if args is None or args.get("version") is not None:
         return
-    args = logger.init_args
-    if args.get("version") is not None:
-        return
-    runs = Path(args.save_dir) / (args.get("name") or "lightning_logs")
+    runs = _runs_folder(args)
     if ckpt_path == "last":
-        candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime)
         run = candidates[-1].parent.parent if candidates else None
     else:
         run = Path(ckpt_path).resolve().parent.parent
@@ -124,6 +204,51 @@ def _log_into_checkpoint_run(trainer_config, ckpt_path: str) -> None:
             run = None
     if run is not None:
         args.version = run.name
+
+
+def _require_last_checkpoint(trainer_config: Any, args: Any | None) -> None:
+    """Raise naming where ``--ckpt_path last`` looked when no ``last*.ckpt`` is there."""
+    folders = [Path(callback.init_args.dirpath) for callback in trainer_config.get("callbacks") or []
+               if getattr(callback, "class_path", "").endswith("ModelCheckpoint") and callback.init_args.get("dirpath")]
+    if args is not None:
+        run = _run_folder(args)
+        patterns = [str(run / "checkpoints" / "last*.ckpt")] if run else [str(_runs_folder(args) / "*" / "checkpoints" /
+                                                                              "last*.ckpt")]
+    elif trainer_config.get("logger") in (None, False):
+        patterns = [str(Path(trainer_config.get("default_root_dir") or ".") / "checkpoints" / "last*.ckpt")]
+    else:
+        return  # another logger: Lightning's own lookup
+    patterns += [str(folder / "last*.ckpt") for folder in folders]
+    if not any(glob.glob(pattern) for pattern in patterns):
+        raise FileNotFoundError(f"--ckpt_path last: no last checkpoint at {' or '.join(patterns)}; check "
+                                f"--trainer.logger.init_args.save_dir/name/version (and the working directory), "
+                                f"or pass the checkpoint's path")
+
+
+def _refuse_an_occupied_run(trainer_config: Any, ckpt_path: str | None) -> None:
+    """A fresh fit into a pinned run folder that already holds a run would mix two runs' files: refuse it.
+
+    Resuming that run (``last`` found there, or one of its checkpoints) is fine. Lightning's own refusal (an
+    existing ``config.yaml``) is off because a resumed run writes its config again.
+    """
+    args = _tensorboard_args(trainer_config)
+    run = _run_folder(args) if args is not None else None
+    if run is None or not run.is_dir() or not any(run.iterdir()):
+        return
+    if ckpt_path == "last" and any((run / "checkpoints").glob("last*.ckpt")):
+        return
+    if ckpt_path not in (None, "last") and run.resolve() in Path(ckpt_path).resolve().parents:
+        return
+    raise FileExistsError(f"run folder {run} already holds a run, and this fit does not resume it: resume it with "
+                          f"--ckpt_path last (or one of its checkpoints), or give this run another "
+                          f"--trainer.logger.init_args.version (or none, for a new version_N)")
+
+
+def _log_into_own_subfolder(trainer_config: Any, subcommand: str) -> None:
+    """An evaluation logs into ``<run>/<subcommand>``: its ``val/*`` at step 0 are not training validations."""
+    args = _tensorboard_args(trainer_config)
+    if args is not None and args.get("sub_dir") is None:
+        args.sub_dir = subcommand
 
 
 def _has_config_arg(args: list[str]) -> bool:
@@ -147,7 +272,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         run=run,
         parser_kwargs=parser_kwargs,
         save_config_callback=RunConfigSaver,
-        # Resuming writes config.yaml into the same run folder again: overwrite instead of refusing.
+        # Resuming writes config.yaml into the same run folder again: overwrite instead of refusing (a fresh fit
+        # into an occupied run folder is refused earlier, by _refuse_an_occupied_run).
         save_config_kwargs={"overwrite": True},
         # The module's configure_optimizers builds parameter groups and the schedule from its own arguments.
         auto_configure_optimizers=False,

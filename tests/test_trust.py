@@ -1,0 +1,227 @@
+"""Numbers and files a user can trust (issue 17): no silent scoring of an untrained model, no run file replaced
+by another run's, one line for each user error.
+
+The refusals run ``train.py`` / ``ptasr`` as subprocesses, since their exit status and stderr are the point; the
+rest calls the CLIs in-process on one small fit of the training tests' model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptasr.data.testing import make_corpus
+from ptasr.export import read_scalars, training_results
+from ptasr.train.cli import cli_main
+from test_train_fit import SMALL_MODEL  # the ~40 k-parameter model of the training tests
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = [*SMALL_MODEL, "--data.num_workers=0", "--data.batch_size=4", "--data.eval_batch_size=4",
+         "--trainer.enable_model_summary=false", "--model.schedule=linear", "--model.warmup_steps=1"]
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not the CLI's
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"), {"train": 8, "dev": 2, "test": 4}).root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
+    """The run folder of a 2-update fit with one validation: ``<save_dir>/demo/version_0``."""
+    save_dir = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["train.py"])
+        cli_main(["fit", *_args(corpus, save_dir), "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+                  "--trainer.log_every_n_steps=1"])
+    run = save_dir / "demo" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    return run
+
+
+def _args(corpus: Path, save_dir: Path, *extra: str) -> list[str]:
+    return [f"--data.root={corpus}", f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL, *extra]
+
+
+def _train_py(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def _one_line(result: subprocess.CompletedProcess[str], prog: str = "train.py") -> str:
+    """The error line of a command that must fail: exactly one, the last thing on stderr, no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith(f"{prog}: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
+    return errors[0]
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+# --- item 1: no evaluation of a random model ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_an_evaluation_without_a_checkpoint_is_refused(subcommand: str, corpus: Path, tmp_path: Path) -> None:
+    error = _one_line(_train_py(subcommand, *_args(corpus, tmp_path / "runs")))
+    assert f"train.py {subcommand} needs a trained model" in error
+    assert "--ckpt_path" in error and "--model.pretrained" in error  # the ways out
+    assert not (tmp_path / "runs").exists()  # and no run folder for a refused command
+
+
+def test_last_without_a_last_checkpoint_names_where_it_looked(trained: Path, corpus: Path, tmp_path: Path) -> None:
+    save_dir = trained.parent.parent
+    before = sorted(path.name for path in save_dir.iterdir())
+    # a mistyped run name
+    error = _one_line(_train_py("test", *_args(corpus, save_dir), "--trainer.logger.init_args.name=demoo",
+                                "--ckpt_path=last", cwd=tmp_path))
+    assert "--ckpt_path last: no last checkpoint at" in error and str(save_dir / "demoo") in error
+    assert sorted(path.name for path in save_dir.iterdir()) == before  # no runs/demoo
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_last_finds_the_newest_run(trained: Path, corpus: Path) -> None:
+    cli = cli_main(["test", *_args(corpus, trained.parent.parent), "--ckpt_path=last"])
+    assert cli.trainer.ckpt_path == str(trained / "checkpoints" / "last.ckpt")
+    assert Path(cli.trainer.log_dir) == trained / "test"
+
+
+def test_a_pretrained_model_is_evaluated_as_it_is_and_said_so(corpus: Path, tmp_path: Path,
+                                                              recwarn: pytest.WarningsRecorder) -> None:
+    from ptasr.data.datamodule import CommonVoiceDataModule
+    from ptasr.model.config import Wav2Vec2Config
+    from ptasr.model.wav2vec2 import Wav2Vec2CTC
+
+    data = CommonVoiceDataModule(str(corpus), num_workers=0)
+    overrides = dict(item.removeprefix("--model.config_overrides.").split("=") for item in SMALL_MODEL)
+    overrides = {key: eval(value) for key, value in overrides.items()}  # noqa: S307 -- our own literals
+    config = Wav2Vec2Config.preset("tiny", vocab_size=data.vocab_size, pad_token_id=data.pad_token_id, **overrides)
+    Wav2Vec2CTC(config).save_pretrained(tmp_path / "pretrained")
+    cli = cli_main(["test", *_args(corpus, tmp_path / "runs"), f"--model.pretrained={tmp_path / 'pretrained'}"])
+    assert "test/wer" in cli.trainer.callback_metrics
+    assert any("no --ckpt_path: test runs on model.pretrained=" in str(w.message) for w in recwarn)
+
+
+# --- items 2, 3, 4: no file of another run or corpus replaced -----------------------------------------------
+
+
+def test_a_refused_test_leaves_the_run_files_as_they_were(trained: Path, corpus: Path) -> None:
+    before = _digests(trained)
+    # the same run's checkpoint with accents stripped: another vocabulary, refused
+    with pytest.raises(ValueError, match="the checkpoint's vocabulary"):
+        cli_main(["test", *_args(corpus, trained.parent.parent), "--data.strip_accents=true",
+                  f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"])
+    after = _digests(trained)
+    assert {name: digest for name, digest in after.items() if name in before} == before
+    assert "vocab.json" in before and "normalizer.json" in before
+
+
+def test_an_evaluation_writes_no_text_files_into_the_run(trained: Path, corpus: Path) -> None:
+    before = _digests(trained)
+    # accepted: same vocabulary, another normaliser setting (a warning), so a rewrite would change the file
+    cli_main(["validate", *_args(corpus, trained.parent.parent), "--data.chars_to_ignore=[]",
+              f"--data.vocab_path={trained / 'vocab.json'}", f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"])
+    after = _digests(trained)
+    assert {name: after[name] for name in before} == before
+    assert not any(name.startswith("validate/") and name.endswith((".json",)) for name in after)
+
+
+def test_a_fresh_fit_refuses_an_occupied_run_folder(trained: Path, corpus: Path) -> None:
+    save_dir = trained.parent.parent
+    before = _digests(trained)
+    error = _one_line(_train_py("fit", *_args(corpus, save_dir), "--trainer.logger.init_args.version=version_0",
+                                "--trainer.max_steps=1"))
+    assert f"run folder {trained} already holds a run" in error and "--ckpt_path last" in error
+    # nor does a fit that starts from another run's checkpoint get to write into it
+    other = _train_py("fit", *_args(corpus, save_dir), "--trainer.logger.init_args.version=version_0",
+                      f"--ckpt_path={save_dir / 'elsewhere.ckpt'}")
+    assert "already holds a run" in _one_line(other)
+    assert _digests(trained) == before
+
+
+def test_validating_a_checkpoint_leaves_the_model_cards_table_alone(trained: Path, corpus: Path) -> None:
+    rows = training_results(read_scalars(trained))
+    assert [row.step for row in rows] == [2]
+    cli = cli_main(["validate", *_args(corpus, trained.parent.parent),
+                    f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"])
+    assert Path(cli.trainer.log_dir) == trained / "validate"
+    assert training_results(read_scalars(trained)) == rows  # no "| No log | 0 | 1 |" row
+    assert "val/wer" in read_scalars(trained / "validate")  # the evaluation has its own curve
+
+
+# --- item 5: ptasr export -----------------------------------------------------------------------------------
+
+
+def _ptasr(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ptasr", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, **kwargs)
+
+
+def test_export_refuses_a_non_empty_folder_unless_overwrite(trained: Path, tmp_path: Path) -> None:
+    from ptasr.cli import main
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "README.md").write_text("my notes\n", encoding="utf-8")
+    error = _one_line(_ptasr("export", str(trained / "checkpoints" / "last.ckpt"), str(target)), "ptasr export")
+    assert f"export target {target} is not empty (README.md)" in error and "--overwrite" in error
+    assert [path.name for path in target.iterdir()] == ["README.md"]
+    assert (target / "README.md").read_text(encoding="utf-8") == "my notes\n"
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(target), "--overwrite"]) == 0
+    assert (target / "model.safetensors").is_file() and "my notes" not in (target / "README.md").read_text()
+
+
+def test_re_exporting_a_folder_keeps_its_training_sections(trained: Path, tmp_path: Path) -> None:
+    from ptasr.cli import main
+    from ptasr.export import previous_card
+
+    first = tmp_path / "first"
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(first), "--language", "pt"]) == 0
+    card = (first / "README.md").read_text(encoding="utf-8")
+    kept = previous_card(first)
+    assert kept["training results"].startswith("| Training Loss |") and "- learning_rate:" in kept["hyperparameters"]
+    # in place (with --overwrite), and into another folder: the same training sections
+    assert main(["export", str(first), str(first), "--overwrite", "--language", "pt"]) == 0
+    assert main(["export", str(first), str(tmp_path / "second"), "--name", "first", "--language", "pt"]) == 0
+    for folder in (first, tmp_path / "second"):
+        again = (folder / "README.md").read_text(encoding="utf-8")
+        assert "No TensorBoard event files" not in again and "(not recorded)" not in again
+        assert again == card  # nothing of the training lost, nothing else changed
+
+
+# --- item 6: evaluate and a closed stdout; --version --------------------------------------------------------
+
+
+def test_evaluate_writes_its_results_even_when_the_reader_leaves(trained: Path, corpus: Path, tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "w", encoding="utf-8") as err:
+        process = subprocess.Popen([sys.executable, "-m", "ptasr", "evaluate", str(trained / "checkpoints" / "last.ckpt"),
+                                    "--data", str(corpus), "--output-dir", str(tmp_path / "out"), "--device", "cpu"],
+                                   stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+        process.stdout.close()  # `| head -0`: the reader is gone before the first line
+        code = process.wait(timeout=300)
+    assert code in (0, 141), stderr.read_text()
+    assert "Traceback" not in stderr.read_text() and "Exception ignored" not in stderr.read_text()
+    names = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert [name.rsplit("_test_", 1)[-1] for name in names] == ["eval_results.json", "eval_results.txt",
+                                                                "predictions.tsv"], names
+
+
+def test_version() -> None:
+    import ptasr
+
+    result = _ptasr("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"ptasr {ptasr.__version__}"
