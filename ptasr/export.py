@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from ptasr.data.text import Vocabulary
-from ptasr.errors import HubError, MissingPathError
+from ptasr.errors import HubError, MissingPathError, SettingError
 from ptasr.inference import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 
@@ -346,13 +346,13 @@ def _sections(markdown: str) -> dict[str, str]:
 def check_target(out_dir: Path, overwrite: bool) -> None:
     """Refuse to write into a non-empty folder unless ``overwrite``: it may hold a user's README.md or model."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"export target {out_dir} is a file, not a folder; choose a folder name")
+        raise SettingError(f"export target {out_dir} is a file, not a folder; choose a folder name")
     if overwrite or not out_dir.is_dir():
         return
     present = sorted(path.name for path in out_dir.iterdir())
     if present:
         shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
-        raise FileExistsError(f"export target {out_dir} is not empty ({shown}); pass --overwrite to replace its "
+        raise SettingError(f"export target {out_dir} is not empty ({shown}); pass --overwrite to replace its "
                               f"files, or choose a new folder")
 
 

@@ -34,6 +34,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.errors import MissingPathError, SettingError
 from ptasr.train.module import Wav2Vec2CTCModule
 
 # The repository's configs/ (train.py sits beside it); absent in an installed wheel, where -c is needed.
@@ -151,7 +152,7 @@ def _require_trained_model(subcommand: str, config: Any) -> None:
     if config.get("ckpt_path"):
         return
     if not pretrained:
-        raise ValueError(f"train.py {subcommand} needs a trained model: pass --ckpt_path with a checkpoint "
+        raise SettingError(f"train.py {subcommand} needs a trained model: pass --ckpt_path with a checkpoint "
                          f"(runs/<name>/version_N/checkpoints/last.ckpt, or `last` for the newest run of the "
                          f"configured logger), or --model.pretrained to {subcommand} a pretrained model as it is")
     rank_zero_warn(f"no --ckpt_path: {subcommand} runs on model.pretrained={pretrained} as it is (with a CTC head "
@@ -220,7 +221,7 @@ def _require_last_checkpoint(trainer_config: Any, args: Any | None) -> None:
         return  # another logger: Lightning's own lookup
     patterns += [str(folder / "last*.ckpt") for folder in folders]
     if not any(glob.glob(pattern) for pattern in patterns):
-        raise FileNotFoundError(f"--ckpt_path last: no last checkpoint at {' or '.join(patterns)}; check "
+        raise MissingPathError(f"--ckpt_path last: no last checkpoint at {' or '.join(patterns)}; check "
                                 f"--trainer.logger.init_args.save_dir/name/version (and the working directory), "
                                 f"or pass the checkpoint's path")
 
@@ -239,7 +240,7 @@ def _refuse_an_occupied_run(trainer_config: Any, ckpt_path: str | None) -> None:
         return
     if ckpt_path not in (None, "last") and run.resolve() in Path(ckpt_path).resolve().parents:
         return
-    raise FileExistsError(f"run folder {run} already holds a run, and this fit does not resume it: resume it with "
+    raise SettingError(f"run folder {run} already holds a run, and this fit does not resume it: resume it with "
                           f"--ckpt_path last (or one of its checkpoints), or give this run another "
                           f"--trainer.logger.init_args.version (or none, for a new version_N)")
 
