@@ -175,15 +175,13 @@ def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
 
 def _lm_weights(args: argparse.Namespace) -> tuple[float, float]:
     """LM weight and word score: the flags where given, else the tuned pair saved beside the LM, else 2 and 0."""
-    from ptasr.lm import load_weights, weights_path
+    from ptasr.lm import resolve_weights, weights_path
 
-    tuned = load_weights(args.lm) if args.lm else None
-    if tuned and (args.lm_weight is None or args.word_score is None):
+    lm_weight, word_score, tuned = resolve_weights(args.lm, args.lm_weight, args.word_score)
+    if tuned:
         print(f"ptasr: LM weights tuned on {tuned.get('data', '?')} ({tuned.get('split', '?')}) from "
-              f"{weights_path(args.lm)}", file=sys.stderr)
-    tuned = tuned or {"lm_weight": 2.0, "word_score": 0.0}
-    return (tuned["lm_weight"] if args.lm_weight is None else args.lm_weight,
-            tuned["word_score"] if args.word_score is None else args.word_score)
+              f"{weights_path(args.lm)}: {lm_weight:g}, {word_score:g}", file=sys.stderr)
+    return lm_weight, word_score
 
 
 def _options(args: argparse.Namespace, recognizer: Any, word_timestamps: bool = False) -> dict[str, Any]:

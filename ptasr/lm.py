@@ -368,3 +368,16 @@ def load_weights(lm: str | Path) -> dict[str, Any] | None:
     if not {"lm_weight", "word_score"} <= set(record):
         raise DataError(f"{path} lacks lm_weight or word_score; delete it or run: ptasr evaluate ... --tune")
     return record
+
+
+def resolve_weights(
+    lm: str | Path | None, lm_weight: float | None = None, word_score: float | None = None
+) -> tuple[float, float, dict[str, Any] | None]:
+    """LM weight and word score: the given values, else the tuned pair saved beside the LM, else 2 and 0.
+
+    Returns the pair and the tuned record it came from (None when none was read).
+    """
+    tuned = load_weights(lm) if lm is not None and (lm_weight is None or word_score is None) else None
+    defaults = tuned or {"lm_weight": 2.0, "word_score": 0.0}
+    return (defaults["lm_weight"] if lm_weight is None else lm_weight,
+            defaults["word_score"] if word_score is None else word_score, tuned)
