@@ -16,6 +16,8 @@ import json
 import logging
 import pickle
 import re
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +97,9 @@ def resolve_source(source: str | Path) -> Path:
     return download(str(source), MODEL_FILES)
 
 
-MODEL_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin*"]
+# vocab.json and added_tokens.json name the symbols of a fine-tuned model's head (see load_pretrained).
+MODEL_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin*", "vocab.json",
+               "added_tokens.json"]
 
 
 def is_hub_id(source: str | Path) -> bool:
@@ -242,17 +246,27 @@ def read_fairseq(path: Path) -> tuple[Wav2Vec2Config, StateDict]:
 
 
 def load_pretrained(
-    cls: type[Wav2Vec2CTC], source: str | Path, vocab_size: int | None, overrides: dict[str, Any]
+    cls: type[Wav2Vec2CTC],
+    source: str | Path,
+    vocab_size: int | None,
+    overrides: dict[str, Any],
+    vocab: Sequence[str] | None = None,
 ) -> Wav2Vec2CTC:
     """See ``Wav2Vec2CTC.from_pretrained``."""
     path = resolve_source(source)
-    if path.is_file():
+    source_tokens: list[str] | None = None  # the symbols of the source's head rows, when it says
+    if path.is_file() and is_ptasr_checkpoint(path):
+        config, state, source_tokens = read_ptasr_checkpoint(path)
+    elif path.is_file():
         config, state = read_fairseq(path)
     else:
         if not (path / "config.json").exists():
             raise MissingPathError(f"no config.json in {path}: expected a Hugging Face wav2vec2 model folder")
         config, state = Wav2Vec2Config.from_json(path / "config.json"), hf_to_ptasr(read_hf_weights(path))
+        source_tokens = read_folder_tokens(path)
     head = state.get("lm_head.weight")
+    if vocab is not None:
+        vocab_size = len(vocab)
     if vocab_size is None:
         if head is None:
             raise CheckpointError(
@@ -260,15 +274,89 @@ def load_pretrained(
                 f"to create one"
             )
         vocab_size = head.shape[0]
-    new_head = head is None or head.shape[0] != vocab_size
-    if new_head:
-        if head is not None:
+    blank = overrides.get("pad_token_id", config.pad_token_id)
+    carried: dict[int, int] = {}  # new head row -> source head row
+    if vocab is not None and head is not None:
+        # The head's rows mean the source's symbols: keep it only for the very same symbols in the same order.
+        same = source_tokens == list(vocab) and blank == config.pad_token_id
+        if not same:
+            carried = shared_rows(source_tokens, config.pad_token_id, list(vocab), blank) if source_tokens else {}
+            _log_head_rebuild(source, vocab, carried, known=source_tokens is not None)
+        new_head = not same
+    else:
+        new_head = head is None or head.shape[0] != vocab_size
+        if new_head and head is not None:
             log.warning("%s: replacing its %d-token CTC head by a new %d-token one", source, head.shape[0], vocab_size)
-        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+    source_head = {k: state.pop(k) for k in ("lm_head.weight", "lm_head.bias") if new_head and k in state}
     model = cls(config.replace(vocab_size=vocab_size, **overrides))
     reinitialised = {"lm_head.weight", "lm_head.bias"} if new_head else set()
     load_checked(model, state, reinitialised | {"wav2vec2.masked_spec_embed"}, source=str(source))
+    if carried:
+        copy_head_rows(model.lm_head, source_head, carried)
     return model
+
+
+def shared_rows(source: Sequence[str], source_blank: int, target: Sequence[str], target_blank: int) -> dict[int, int]:
+    """Target head row -> source head row, for each symbol both vocabularies have; the blanks pair up by role.
+
+    >>> shared_rows(["[PAD]", "a", "b", "|"], 0, ["a", "c", "|", "<pad>"], 3)
+    {0: 1, 2: 3, 3: 0}
+    """
+    rows = {token: row for row, token in enumerate(source) if row != source_blank}
+    carried = {row: rows[token] for row, token in enumerate(target) if row != target_blank and token in rows}
+    carried[target_blank] = source_blank
+    return dict(sorted(carried.items()))
+
+
+def copy_head_rows(lm_head: torch.nn.Linear, source: StateDict, rows: dict[int, int]) -> None:
+    """Copy the source head's rows (``lm_head.weight`` (V', C), ``lm_head.bias`` (V',)) into ``lm_head``'s."""
+    target, origin = torch.tensor(list(rows)), torch.tensor(list(rows.values()))
+    with torch.no_grad():
+        lm_head.weight[target] = source["lm_head.weight"][origin].to(lm_head.weight.dtype)
+        if lm_head.bias is not None and "lm_head.bias" in source:
+            lm_head.bias[target] = source["lm_head.bias"][origin].to(lm_head.bias.dtype)
+
+
+def _log_head_rebuild(source: str | Path, vocab: Sequence[str], carried: dict[int, int], known: bool) -> None:
+    if not known:
+        log.warning("%s: its CTC head's symbols are unknown (no vocabulary beside it): a new %d-symbol head for "
+                    "the data's vocabulary", source, len(vocab))
+        return
+    new = [token for row, token in enumerate(vocab) if row not in carried]
+    log.warning("%s: CTC head rebuilt for the data's %d-symbol vocabulary: %d rows carried over (symbols in "
+                "both, the blank included), %d new%s", source, len(vocab), len(carried), len(new),
+                f" ({' '.join(new[:20])}{' ...' if len(new) > 20 else ''})" if new else "")
+
+
+def is_ptasr_checkpoint(path: Path) -> bool:
+    """A ``train.py`` checkpoint (a zip archive, as torch.save writes) rather than a fairseq ``.pt``."""
+    return path.suffix == ".ckpt" and zipfile.is_zipfile(path)
+
+
+def read_ptasr_checkpoint(path: Path) -> tuple[Wav2Vec2Config, StateDict, list[str] | None]:
+    """Config, weights and head symbols of a ``train.py`` checkpoint (``checkpoint["ptasr"]`` holds the first
+    and the last, the LightningModule's ``model.`` entries the weights)."""
+    checkpoint = safe_torch_load(path)
+    saved = checkpoint.get("ptasr") if isinstance(checkpoint, dict) else None
+    if not saved or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a ptasr training checkpoint (no 'ptasr' and 'state_dict' entries)")
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    tokens = (saved.get("vocab") or {}).get("tokens")
+    return Wav2Vec2Config(**saved["model_config"]), state, list(tokens) if tokens else None
+
+
+def read_folder_tokens(folder: Path) -> list[str] | None:
+    """The symbol of each head row from an HF folder's ``vocab.json`` (+ ``added_tokens.json``, where HF's
+    script puts ``<s>``/``</s>``), or ``None`` without a vocab.json or when its ids leave gaps."""
+    if not (folder / "vocab.json").is_file():
+        return None
+    ids = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    if (folder / "added_tokens.json").is_file():
+        ids = {**json.loads((folder / "added_tokens.json").read_text(encoding="utf-8")), **ids}
+    by_id = {index: token for token, index in ids.items()}
+    if sorted(by_id) != list(range(len(by_id))):
+        return None
+    return [by_id[index] for index in range(len(by_id))]
 
 
 def load_checked(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -137,7 +138,11 @@ class Wav2Vec2CTC(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, vocab_size: int | None = None, **config_overrides: object
+        cls,
+        source: str | Path,
+        vocab_size: int | None = None,
+        vocab: Sequence[str] | None = None,
+        **config_overrides: object,
     ) -> Wav2Vec2CTC:
         """Load a Hugging Face wav2vec2 folder, hub id, or fairseq ``.pt`` checkpoint.
 
@@ -146,11 +151,16 @@ class Wav2Vec2CTC(nn.Module):
                 ``facebook/wav2vec2-xls-r-300m``, or a fairseq checkpoint file (``xlsr2_300m.pt``).
             vocab_size: size of the CTC head. Needed when the checkpoint has no head; if it differs from the
                 checkpoint's head, a new head is initialised (fine-tuning on another alphabet).
+            vocab: the symbols the head must output, in row order (the data's vocabulary; sets the size).
+                When the source names its head's symbols (a ptasr checkpoint, or a folder with vocab.json) and
+                they differ, the head is rebuilt: rows of symbols in both are carried over, the blank to the
+                blank (``pad_token_id``), the others start fresh. Same symbols: the head is kept. A head whose
+                symbols are unknown is replaced.
             config_overrides: Wav2Vec2Config fields to change (dropouts, masking, pad_token_id, ...).
         """
         from ptasr.model.convert import load_pretrained
 
-        return load_pretrained(cls, source, vocab_size, config_overrides)
+        return load_pretrained(cls, source, vocab_size, config_overrides, vocab=vocab)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors that transformers' ``Wav2Vec2ForCTC`` loads unchanged."""

@@ -34,6 +34,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.data.text import Vocabulary
 from ptasr.errors import MissingPathError, SettingError
 from ptasr.train.module import Wav2Vec2CTCModule
 
@@ -51,6 +52,8 @@ class PtasrCLI(LightningCLI):
         # The vocabulary is built by the data module (from the corpus text), so the head size follows it.
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.pad_token_id", "model.pad_token_id", apply_on="instantiate")
+        # The symbols too: a pretrained model's head is rebuilt unless it outputs the very same ones.
+        parser.link_arguments("data.vocab", "model.vocab_tokens", compute_fn=_tokens, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         # Every refusal here comes before the data is read and before any run folder exists.
@@ -250,6 +253,10 @@ def _log_into_own_subfolder(trainer_config: Any, subcommand: str) -> None:
     args = _tensorboard_args(trainer_config)
     if args is not None and args.get("sub_dir") is None:
         args.sub_dir = subcommand
+
+
+def _tokens(vocab: Vocabulary) -> list[str]:
+    return list(vocab.tokens)
 
 
 def _has_config_arg(args: list[str]) -> bool:

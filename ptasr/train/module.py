@@ -42,8 +42,11 @@ class Wav2Vec2CTCModule(L.LightningModule):
         vocab_size: CTC head size, blank included. Linked from ``data.vocab_size`` by the CLI.
         pad_token_id: the CTC blank (``[PAD]``, as in the HF script). Linked from ``data.pad_token_id``.
         preset: architecture name for ``Wav2Vec2Config.preset`` (ignored when ``pretrained`` is set).
-        pretrained: a Hugging Face folder, hub id or fairseq checkpoint; a fresh CTC head sized by the
-            vocabulary replaces any head it has.
+        pretrained: a Hugging Face folder, hub id, fairseq checkpoint or ptasr ``.ckpt``. Its CTC head is kept
+            only when it outputs the very symbols of ``vocab_tokens``; otherwise a head for them replaces it,
+            with the rows of symbols both have carried over when the source names its symbols (a ptasr
+            checkpoint, a folder with vocab.json), see ``Wav2Vec2CTC.from_pretrained``.
+        vocab_tokens: the data's vocabulary, in head order; linked from the data module by the CLI.
         config_overrides: ``Wav2Vec2Config`` fields applied on top of the preset or pretrained config:
             SpecAugment (``mask_time_prob`` ...), LayerDrop, dropouts, CTC ``ctc_loss_reduction`` ("mean" or
             "sum") and ``ctc_zero_infinity`` -- these travel with the model config into every export.
@@ -79,6 +82,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         pad_token_id: int,
         preset: str = "tiny",
         pretrained: str | None = None,
+        vocab_tokens: list[str] | None = None,
         config_overrides: dict[str, Any] | None = None,
         freeze_feature_encoder: bool = True,
         freeze_transformer_steps: int = 0,
@@ -104,7 +108,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         self.save_hyperparameters()
         overrides = dict(config_overrides or {}, pad_token_id=pad_token_id)
         if pretrained:
-            self.model = Wav2Vec2CTC.from_pretrained(pretrained, vocab_size=vocab_size, **overrides)
+            self.model = Wav2Vec2CTC.from_pretrained(pretrained, vocab_size=vocab_size, vocab=vocab_tokens,
+                                                     **overrides)
         else:
             self.model = Wav2Vec2CTC(Wav2Vec2Config.preset(preset, vocab_size=vocab_size, **overrides))
         if freeze_feature_encoder:
