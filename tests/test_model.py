@@ -235,6 +235,9 @@ def test_layers_compute_valid_frames_only() -> None:
                                                   [True, True, False, False]]  # a 0-frame row sees frame 0
     full = FramePacking.of(torch.tensor([4, 4]), 4)  # no padding: no index and no mask, the fastest SDPA
     assert full.index is None and full.key_mask is None and full.pack(padded[:2]).shape == (8, 1)
+    empty = FramePacking.of(torch.tensor([0, 0]), 4)  # nothing valid: all rows run, masked, and come back zero
+    assert empty.index is None and empty.pack(padded[:2]).shape == (8, 1)
+    assert not empty.unpack(empty.pack(padded[:2]) + 1).any()
 
 
 def test_too_short_input_gives_zero_frames() -> None:
@@ -246,6 +249,10 @@ def test_too_short_input_gives_zero_frames() -> None:
         logits, frame_lengths = model(*batch([3000, 200]))
     assert frame_lengths.tolist() == [model.frame_lengths(torch.tensor(3000)).item(), 0]
     assert torch.isfinite(logits).all()
+    # a batch padded past every example's length: frames, but no valid one; the layers run on the padded rows
+    waveforms, lengths = batch([300, 120])
+    logits, frame_lengths = model(torch.nn.functional.pad(waveforms, (0, 3000)), lengths)
+    assert logits.shape[1] > 0 and frame_lengths.tolist() == [0, 0] and torch.isfinite(logits).all()
 
 
 def test_masking_is_reproducible_and_only_in_training() -> None:
