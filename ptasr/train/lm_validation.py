@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ptasr.train.callbacks import edit_counts, error_rate
+from ptasr.scoring import error_rate, score_utterance
 
 
 class LMValidation(L.Callback):
@@ -77,13 +77,14 @@ class LMValidation(L.Callback):
         log_probs = outputs["logits"][rows].float().log_softmax(dim=-1)  # (B, T, V)
         predictions = self._decoder_for(pl_module).decode(log_probs, outputs["frame_lengths"][rows])
         for reference, prediction in zip(outputs["references"][rows], predictions, strict=True):
-            words, chars = edit_counts([reference], [" ".join(prediction.split())])
-            self._counts += torch.tensor([words, chars], dtype=torch.float64)
+            scored = score_utterance("", reference, prediction)
+            self._counts += torch.tensor([scored.word_counts, scored.char_counts], dtype=torch.float64)
         self._seen += len(predictions)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active:
             return
-        counts = trainer.strategy.reduce(self._counts.to(pl_module.device), reduce_op="sum")
-        pl_module.log("val/wer_lm", error_rate(counts[0]).float(), sync_dist=True)
-        pl_module.log("val/cer_lm", error_rate(counts[1]).float(), sync_dist=True)
+        counts = trainer.strategy.reduce(self._counts.to(pl_module.device), reduce_op="sum").tolist()
+        # The value is already global; sync_dist only makes Lightning agree (as the greedy val/wer does).
+        pl_module.log("val/wer_lm", float(error_rate(counts[0])), sync_dist=True)
+        pl_module.log("val/cer_lm", float(error_rate(counts[1])), sync_dist=True)
