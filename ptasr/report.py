@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,7 +172,7 @@ class EvaluationReport:
         rows = [_row(s, duration, f"audio/{name}") for s, duration, name in zip(scored, self.durations, files,
                                                                                 strict=True)]
         details = [{"align": aligned_words(s.reference, s.prediction), "counts": list(s.word_counts),
-                    "post": None if p is None else asdict(p)} for s, p in zip(scored, self.posteriors, strict=True)]
+                    "post": None if p is None else vars(p)} for s, p in zip(scored, self.posteriors, strict=True)]
         for shard, start in enumerate(range(0, len(details), DETAIL_SHARD)):
             payload = json.dumps(details[start:start + DETAIL_SHARD], ensure_ascii=False, separators=(",", ":"))
             (self.directory / "detail" / f"{shard:05d}.js").write_text(f"ptasrDetail({shard},{payload});\n",

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -307,3 +308,44 @@ def test_browser_selected_row_shows_alignment_audio_and_posteriors(page: Any, ev
     assert played > 0
     assert page.evaluate("decodeURIComponent(location.hash.slice(1))") == target["id"]  # a link to this utterance
     assert page.problems == []
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The load benchmark's report of 120 synthetic utterances: two detail files."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from report_load import synthetic_report
+
+    directory = tmp_path_factory.mktemp("synthetic") / "report"
+    synthetic_report(directory, 120)
+    return directory
+
+
+def test_details_are_split_into_files_of_a_hundred(synthetic: Path) -> None:
+    data = page_data((synthetic / "index.html").read_text(encoding="utf-8"))
+    items = details(synthetic)
+    assert len(data["rows"]) == len(items) == 120 and len(list((synthetic / "detail").iterdir())) == 2
+    for row, item in zip(rows(data), items, strict=True):
+        assert " ".join(hyp for _, _, hyp in item["align"] if hyp) == row["prediction"]
+
+
+def test_browser_selection_loads_the_right_detail_file(browser: Any, synthetic: Path) -> None:
+    table = rows(page_data((synthetic / "index.html").read_text(encoding="utf-8")))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto((synthetic / "index.html").as_uri() + "#" + table[110]["id"])  # a link to one utterance
+    page.wait_for_selector("#detail .pair")
+    assert page.text_content("#detail h2") == table[110]["id"]
+    refs = page.eval_on_selector_all("#detail .pair .ref", "spans => spans.map(s => s.textContent)")
+    assert " ".join(filter(None, refs)) == table[110]["reference"]
+    page.focus("#viewport")
+    page.keyboard.press("ArrowDown")  # the next row of the table (worst WER first, ties in corpus order)
+    order = sorted(range(len(table)), key=lambda i: (-table[i]["wer"], i))
+    following = table[order[order.index(110) + 1]]
+    assert page.text_content("#detail h2") == following["id"]
+    page.wait_for_selector("#detail .pair")
+    hyps = page.eval_on_selector_all("#detail .pair .hyp", "spans => spans.map(s => s.textContent)")
+    assert " ".join(filter(None, hyps)) == following["prediction"]
+    assert problems == []
+    page.close()

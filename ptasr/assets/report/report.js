@@ -19,6 +19,15 @@
     return node;
   }
 
+  // The table shows ids without the prefix they all share ("common_voice_pt_"), cut at a separator.
+  const idPrefix = (() => {
+    let prefix = rows.length ? String(rows[0][col.id]) : "";
+    for (const r of rows) while (!String(r[col.id]).startsWith(prefix)) prefix = prefix.slice(0, -1);
+    const cut = Math.max(...["_", "-", "/", "."].map((sep) => prefix.lastIndexOf(sep)));
+    return cut >= 3 ? prefix.slice(0, cut + 1) : "";
+  })();
+  const shortId = (id) => (idPrefix ? "…" + String(id).slice(idPrefix.length) : String(id));
+
   function group(row) {
     return ["gender", "age", "accent"].map((k) => row[col[k]]).filter(Boolean).join(" · ");
   }
@@ -137,7 +146,7 @@
       const r = rows[i];
       const row = el("div", { class: "row" + (i === state.selected ? " selected" : ""), role: "row",
         "data-index": i, "data-id": r[col.id], style: `top: ${k * ROW_HEIGHT}px` });
-      row.append(el("span", { role: "cell", title: r[col.id] }, r[col.id]),
+      row.append(el("span", { role: "cell", title: r[col.id] }, shortId(r[col.id])),
         el("span", { role: "cell", class: "num" }, fmt(r[col.wer])),
         el("span", { role: "cell", class: "num" }, fmt(r[col.cer])),
         el("span", { role: "cell", class: "num" }, fmt(r[col.duration], 1)),
@@ -247,13 +256,15 @@
     }
     const n = post.path.length;
     const colWidth = Math.max(2, Math.floor(Math.max(width, 200) / n));
-    const plotTop = 18, plotHeight = 90, left = 30;
+    const plotTop = 18, plotHeight = 90, left = 42;
     const w = left + n * colWidth + 8, h = plotTop + plotHeight + 20;
     const svg = el("svg:svg", { width: w, height: h, role: "img", "aria-label": "CTC posteriors over time" });
     const y = (percent) => plotTop + plotHeight * (1 - percent / 100);
-    let d = `M ${left} ${y(0)}`;
-    for (let c = 0; c < n; c++) d += ` L ${left + c * colWidth} ${y(post.blank[c])} L ${left + (c + 1) * colWidth} ${y(post.blank[c])}`;
-    d += ` L ${left + n * colWidth} ${y(0)} Z`;
+    // Stacked: the blank's share hangs from the top, the best other token's stands on the bottom; they never
+    // overlap (the two sum to at most 100 %), and the gap between them is every other token.
+    let d = `M ${left} ${plotTop}`;
+    for (let c = 0; c < n; c++) d += ` L ${left + c * colWidth} ${y(100 - post.blank[c])} L ${left + (c + 1) * colWidth} ${y(100 - post.blank[c])}`;
+    d += ` L ${left + n * colWidth} ${plotTop} Z`;
     svg.append(el("svg:path", { class: "blank-area", d }));
     let labelEnd = 0;
     for (let c = 0; c < n; c++) {
@@ -273,7 +284,9 @@
         }
       }
     }
-    for (const p of [0, 50, 100]) svg.append(el("svg:text", { class: "axis", x: 2, y: y(p) + 4 }, `${p}%`));
+    svg.append(el("svg:line", { class: "gridline", x1: left, x2: left + n * colWidth, y1: y(50), y2: y(50) }));
+    svg.append(el("svg:text", { class: "axis", x: 2, y: plotTop + 10 }, "blank"));
+    svg.append(el("svg:text", { class: "axis", x: 2, y: y(0) }, "token"));
     const seconds = n * post.seconds_per_column;
     const tick = seconds > 20 ? 5 : seconds > 6 ? 1 : 0.5;
     for (let t = 0; t <= seconds; t += tick) {
@@ -282,8 +295,9 @@
     const scroller = el("div", { class: "posteriors" });
     scroller.append(svg);
     box.append(scroller);
-    box.append(el("p", { class: "note" }, "Grey: probability of the blank. Bars: the most likely other token " +
-      "(solid where the greedy path emits it). Letters: the greedy path, where it emits a new token." +
+    box.append(el("p", { class: "note" }, "Grey, from the top: the blank's probability. Bars, from the bottom: " +
+      "the most likely other token's (solid where the greedy path emits it). Letters: the greedy path, where " +
+      "it emits a new token." +
       (post.step > 1 ? ` One column is ${post.step} frames, averaged.` : " One column per frame.")));
   }
 
