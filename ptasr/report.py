@@ -193,12 +193,12 @@ class EvaluationReport:
 
 
 def _row(scored: Scored, duration: float, audio: str) -> list[Any]:
-    from ptasr.scoring import error_rates
+    from ptasr.scoring import error_rate
 
-    rates = error_rates([scored])
     values = {"id": scored.id, "reference": scored.reference, "prediction": scored.prediction,
-              "wer": rates["wer"], "cer": rates["cer"], "errors": scored.word_errors,
-              "words": scored.reference_words, "duration": round(duration, 2), "audio": audio,
+              "wer": round(error_rate(scored.word_counts), 6), "cer": round(error_rate(scored.char_counts), 6),
+              "errors": scored.word_errors, "words": scored.reference_words, "duration": round(duration, 2),
+              "audio": audio,
               **{key: scored.groups.get(key) or "" for key in BREAKDOWNS}}
     return [values[column] for column in COLUMNS]
 
