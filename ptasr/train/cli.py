@@ -37,6 +37,7 @@ from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import Vocabulary
 from ptasr.errors import MissingPathError, SettingError
 from ptasr.train.module import Wav2Vec2CTCModule
+from ptasr.train.out_of_memory import out_of_memory_explained
 
 # The repository's configs/ (train.py sits beside it); absent in an installed wheel, where -c is needed.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -69,6 +70,15 @@ class PtasrCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self.trainer.callbacks.append(TranscriptWriter())
+
+    # LightningCLI runs a method of this name instead of the Trainer's: an out-of-memory batch becomes one line.
+    def fit(self, **kwargs: Any) -> None:
+        with out_of_memory_explained(self.trainer, self.datamodule, self.model):
+            self.trainer.fit(**kwargs)
+
+    def validate(self, **kwargs: Any) -> None:
+        with out_of_memory_explained(self.trainer, self.datamodule, self.model):
+            self.trainer.validate(**kwargs)
 
 
 class RunConfigSaver(SaveConfigCallback):
