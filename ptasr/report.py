@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -60,15 +61,19 @@ class Posteriors:
 
     ``path``: the greedy (argmax) token; ``blank``: the blank's probability; ``top``/``top_prob``: the most
     likely non-blank token and its probability. Probabilities in whole percent; a pooled column averages the
-    probabilities of its frames.
+    probabilities of its frames. Held as compact arrays (1 byte per percentage): a report keeps them for every
+    utterance until it is written.
     """
 
     step: int
     seconds_per_column: float
-    path: list[int]
-    blank: list[int]
-    top: list[int]
-    top_prob: list[int]
+    path: array
+    blank: array
+    top: array
+    top_prob: array
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: value.tolist() if isinstance(value, array) else value for name, value in vars(self).items()}
 
 
 def summarise_posteriors(log_probs: torch.Tensor, blank: int, seconds_per_frame: float,
@@ -76,9 +81,9 @@ def summarise_posteriors(log_probs: torch.Tensor, blank: int, seconds_per_frame:
     """Per-frame log-probabilities (T, V) -> at most ``max_columns`` columns of greedy token and blank share.
 
     >>> log_probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]]).log()
-    >>> summarise_posteriors(log_probs, blank=2, seconds_per_frame=0.02)
-    Posteriors(step=1, seconds_per_column=0.02, path=[0, 1, 2], blank=[0, 10, 80], top=[0, 1, 0], top_prob=[90, 70, 10])
-    >>> summarise_posteriors(log_probs, blank=2, seconds_per_frame=0.02, max_columns=2).blank  # frames (0, 1), (2,)
+    >>> summarise_posteriors(log_probs, blank=2, seconds_per_frame=0.02).to_dict()
+    {'step': 1, 'seconds_per_column': 0.02, 'path': [0, 1, 2], 'blank': [0, 10, 80], 'top': [0, 1, 0], 'top_prob': [90, 70, 10]}
+    >>> summarise_posteriors(log_probs, blank=2, seconds_per_frame=0.02, max_columns=2).blank.tolist()  # (0, 1), (2,)
     [5, 80]
     """
     frames, vocab_size = log_probs.shape
@@ -91,11 +96,11 @@ def summarise_posteriors(log_probs: torch.Tensor, blank: int, seconds_per_frame:
     non_blank[:, blank] = -1.0
     top_prob, top = non_blank.max(dim=-1)
 
-    def percent(values: torch.Tensor) -> list[int]:
-        return (values * 100).round().int().tolist()
+    def percent(values: torch.Tensor) -> array:
+        return array("B", (values * 100).round().int().tolist())
 
-    return Posteriors(step, round(step * seconds_per_frame, 6), probs.argmax(dim=-1).tolist(),
-                      percent(probs[:, blank]), top.tolist(), percent(top_prob))
+    return Posteriors(step, round(step * seconds_per_frame, 6), array("i", probs.argmax(dim=-1).tolist()),
+                      percent(probs[:, blank]), array("i", top.tolist()), percent(top_prob))
 
 
 def aligned_words(reference: str, prediction: str) -> list[tuple[str, str, str]]:
@@ -172,7 +177,7 @@ class EvaluationReport:
         rows = [_row(s, duration, f"audio/{name}") for s, duration, name in zip(scored, self.durations, files,
                                                                                 strict=True)]
         details = [{"align": aligned_words(s.reference, s.prediction), "counts": list(s.word_counts),
-                    "post": None if p is None else vars(p)} for s, p in zip(scored, self.posteriors, strict=True)]
+                    "post": None if p is None else p.to_dict()} for s, p in zip(scored, self.posteriors, strict=True)]
         for shard, start in enumerate(range(0, len(details), DETAIL_SHARD)):
             payload = json.dumps(details[start:start + DETAIL_SHARD], ensure_ascii=False, separators=(",", ":"))
             (self.directory / "detail" / f"{shard:05d}.js").write_text(f"ptasrDetail({shard},{payload});\n",

@@ -61,7 +61,7 @@
 
   function renderChart(name, table) {
     const entries = Object.entries(table);
-    const labelWidth = 120, barWidth = 260, textWidth = 210, rowHeight = 30, top = 8;
+    const labelWidth = 110, barWidth = 250, textWidth = 200, rowHeight = 30, top = 8;
     const scale = Math.max(...entries.map(([, r]) => Math.max(r.wer, r.cer)), data.meta.wer, 1e-9);
     const height = top + entries.length * rowHeight + 4;
     const svg = el("svg:svg", { width: labelWidth + barWidth + textWidth, height, role: "img",
