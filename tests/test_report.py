@@ -167,6 +167,31 @@ def test_clips_a_browser_cannot_play_are_converted(tmp_path: Path) -> None:
     assert converted_rate == rate and np.abs(converted - samples).max() < 1e-3
 
 
+@pytest.fixture(scope="module")
+def recordings_report(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A report of three recordings in other formats: FLAC and Ogg Vorbis (played as they are), AIFF (converted)."""
+    data = tmp_path_factory.mktemp("recordings")
+    table = read_tsv(CORPUS / "test.tsv")
+    lines = ["path\tsentence\tgender"]
+    for k, (suffix, rate) in enumerate([(".flac", 16000), (".ogg", 44100), (".aiff", 22050)]):
+        samples, source_rate = sf.read(CORPUS / "clips" / table["path"][k], dtype="float32")
+        resampled = np.interp(np.arange(0, len(samples), source_rate / rate), np.arange(len(samples)), samples)
+        sf.write(data / f"rec{k}{suffix}", resampled.astype(np.float32), rate)
+        lines.append(f"rec{k}{suffix}\t{table['sentence'][k]}\t{table['gender'][k]}")
+    (data / "mine.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["evaluate", str(model_dir), "--data", str(data / "mine.tsv"), "--device", "cpu", "--output-dir",
+                 str(data / "results"), "--report", str(data / "report")]) == 0
+    return data / "report"
+
+
+def test_recordings_in_other_formats_are_played_or_converted(recordings_report: Path) -> None:
+    table = rows(page_data((recordings_report / "index.html").read_text(encoding="utf-8")))
+    assert [r["audio"] for r in table] == ["audio/00000.flac", "audio/00001.ogg", "audio/00002.wav"]
+    samples, rate = sf.read(recordings_report / "audio" / "00002.wav")
+    assert rate == 22050 and len(samples) / rate == pytest.approx(table[2]["duration"], abs=0.01)
+    assert [r["gender"] for r in table] == read_tsv(CORPUS / "test.tsv")["gender"][:3]
+
+
 def test_report_folder_with_other_files_is_refused_before_evaluating(model_dir: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "report").mkdir()
@@ -347,5 +372,21 @@ def test_browser_selection_loads_the_right_detail_file(browser: Any, synthetic: 
     page.wait_for_selector("#detail .pair")
     hyps = page.eval_on_selector_all("#detail .pair .hyp", "spans => spans.map(s => s.textContent)")
     assert " ".join(filter(None, hyps)) == following["prediction"]
+    assert problems == []
+    page.close()
+
+
+def test_browser_plays_flac_ogg_and_converted_wav(browser: Any, recordings_report: Path) -> None:
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.goto((recordings_report / "index.html").as_uri())
+    page.wait_for_selector("html[data-ready]")
+    for row in rows(page_data((recordings_report / "index.html").read_text(encoding="utf-8"))):
+        page.click(f"#spacer .row[data-id='{row['id']}']")
+        page.wait_for_function("document.querySelector('#detail audio').readyState >= 2", timeout=10_000)
+        assert page.eval_on_selector("#detail audio", "a => a.error") is None
+        assert page.eval_on_selector("#detail audio", "a => a.currentSrc").endswith(row["audio"])
     assert problems == []
     page.close()
