@@ -3,8 +3,10 @@
 The only part of ptasr that joins the model (``ptasr.model``) and the data (``ptasr.data``).
 """
 
+from ptasr.train.blank_watch import BlankPlateauWatch
 from ptasr.train.callbacks import CTCHealth, MixedPrecisionHealth, TrainingMonitor, WERMetrics
 from ptasr.train.last_checkpoint import LastCheckpoint
 from ptasr.train.module import Wav2Vec2CTCModule
 
-__all__ = ["CTCHealth", "LastCheckpoint", "MixedPrecisionHealth", "TrainingMonitor", "WERMetrics", "Wav2Vec2CTCModule"]
+__all__ = ["BlankPlateauWatch", "CTCHealth", "LastCheckpoint", "MixedPrecisionHealth", "TrainingMonitor", "WERMetrics",
+           "Wav2Vec2CTCModule"]
