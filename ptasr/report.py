@@ -168,24 +168,34 @@ class EvaluationReport:
         """
         if len(scored) != len(self.rows):
             raise RuntimeError(f"the report saw {len(self.rows)} transcripts but {len(scored)} scored utterances")
-        for name in ("audio", "detail"):  # check_report_dir made sure these are an earlier report's
-            shutil.rmtree(self.directory / name, ignore_errors=True)
-        (self.directory / "audio").mkdir(parents=True)
-        (self.directory / "detail").mkdir()
-        files = [copy_playable(audio[index], self.directory / "audio", f"{n:05d}")
-                 for n, index in enumerate(self.rows)]
-        rows = [_row(s, duration, f"audio/{name}") for s, duration, name in zip(scored, self.durations, files,
-                                                                                strict=True)]
+        index = self.directory / "index.html"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # marks the folder as a report first, so a run stopped halfway may still be replaced by the next one
+        index.write_text(f'<meta name="generator" content="{GENERATOR}">unfinished\n', encoding="utf-8")
+        files = self._write_audio(audio)
+        self._write_details(scored)
+        rows = [_row(s, duration, f"audio/{name}")
+                for s, duration, name in zip(scored, self.durations, files, strict=True)]
+        index.write_text(render_page(self.page_data(results, rows)), encoding="utf-8")
+        return index
+
+    def _write_audio(self, audio: Sequence[AudioSource]) -> list[str]:
+        """``audio/NNNNN.<ext>``, one per scored row in table order; returns the file names."""
+        folder = self.directory / "audio"
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier report's (check_report_dir made sure)
+        folder.mkdir()
+        return [copy_playable(audio[index], folder, f"{n:05d}") for n, index in enumerate(self.rows)]
+
+    def _write_details(self, scored: Sequence[Scored]) -> None:
+        """``detail/NNNNN.js``: alignments, edit counts and posteriors of DETAIL_SHARD rows each."""
+        folder = self.directory / "detail"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
         details = [{"align": aligned_words(s.reference, s.prediction), "counts": list(s.word_counts),
                     "post": None if p is None else p.to_dict()} for s, p in zip(scored, self.posteriors, strict=True)]
         for shard, start in enumerate(range(0, len(details), DETAIL_SHARD)):
             payload = json.dumps(details[start:start + DETAIL_SHARD], ensure_ascii=False, separators=(",", ":"))
-            (self.directory / "detail" / f"{shard:05d}.js").write_text(f"ptasrDetail({shard},{payload});\n",
-                                                                        encoding="utf-8")
-        page = render_page(self.page_data(results, rows))
-        path = self.directory / "index.html"
-        path.write_text(page, encoding="utf-8")
-        return path
+            (folder / f"{shard:05d}.js").write_text(f"ptasrDetail({shard},{payload});\n", encoding="utf-8")
 
     def page_data(self, results: dict[str, Any], rows: list[list[Any]]) -> dict[str, Any]:
         """The JSON document inlined in the page."""

@@ -390,3 +390,19 @@ def test_browser_plays_flac_ogg_and_converted_wav(browser: Any, recordings_repor
         assert page.eval_on_selector("#detail audio", "a => a.currentSrc").endswith(row["audio"])
     assert problems == []
     page.close()
+
+
+def test_a_report_stopped_halfway_is_replaced(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = tmp_path / "report"
+    argv = ["evaluate", str(model_dir), "--data", str(CORPUS / "test.tsv"), "--limit", "2", "--device", "cpu",
+            "--output-dir", str(tmp_path / "results"), "--report", str(report)]
+
+    def disk_full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("ptasr.report.EvaluationReport._write_details", disk_full)
+        with pytest.raises(OSError):
+            main(argv)
+    assert (report / "audio").is_dir() and not (report / "detail").exists()
+    assert main(argv) == 0 and len(details(report)) == 2
