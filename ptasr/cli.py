@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--language", default=None, help="language code for the card, e.g. pt")
     export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload to this hub repo")
     export.add_argument("--private", action="store_true", help="create the hub repo as private")
+    export.add_argument("--lm", default=None,
+                        help="ship this KenLM model (.arpa or .bin) with its tuned weights (LM.json) in the layout "
+                             "of transformers' Wav2Vec2ProcessorWithLM")
     export.add_argument("--overwrite", action="store_true",
                         help="write into OUT_DIR even if it is not empty (replacing its files of the same names)")
     export.set_defaults(run=run_export)
@@ -427,7 +430,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ptasr.export import export
 
     out = export(args.model, args.out_dir, logs=args.logs, name=args.name, language=args.language,
-                 push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite)
+                 push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, lm=args.lm)
     print(f"exported to {out}" + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 

@@ -370,6 +370,7 @@ def find_log_dir(source: Path) -> Path | None:
 def export(
     source: str | Path, out_dir: str | Path, logs: str | Path | None = None, name: str | None = None,
     language: str | None = None, push_to_hub: str | None = None, private: bool = False, overwrite: bool = False,
+    lm: str | Path | None = None,
 ) -> Path:
     """Write the HF folder and model card for ``source`` (checkpoint, folder or hub id) into ``out_dir``.
 
@@ -380,6 +381,8 @@ def export(
         push_to_hub: a hub repo id (``user/name``) to upload the folder to.
         private: create that repo as private.
         overwrite: write into ``out_dir`` even if it is not empty (its files of the same names are replaced).
+        lm: a KenLM model to ship in ``Wav2Vec2ProcessorWithLM``'s layout, with its tuned weights
+            (:func:`ptasr.lm.write_processor_with_lm`).
 
     Re-exporting an exported folder (in place with ``overwrite``, or elsewhere) keeps its card's training
     sections (:func:`previous_card`).
@@ -392,6 +395,14 @@ def export(
     if log_dir is not None and not log_dir.is_dir():
         raise MissingPathError(f"no TensorBoard run folder at {log_dir}")
     write_hf_folder(recognizer, out_dir)
+    if lm is not None:
+        from ptasr.lm import resolve_weights, write_processor_with_lm
+
+        lm_weight, word_score, tuned = resolve_weights(lm)
+        if tuned is None:
+            log.warning("%s has no tuned weights (ptasr evaluate ... --lm %s --tune); shipping LM weight %g, "
+                        "word score %g", lm, lm, lm_weight, word_score)
+        write_processor_with_lm(out_dir, recognizer.vocab, lm, lm_weight, word_score)
     rows = training_results(read_scalars(log_dir)) if log_dir is not None else []
     data = recognizer.metadata.get("datamodule_hyper_parameters") or {}
     dataset = data.get("hf_dataset") or (Path(data["root"]).name if data.get("root") else None)

@@ -23,6 +23,7 @@ import copy
 import importlib
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,11 +144,12 @@ def _word_lm_class(flashlight: Any) -> type:
         to ``(KenLM state, partial word, whether the partial word was already charged as <unk>)``.
         """
 
-        def __init__(self, kenlm: Any, word_ids: dict[str, int], unk_id: int, tokens: list[str], delimiter: int):
+        def __init__(self, kenlm: Any, word_ids: dict[str, int], unk_id: int, tokens: list[str], delimiter: int,
+                     sorted_words: list[str], unk_penalty: float):
             flashlight.CTCDecoderLM.__init__(self)
             self.kenlm, self.word_ids, self.unk_id = kenlm, word_ids, unk_id
             self.tokens, self.delimiter = tokens, delimiter
-            self.sorted_words = sorted(word_ids)
+            self.sorted_words, self.unk_penalty = sorted_words, unk_penalty
             self._info: dict[Any, tuple[Any, str, bool]] = {}
 
         def start(self, start_with_nothing: bool) -> Any:
@@ -166,7 +168,7 @@ def _word_lm_class(flashlight: Any) -> type:
             partial += self.tokens[token]
             value = 0.0
             if not charged and not self._is_prefix(partial):
-                value, charged = self.kenlm.score(kenlm_state, self.unk_id)[1], True
+                value, charged = self.kenlm.score(kenlm_state, self.unk_id)[1] + self.unk_penalty, True
             self._info[child] = (kenlm_state, partial, charged)
             return child, value
 
@@ -182,7 +184,6 @@ def _word_lm_class(flashlight: Any) -> type:
             return new_state, 0.0 if charged else value
 
         def _is_prefix(self, partial: str) -> bool:
-            # A sorted word list answers "is this the start of some LM word?" in O(log n) without a trie.
             i = bisect.bisect_left(self.sorted_words, partial)
             return i < len(self.sorted_words) and self.sorted_words[i].startswith(partial)
 
@@ -215,6 +216,9 @@ class BeamSearchDecoder:
         beam_threshold: drop hypotheses this far below the best.
         lm_weight: weight of the LM's log10 probability.
         word_score: bonus added at every word boundary (negative values favour fewer, longer words).
+        unk_score: added (unweighted, natural log) to a word-level LM's ``<unk>`` score for every word outside
+            the LM's vocabulary, as pyctcdecode's ``unk_score_offset``: a small corpus's KN model gives ``<unk>``
+            about a rare word's probability, so without it misspellings cost no more than rare words.
     """
 
     def __init__(
@@ -228,15 +232,23 @@ class BeamSearchDecoder:
         beam_threshold: float = 50.0,
         lm_weight: float = 2.0,
         word_score: float = 0.0,
+        unk_score: float = -10.0,
     ) -> None:
         self._flashlight = _flashlight()
         self.vocab = vocab
         self.settings = {"beam_size": beam_size, "beam_size_token": beam_size_token, "beam_threshold": beam_threshold}
-        self._lm = self._language_model(self._flashlight, Path(lm) if lm is not None else None, unit, words)
+        self.unk_score = unk_score
+        self._kenlm = self._language_model(Path(lm) if lm is not None else None, unit, words)
         self._decoder = self._build(lm_weight, word_score)
 
     def _build(self, lm_weight: float, word_score: float) -> Any:
         self.lm_weight, self.word_score = lm_weight, word_score
+        self._lm = self._kenlm
+        if isinstance(self._kenlm, tuple):  # a word-level LM: a fresh adapter, its <unk> penalty in LM units
+            kenlm, word_ids, unk_id, sorted_words = self._kenlm
+            penalty = self.unk_score / lm_weight if lm_weight > 0 else 0.0
+            self._lm = _word_lm_class(self._flashlight)(kenlm, word_ids, unk_id, self.vocab.tokens,
+                                                        self.vocab.word_delimiter_id, sorted_words, penalty)
         # Lexicon-free decoding has no word score of its own: its "silence score", added whenever the
         # delimiter is emitted, is the per-word bonus.
         return self._flashlight.ctc_decoder(
@@ -250,7 +262,8 @@ class BeamSearchDecoder:
         other._decoder = other._build(lm_weight, word_score)
         return other
 
-    def _language_model(self, flashlight: Any, path: Path | None, unit: LMUnit, words: str | Path | None) -> Any:
+    def _language_model(self, path: Path | None, unit: LMUnit, words: str | Path | None) -> Any:
+        """The KenLM model of a token-level LM; (KenLM, word ids, <unk> id, sorted words) of a word-level one."""
         if path is None:
             return None
         if not path.is_file():
@@ -262,15 +275,13 @@ class BeamSearchDecoder:
             return _kenlm(path, [*self.vocab.tokens, "<unk>"])[0]
         if unit != "word":
             raise SettingError(f"unit must be 'word' or 'token', got {unit!r}")
-        return self._word_lm(flashlight, path, lm_words(path, words))
-
-    def _word_lm(self, flashlight: Any, path: Path, words: list[str]) -> Any:
+        words = lm_words(path, words)
         if not words:
             raise SettingError(f"{path} lists no words")
         kenlm, ids = _kenlm(path, ["<unk>", *words])
         word_ids = {word: ids[word] for word in words}
-        vocab = self.vocab
-        return _word_lm_class(flashlight)(kenlm, word_ids, ids["<unk>"], vocab.tokens, vocab.word_delimiter_id)
+        # A sorted word list answers "is this the start of some LM word?" in O(log n) without a trie.
+        return kenlm, word_ids, ids["<unk>"], sorted(word_ids)
 
     def __call__(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[Hypothesis]:
         """Best hypothesis per utterance.
@@ -381,3 +392,56 @@ def resolve_weights(
     defaults = tuned or {"lm_weight": 2.0, "word_score": 0.0}
     return (defaults["lm_weight"] if lm_weight is None else lm_weight,
             defaults["word_score"] if word_score is None else word_score, tuned)
+
+
+# --- shipping the LM inside an exported model ---------------------------------------------------------------
+
+# pyctcdecode scores alpha * ln P(word) + beta per word; flashlight lm_weight * log10 P(word) + word_score per
+# word: the same score when alpha = lm_weight / ln 10 and beta = word_score.
+PYCTCDECODE_UNK = "⁇"  # pyctcdecode's stand-in for the tokenizer's unknown token
+
+
+def pyctcdecode_alphabet(vocab: Vocabulary) -> list[str]:
+    """The vocabulary as pyctcdecode labels, id for id: ``|`` -> " ", the blank -> "", the unknown token -> ⁇.
+
+    >>> pyctcdecode_alphabet(Vocabulary.build(["ab"]))
+    [' ', 'a', 'b', '⁇', '']
+    """
+    special = {vocab.word_delimiter: " ", vocab.pad_token: "", vocab.unk_token: PYCTCDECODE_UNK}
+    return [special.get(token, token) for token in vocab.tokens]
+
+
+def write_processor_with_lm(
+    directory: str | Path, vocab: Vocabulary, lm: str | Path, lm_weight: float, word_score: float,
+    words: str | Path | None = None, unk_score: float = -10.0,
+) -> dict[str, Any]:
+    """Add the files transformers' ``Wav2Vec2ProcessorWithLM`` loads to an exported model folder.
+
+    ``alphabet.json`` (the labels, id for id) and ``language_model/`` with the KenLM file, ``unigrams.txt`` and
+    ``attrs.json`` (pyctcdecode's alpha and beta, converted from ptasr's weights); the tokenizer's and feature
+    extractor's ``processor_class`` become ``Wav2Vec2ProcessorWithLM`` so ``AutoProcessor`` and ``pipeline``
+    decode with it. Returns the attributes written.
+    """
+    directory, lm = Path(directory), Path(lm)
+    if not lm.is_file():
+        raise FileNotFoundError(f"no language model at {lm} (build one with: ptasr lm build)")
+    if lm.suffix not in ({".arpa"} if lm_format(lm) == "arpa" else {".bin", ".binary"}):
+        raise ValueError(f"{lm}: pyctcdecode finds the LM by its extension: name it .arpa (text) or .bin (binary)")
+    folder = directory / "language_model"
+    if folder.exists():
+        shutil.rmtree(folder)  # pyctcdecode wants exactly three files there
+    folder.mkdir(parents=True)
+    shutil.copyfile(lm, folder / lm.name)
+    (folder / "unigrams.txt").write_text("".join(f"{w}\n" for w in lm_words(lm, words)), encoding="utf-8")
+    attrs = {"alpha": lm_weight / math.log(10), "beta": word_score, "unk_score_offset": unk_score,
+             "score_boundary": True}
+    (folder / "attrs.json").write_text(json.dumps(attrs, indent=2) + "\n", encoding="utf-8")
+    alphabet = {"labels": pyctcdecode_alphabet(vocab), "is_bpe": False}
+    (directory / "alphabet.json").write_text(json.dumps(alphabet, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name in ("tokenizer_config.json", "preprocessor_config.json"):
+        path = directory / name
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            config["processor_class"] = "Wav2Vec2ProcessorWithLM"
+            path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return attrs

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,18 +30,21 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
-    """A random model in train.py's checkpoint layout whose head is biased against the blank (it emits letters)."""
     from ptasr.data.commonvoice import read_tsv
 
     vocab = Vocabulary.build(TextNormalizer()(s) for split in ("train", "dev", "test")
                              for s in read_tsv(corpus / f"{split}.tsv")["sentence"])
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt", vocab)
+
+
+def _checkpoint(path: Path, vocab: Vocabulary) -> Path:
+    """A random model in train.py's checkpoint layout whose head is biased against the blank (it emits letters)."""
     torch.manual_seed(0)
     config = Wav2Vec2Config.preset("tiny", vocab_size=len(vocab), pad_token_id=vocab.pad_id, **TINY)
     model = Wav2Vec2CTC(config)
     with torch.no_grad():
         model.lm_head.weight.normal_(std=3.0)
         model.lm_head.bias[vocab.pad_id] -= 2.0
-    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "ptasr": {"model_config": dataclasses.asdict(config), "vocab": vocab.to_dict(),
                           "normalizer": TextNormalizer().to_dict()}, "global_step": 0, "epoch": 0}, path)
@@ -74,3 +79,77 @@ def test_build_tune_then_evaluate_with_the_tuned_pair(checkpoint: Path, corpus: 
 def test_tune_without_an_lm_is_a_one_line_error(checkpoint: Path, corpus: Path, capsys) -> None:
     assert main(["evaluate", str(checkpoint), "--data", str(corpus), "--tune"]) == 1
     assert "--tune searches the weights of an n-gram LM: give one with --lm" in capsys.readouterr().err
+
+
+# --- export --lm: the folder Wav2Vec2ProcessorWithLM loads ------------------------------------------------------
+
+BUNDLED = Path(__file__).parents[1] / "ptasr" / "assets" / "cv-tiny-pt"
+
+
+def noisy_emissions(sentence: str, vocab: Vocabulary, rng: np.random.Generator) -> torch.Tensor:
+    """(T, V) log-probabilities that spell ``sentence``, one letter then one blank frame each; a third of the
+    letters lose narrowly (0.45 against 0.5) to a random other letter, so greedy decoding misspells most words."""
+    letters = [t for t in vocab.tokens if t not in (vocab.pad_token, vocab.unk_token, vocab.word_delimiter)]
+    rows = []
+    for char in sentence.replace(" ", vocab.word_delimiter):
+        probs = np.full(len(vocab), 1e-3)
+        if char != vocab.word_delimiter and rng.random() < 1 / 3:
+            probs[vocab.tokens.index(rng.choice([c for c in letters if c != char]))] = 0.5
+            probs[vocab.tokens.index(char)] = 0.45
+        else:
+            probs[vocab.tokens.index(char)] = 0.9
+        blank = np.full(len(vocab), 1e-3)
+        blank[vocab.pad_id] = 0.9
+        rows += [probs / probs.sum(), blank / blank.sum()]
+    return torch.from_numpy(np.log(np.stack(rows))).float()
+
+
+def test_export_with_lm_loads_in_transformers_and_decodes_like_ptasr(tmp_path: Path, capsys) -> None:
+    from ptasr.data.commonvoice import read_tsv
+    from ptasr.decode import greedy_decode
+    from ptasr.lm import BeamSearchDecoder, Trial, save_weights
+    from ptasr.scoring import error_rates, score_utterance
+
+    # A model whose vocabulary is the bundled corpus' characters (random weights: only its files matter here).
+    normalizer = TextNormalizer()
+    sentences = {split: [normalizer(s) for s in read_tsv(BUNDLED / f"{split}.tsv")["sentence"]]
+                 for split in ("train", "dev", "test")}
+    vocab = Vocabulary.build(s for texts in sentences.values() for s in texts)
+    checkpoint = _checkpoint(tmp_path / "last.ckpt", vocab)
+    lm = tmp_path / "lm" / "lm.arpa"
+    assert main(["lm", "build", str(BUNDLED / "train.tsv"), str(BUNDLED / "dev.tsv"), "-o", str(lm),
+                 "--model", str(checkpoint), "--exclude", str(BUNDLED / "test.tsv")]) == 0
+    save_weights(lm, Trial(2.0, 0.5, 0.0, 0.0, []), split="dev")
+    assert main(["export", str(checkpoint), str(tmp_path / "export"), "--lm", str(lm)]) == 0
+    capsys.readouterr()
+
+    export = tmp_path / "export"
+    assert sorted(p.name for p in (export / "language_model").iterdir()) == ["attrs.json", "lm.arpa", "unigrams.txt"]
+    attrs = json.loads((export / "language_model" / "attrs.json").read_text(encoding="utf-8"))
+    assert attrs["alpha"] == pytest.approx(2.0 / math.log(10)) and attrs["beta"] == 0.5
+    labels = json.loads((export / "alphabet.json").read_text(encoding="utf-8"))["labels"]
+    assert len(labels) == len(vocab) and labels[vocab.pad_id] == "" and labels[vocab.word_delimiter_id] == " "
+
+    pytest.importorskip("pyctcdecode", reason="pyctcdecode is not installed: pip install --no-deps pyctcdecode "
+                                              "pygtrie (its numpy<2 pin would downgrade numpy); pip install kenlm")
+    from transformers import AutoProcessor, Wav2Vec2ProcessorWithLM
+
+    processor = AutoProcessor.from_pretrained(export)
+    assert isinstance(processor, Wav2Vec2ProcessorWithLM)
+    rng = np.random.default_rng(0)
+    references = sentences["test"]
+    emissions = [noisy_emissions(s, vocab, rng) for s in references]
+    ours = BeamSearchDecoder(vocab, lm, lm_weight=2.0, word_score=0.5, beam_size=50)
+    ptasr_texts = [ours.decode(e[None], torch.tensor([e.shape[0]]))[0] for e in emissions]
+    hf_texts = [processor.decode(e.numpy(), beam_width=50).text for e in emissions]
+    greedy_texts = [vocab.decode(greedy_decode(e[None], torch.tensor([e.shape[0]]), vocab.pad_id)[0]) for e in emissions]
+
+    def wer(predictions: list[str]) -> float:
+        return error_rates([score_utterance(str(i), r, p) for i, (r, p) in enumerate(zip(references, predictions))])["wer"]
+
+    agreement = sum(a == b for a, b in zip(ptasr_texts, hf_texts)) / len(references)
+    print(f"greedy WER {wer(greedy_texts):.3f}, ptasr LM {wer(ptasr_texts):.3f}, transformers+pyctcdecode LM "
+          f"{wer(hf_texts):.3f}, identical transcripts {agreement:.0%}")
+    assert wer(greedy_texts) > 0.5  # the noise misspells most words
+    assert wer(ptasr_texts) < 0.1 and wer(hf_texts) < 0.1  # both LM decoders repair them
+    assert agreement >= 0.9  # 100 % when measured; beam pruning differs (pyctcdecode prunes by score, per word)
