@@ -9,9 +9,10 @@ Builds, in a temporary folder (not timed):
   dev.tsv and test.tsv with 1 % as many each, clip_durations.tsv, one empty file per clip;
 - ``a/train.csv``: 2/5 of the rows, with a ``duration`` column, clips in folders of 10 000;
 - ``b/train.jsonl``: 1/5 of the rows, without durations. Their durations come from the audio headers, read
-  once and cached: here the cache is written by the generator, so what is timed is every start after the
-  first. The first start's header reads are measured apart, on real WAV files (``--headers``), and
-  extrapolated: reading a million headers takes minutes whatever the code around it.
+  once and cached per manifest: here the generator writes that cache (``ManifestFile.save_durations``, as a
+  first start does), so what is timed is every start after the first. The first start's header reads are
+  measured apart, on real WAV files (``--headers``): reading a million headers takes minutes whatever the
+  code around it.
 
 Then, in a fresh process, times what a run does before its first training batch, as the data module does it:
 ``dm.vocab`` (read and normalise every source and the evaluation splits, build the vocabulary),
@@ -29,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_manifest_scale import write_release  # noqa: E402
 
@@ -52,14 +54,17 @@ FOLDER_SIZE = 10_000
 
 
 def write_manifests(root: Path, rows_a: int, rows_b: int, seed: int = 1) -> None:
-    """``a/train.csv`` (with durations) and ``b/train.jsonl`` (without, header cache pre-filled)."""
+    """``a/train.csv`` (with durations) and ``b/train.jsonl`` (without; its duration cache as a first start
+    leaves it)."""
+    from ptasr.data.manifests import ManifestFile
+
     rng = random.Random(seed)
     sentences = read_tsv(Path(BUNDLED_CORPUS) / "train.tsv")["sentence"]
     speakers = [f"spk{i}" for i in range(2000)]
     for name, rows in (("a", rows_a), ("b", rows_b)):
         folder = root / name
         folder.mkdir(parents=True)
-        cache_lines = []
+        seconds = []
         path = folder / ("train.csv" if name == "a" else "train.jsonl")
         with open(path, "w", encoding="utf-8") as f:
             if name == "a":
@@ -70,19 +75,16 @@ def write_manifests(root: Path, rows_a: int, rows_b: int, seed: int = 1) -> None
                     (folder / clip).parent.mkdir(parents=True)
                 os.close(os.open(folder / clip, os.O_CREAT | os.O_WRONLY, 0o644))
                 text = f"{rng.choice(sentences)} {rng.choice(sentences)}"
-                seconds = rng.randint(1000, 10000) / 1000
+                seconds.append(rng.randint(1000, 10000) / 1000)
                 if name == "a":
-                    f.write(f'{clip},"{text.replace(chr(34), chr(34) * 2)}",{seconds},{rng.choice(speakers)}\n')
+                    f.write(f'{clip},"{text.replace(chr(34), chr(34) * 2)}",{seconds[-1]},{rng.choice(speakers)}\n')
                 else:
                     f.write(json.dumps({"audio": clip, "sentence": text, "speaker": rng.choice(speakers)},
                                        ensure_ascii=False) + "\n")
-                    stat = os.stat(folder / clip)
-                    cache_lines.append(f"{folder / clip}\t{stat.st_size}\t{stat.st_mtime_ns}\t{seconds!r}\n")
-        if cache_lines:
-            # what HeaderDurationCache writes after a first start, keyed as it keys it
-            digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
-            (root / "cache" / "durations").mkdir(parents=True, exist_ok=True)
-            (root / "cache" / "durations" / f"{digest}.tsv").write_text("".join(cache_lines), encoding="utf-8")
+        if name == "b":
+            # what the first start writes after reading every header (ManifestFile.durations)
+            source = ManifestFile(path, cache_dir=root / "cache")
+            source.save_durations(source.read_split("", str).keys, np.array(seconds))
 
 
 def measure(root: str) -> dict:
@@ -153,25 +155,29 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_000_000, help="training rows over the three sources")
     parser.add_argument("--headers", type=int, default=5000, help="real WAV files for the header-path measurement")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--keep", help="build the corpora in this folder and keep them (reused when present)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the fresh measuring process
     args = parser.parse_args()
     if args.measure:
         measure(args.measure)
         return
-    root = Path(tempfile.mkdtemp(prefix="sources-scale-"))
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sources-scale-"))
+    rows_release, rows_a = 2 * args.rows // 5, 2 * args.rows // 5
+    rows_b = args.rows - rows_release - rows_a
     try:
-        t = time.perf_counter()
-        rows_release, rows_a = 2 * args.rows // 5, 2 * args.rows // 5
-        rows_b = args.rows - rows_release - rows_a
-        write_release(root / "release", rows_release)
-        write_manifests(root, rows_a, rows_b)
-        print(f"wrote {args.rows} rows (release {rows_release}, csv with durations {rows_a}, jsonl without "
-              f"{rows_b}) in {time.perf_counter() - t:.0f} s: {root}", flush=True)
+        if not (root / "b" / "train.jsonl").is_file():
+            t = time.perf_counter()
+            root.mkdir(parents=True, exist_ok=True)
+            write_release(root / "release", rows_release)
+            write_manifests(root, rows_a, rows_b)
+            print(f"wrote {args.rows} rows (release {rows_release}, csv with durations {rows_a}, jsonl without "
+                  f"{rows_b}) in {time.perf_counter() - t:.0f} s: {root}", flush=True)
         out = subprocess.run([sys.executable, __file__, "--measure", str(root)], check=True, capture_output=True,
                              text=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     headers = measure_headers(args.headers)
     report = {
         "benchmark": "data_sources_scale", "rows": args.rows,
@@ -180,8 +186,8 @@ def main() -> None:
         "goal": "ready training loader < 60 s and < 4 GiB",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
         "result": result, "header_path": headers,
-        "header_path_note": "jsonl durations come from the header cache (every start after the first); a first "
-                            "start reads each header: first_start_ms_per_clip x clips more",
+        "header_path_note": "the jsonl source's durations come from its per-manifest cache (every start after "
+                            "the first); a first start reads each header: first_start_ms_per_clip x its clips more",
     }
     print(json.dumps(report, indent=2))
     if args.json:

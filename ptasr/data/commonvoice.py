@@ -201,6 +201,12 @@ def _clip_durations(path: Path) -> Iterator[tuple[str, float]]:
                 yield row[clip], int(row[ms]) / 1000.0
 
 
+def _normalize(normalizer: Callable[[str], str], texts: list[str]) -> list[str]:
+    """Normalised ``texts``: in chunks where the normaliser can (:meth:`TextNormalizer.many`), else one by one."""
+    many = getattr(normalizer, "many", None)
+    return many(texts) if many is not None else [normalizer(t) for t in texts]
+
+
 def _row_index(keys: Sequence[str]) -> dict[str, int]:
     """``{key: row}``; its strings are the manifest's own, so this costs the dict only."""
     return {key: row for row, key in enumerate(keys)}
@@ -256,7 +262,7 @@ class CommonVoiceRelease:
         if not path.is_file():
             raise MissingPathError(f"{path} does not exist; splits in {self.root}: {self.splits()}")
         table = read_tsv(path)
-        return Manifest(ids=table["path"], keys=table["path"], texts=[normalizer(s) for s in table["sentence"]],
+        return Manifest(ids=table["path"], keys=table["path"], texts=_normalize(normalizer, table["sentence"]),
                         client_ids=table["client_id"], ages=table["age"], genders=table["gender"],
                         accents=table["accent"], reader=self.reader)
 
@@ -466,7 +472,7 @@ class HFDatasetSource:
         keys = [f"{split}/{i}" for i in range(len(dataset))]
         ids = [os.path.basename(path) or key for path, key in zip(self._audio_paths(split), keys)]
         meta = {name: self._column(dataset, COLUMN_ALIASES[name]) for name in ("client_id", "age", "gender", "accent")}
-        return Manifest(ids=ids, keys=keys, texts=[normalizer(s) for s in sentences],
+        return Manifest(ids=ids, keys=keys, texts=_normalize(normalizer, sentences),
                         client_ids=meta["client_id"], ages=meta["age"], genders=meta["gender"],
                         accents=meta["accent"], reader=self.reader)
 

@@ -297,6 +297,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         for name in wanted:
             if name not in self._manifests:
                 self._manifests[name] = self._build(name)
+        self.vocab  # noqa: B018 (built from the unfiltered rows, before they go)
+        # the unfiltered rows served the vocabulary and the filters; a million-row corpus holds them twice else
+        self._rows.clear()
         if stage == "fit":
             check_leakage(self._manifests["train"], self._manifests["val"], f"validation ({self.val_split})",
                           self.leakage)
@@ -424,7 +427,7 @@ def check_checkpoint_vocabulary(saved: Vocabulary, data: Vocabulary) -> None:
     >>> check_checkpoint_vocabulary(Vocabulary.build(["ab"]), Vocabulary.build(["abc"]))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: the checkpoint's vocabulary (5 tokens) differs from this data's (6 tokens; only here: 'c'): ...
+    ptasr.errors.DataError: the checkpoint's vocabulary (5 tokens) differs from this data's (6 tokens; only here: 'c'): ...
     """
     if saved == data:
         return

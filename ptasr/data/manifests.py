@@ -21,9 +21,10 @@ same filters to it. It has one split, the whole file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ class ManifestFile:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         # keys are absolute paths, so one reader serves every row and ids stay distinct across manifests
         self.reader = ClipFiles("")
+        self._keys: list[str] | None = None  # every row's key, as the last read_split gave them
 
     def __repr__(self) -> str:
         return f"ManifestFile({str(self.path)!r})"
@@ -85,17 +87,44 @@ class ManifestFile:
         table = read_manifest_table(self.path)
         base = str(self.path.parent) + os.sep
         # plain concatenation, not os.path.join per row: a few million rows stay within a second
-        keys = [p if os.path.isabs(p) else base + p for p in table["path"]]
-        return Manifest(ids=keys, keys=keys, texts=[normalizer(t) for t in table["text"]],
-                        client_ids=table["speaker"], ages=table["age"], genders=table["gender"],
-                        accents=table["accent"], reader=self.reader, durations=table["duration"])
+        keys = [p if p.startswith(os.sep) else base + p for p in table["path"]]
+        durations = table["duration"]
+        if np.isnan(durations).any() and self._cache_path().is_file():
+            cached = np.load(self._cache_path())
+            if len(cached) == len(durations):
+                durations = np.where(np.isnan(durations), cached, durations)
+        self._keys = keys
+        many = getattr(normalizer, "many", None)
+        texts = many(table["text"]) if many is not None else [normalizer(t) for t in table["text"]]
+        return Manifest(ids=keys, keys=keys, texts=texts, client_ids=table["speaker"], ages=table["age"],
+                        genders=table["gender"], accents=table["accent"], reader=self.reader, durations=durations)
+
+    def _cache_path(self) -> Path:
+        """Header durations of this manifest's rows, valid while the manifest file is unchanged."""
+        stat = self.path.stat()
+        digest = hashlib.sha1(str(self.path).encode()).hexdigest()[:16]
+        return self.cache_dir / "durations" / f"manifest-{digest}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+
+    def save_durations(self, keys: list[str], seconds: np.ndarray) -> Path:
+        """Cache ``seconds`` of rows ``keys`` (a subset of the last :meth:`read_split`) for the next start."""
+        if self._keys is None:
+            raise RuntimeError("save_durations needs the rows of read_split() first")
+        row = {key: i for i, key in enumerate(self._keys)}
+        full = np.full(len(self._keys), np.nan)
+        full[[row[key] for key in keys]] = seconds
+        path = self._cache_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, full)
+        os.replace(tmp, path)  # atomic: DDP ranks may write the same file at once
+        return path
 
     def exists(self, manifest: Manifest) -> np.ndarray:
         """Boolean (N,): which audio files exist. One directory listing per folder, not a stat per file."""
         present = np.zeros(len(manifest), dtype=bool)
         listings: dict[str, set[str]] = {}
         for row, key in enumerate(manifest.keys):
-            folder, name = os.path.split(key)
+            folder, _, name = key.rpartition(os.sep)
             names = listings.get(folder)
             if names is None:
                 try:
@@ -108,12 +137,18 @@ class ManifestFile:
         return present
 
     def durations(self, manifest: Manifest) -> np.ndarray:
-        """Seconds (N,): the listed ones; the rest read from audio headers (cached), NaN if unreadable."""
+        """Seconds (N,): the listed ones; the rest read from audio headers, NaN if unreadable.
+
+        Header durations are cached twice: per audio file (name, size, mtime), as for releases, and per
+        manifest file, so that later starts read neither headers nor a file's stat for a million rows.
+        """
         result = np.full(len(manifest), np.nan) if manifest.durations is None else manifest.durations.copy()
         unknown = np.flatnonzero(np.isnan(result))
         if len(unknown):
             cache = HeaderDurationCache(self.cache_dir / "durations", self.path.parent)
             result[unknown] = cache.durations([manifest.keys[i] for i in unknown])
+            if self._keys is not None:
+                self.save_durations(manifest.keys, result)
         return result
 
 
@@ -127,12 +162,11 @@ def read_manifest_table(path: Path) -> dict[str, list[str] | np.ndarray]:
     Raises:
         DataError: no audio or text column, a duration that is not a number, or a line that is not JSON.
     """
-    rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _delimited_rows(path)
-    out: dict[str, list] = {name: [] for name in MANIFEST_COLUMNS}
-    shared: dict[str, dict[str, str]] = {name: {} for name in SHARED_COLUMNS}
-    for row in rows:
-        for name, value in row.items():
-            out[name].append(shared[name].setdefault(value, value) if name in shared else value)
+    out = _jsonl_columns(path) if path.suffix.lower() == ".jsonl" else _delimited_columns(path)
+    for name in SHARED_COLUMNS:
+        # speakers and the like repeat across rows: one string object per distinct value, not one per row
+        shared: dict[str, str] = {}
+        out[name] = [shared.setdefault(value, value) for value in out[name]]
     result: dict[str, list[str] | np.ndarray] = dict(out)
     result["duration"] = _seconds(path, out["duration"])
     return result
@@ -146,7 +180,7 @@ def _seconds(path: Path, values: list[str]) -> np.ndarray:
                          f"leave it empty where unknown, it is then read from the audio header") from error
 
 
-def _delimited_rows(path: Path) -> Iterator[dict[str, str]]:
+def _delimited_columns(path: Path) -> dict[str, list[str]]:
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if path.suffix.lower() == ".tsv" else (",", csv.QUOTE_MINIMAL)
     # newline="": "\r\n" is one line end; utf-8-sig: spreadsheets write a byte-order mark
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -154,30 +188,29 @@ def _delimited_rows(path: Path) -> Iterator[dict[str, str]]:
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path} is empty: a manifest starts with a header line such as `path,text,duration`")
-        where = _positions(path, [name.strip().lower() for name in header])
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path} line {line} has {len(row)} fields, the header {len(header)}; quote fields "
-                                 f"that contain the delimiter")
-            yield {name: (row[i] if i is not None else "") for name, i in where.items()}
+        rows = [row for row in reader if row]
+    bad = next((i for i, row in enumerate(rows) if len(row) != len(header)), None)
+    if bad is not None:
+        raise DataError(f"{path}: data row {bad + 1} has {len(rows[bad])} fields, the header {len(header)}; quote "
+                        f"fields that contain the delimiter")
+    where = _positions(path, [name.strip().lower() for name in header])
+    return {name: [row[i] for row in rows] if i is not None else [""] * len(rows) for name, i in where.items()}
 
 
-def _jsonl_rows(path: Path) -> Iterator[dict[str, str]]:
+def _jsonl_columns(path: Path) -> dict[str, list[str]]:
+    records = []
     with open(path, encoding="utf-8-sig") as f:
-        where: dict[str, str | None] | None = None
         for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path} line {line} is not JSON: {error}") from error
-            if where is None:  # the first record names the columns, as a header would
-                found = _positions(path, list(record))
-                where = {name: (list(record)[i] if i is not None else None) for name, i in found.items()}
-            yield {name: _text(record.get(key, "")) if key is not None else "" for name, key in where.items()}
+            if text.strip():
+                try:
+                    records.append(json.loads(text))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path} line {line} is not JSON: {error}") from error
+    # the first record names the columns, as a header would
+    keys = list(records[0]) if records else []
+    where = _positions(path, keys)
+    return {name: [_text(r.get(keys[i])) for r in records] if i is not None else [""] * len(records)
+            for name, i in where.items()}
 
 
 def _text(value: object) -> str:
