@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import CheckpointError, MissingPathError
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.model.convert import MODEL_FILES, download, is_hub_id, load_checked, safe_torch_load
+from ptasr.model.convert import MODEL_FILES, damaged_file_message, download, is_hub_id, load_checked, safe_torch_load
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def text_side(entry: dict[str, Any]) -> tuple[Vocabulary | None, TextNormalizer]
 def load_lightning_checkpoint(path: Path) -> TrainedModel:
     """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint."""
     if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives; anything else is not ours
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (.ckpt) file")
+        raise CheckpointError(damaged_file_message(path, ValueError("no zip directory at its end")))
     checkpoint = safe_torch_load(path)
     entry = checkpoint.get(ENTRY) if isinstance(checkpoint, dict) else None
     if not entry or "state_dict" not in checkpoint:

@@ -33,13 +33,28 @@ BREAKDOWN_COLUMNS = ("gender", "age", "accent")
 # --- argument parsing ----------------------------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (a batch of 0 clips never ends).
+
+    >>> positive_int("8")
+    8
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count (1 or more)")
+    return value
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a train.py checkpoint (.ckpt), an exported model folder, or a hub id")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="precision of the network; auto (default): bfloat16 where the device computes it "
                              "natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), else float32")
-    parser.add_argument("--batch-size", type=int, default=8, help="audio chunks per forward pass (default: 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="audio chunks per forward pass (default: 8)")
     parser.add_argument("--chunk-length-s", type=float, default=20.0,
                         help="cut longer recordings into chunks of this many seconds; 0 disables (default: 20)")
     parser.add_argument("--stride-length-s", type=float, default=None,
@@ -59,7 +74,7 @@ def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
                             "LM, else 2)")
     group.add_argument("--word-score", type=float, default=None,
                        help="score added per word (default: the tuned one in LM.json, else 0)")
-    group.add_argument("--beam-size", type=int, default=50, help="hypotheses kept per frame (default: 50)")
+    group.add_argument("--beam-size", type=positive_int, default=50, help="hypotheses kept per frame (default: 50)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,25 +278,51 @@ class EvalSet:
     audio: list[str]
     references: list[str]
     groups: list[dict[str, str]]
+    duplicates: int = 0  # rows dropped as repeats of an earlier row's clip
 
     def take(self, limit: int | None) -> EvalSet:
         """Rows with a non-empty reference (an empty one has no word to get wrong), the first ``limit`` of them."""
         rows = [i for i, text in enumerate(self.references) if text][:limit]
+        return self._rows(rows, self.duplicates)
+
+    def first_rows(self) -> EvalSet:
+        """Each clip once: a clip listed twice is a duplicate row, dropped and counted as training drops it."""
+        from ptasr.data.commonvoice import first_rows
+
+        keep = first_rows(self.ids)
+        return self._rows([i for i, first in enumerate(keep) if first], self.duplicates + int((~keep).sum()))
+
+    def _rows(self, rows: list[int], duplicates: int) -> EvalSet:
         return EvalSet(self.name, *([column[i] for i in rows] for column in
-                                    (self.ids, self.audio, self.references, self.groups)))
+                                    (self.ids, self.audio, self.references, self.groups)), duplicates=duplicates)
 
 
 def load_eval_set(data: str, split: str, normalizer: Any, language: str | None) -> EvalSet:
-    """A release folder's split (or archive), one split TSV whose clips are in ``clips/`` beside it, or a
-    manifest file (.csv, .tsv, .jsonl)."""
+    """A release folder's split (or archive), one split TSV whose clips are in ``clips/`` beside it, a
+    manifest file (.csv, .tsv, .jsonl), or a folder of a Hugging Face dataset's parquet files (as
+    ``data.hf_dataset``); each clip once (:meth:`EvalSet.first_rows`)."""
     path = Path(data).expanduser()
     if not path.exists():
-        raise MissingPathError(f"no Common Voice release folder, archive or TSV at {path}")
+        raise MissingPathError(f"no Common Voice release folder, archive, TSV, manifest or parquet folder at {path}")
     if path.is_file() and path.suffix == ".tsv" and (path.parent / "clips").is_dir():
-        return _tsv_eval_set(path, normalizer)
+        return _tsv_eval_set(path, normalizer).first_rows()
     if path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl"):
-        return _manifest_eval_set(path, normalizer)
-    return _release_eval_set(path, split, normalizer, language)
+        return _manifest_eval_set(path, normalizer).first_rows()
+    if path.is_dir() and not any(path.glob("*.tsv")) and any(path.rglob("*.parquet")):
+        return _hf_eval_set(path, split, normalizer).first_rows()
+    return _release_eval_set(path, split, normalizer, language).first_rows()
+
+
+def _hf_eval_set(path: Path, split: str, normalizer: Any) -> EvalSet:
+    """A local Hugging Face dataset folder (parquet files), read as train.py's ``data.hf_dataset`` reads it."""
+    from ptasr.data.commonvoice import HFDatasetSource
+
+    source = HFDatasetSource(str(path))
+    manifest = source.read_split(split, normalizer)
+    columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
+    groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return EvalSet(f"{path.name}_{split}", list(manifest.ids), [manifest.reader(key) for key in manifest.keys],
+                   list(manifest.texts), groups)
 
 
 def _manifest_eval_set(path: Path, normalizer: Any) -> EvalSet:
@@ -307,7 +348,10 @@ def _tsv_eval_set(path: Path, normalizer: Any) -> EvalSet:
 def _release_eval_set(path: Path, split: str, normalizer: Any, language: str | None) -> EvalSet:
     from ptasr.data.commonvoice import CommonVoiceRelease
 
-    release = CommonVoiceRelease(path, language=language)
+    try:
+        release = CommonVoiceRelease(path, language=language)
+    except SettingError as error:  # the data module's wording names its own setting; here the flag is --language
+        raise SettingError(str(error).replace("data.language", "--language")) from error
     manifest = release.read_split(split, normalizer)  # texts come back normalised
     columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
     groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
@@ -329,6 +373,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not scored:
         raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read; first: {skipped[0]}")
     results = summarise(args, recognizer, scored, skipped, seconds, time.perf_counter() - started)
+    results["duplicates"] = data.duplicates
+    if data.duplicates:
+        print(f"ptasr evaluate: {data.duplicates} duplicate rows (a clip listed again) scored once", file=sys.stderr)
     for line in skipped[:5]:
         print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
     # The files first: a reader that leaves early (`| head -5`) must not cost the results.

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ptasr.lm import BeamSearchDecoder
 
 # A path, a 1-D tensor already at 16 kHz, or (samples (S,) or (C, S), sample rate).
-AudioInput = str | Path | torch.Tensor | tuple[np.ndarray | torch.Tensor, int]
+AudioInput = str | Path | bytes | torch.Tensor | tuple[np.ndarray | torch.Tensor, int]
 
 
 # --- results -----------------------------------------------------------------------------------------------
@@ -211,7 +211,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"`` or None: CUDA when available, else CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:  # "Expected one of cpu, cuda, ... device type at start of device string: gpu"
+        raise SettingError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from error
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SettingError(f"device {device!r}: no CUDA GPU is visible here (torch.cuda.is_available() is "
+                               f"False); use cpu, or auto to take a GPU only where there is one")
+        if resolved.index is not None and resolved.index >= count:
+            raise SettingError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return resolved
 
 
 def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
@@ -387,7 +398,7 @@ class Recognizer:
     def _read(self, item: AudioInput) -> torch.Tensor | str:
         """A normalised 16 kHz mono waveform (S,), or the reason it could not be read."""
         try:
-            if isinstance(item, (str, Path)):
+            if isinstance(item, (str, Path, bytes)):  # bytes: an encoded file, as Hugging Face datasets hold them
                 return load_audio(item)
             if isinstance(item, torch.Tensor):
                 return normalize_waveform(item.float())
@@ -420,5 +431,7 @@ def _describe(item: AudioInput) -> str:
         return str(item)
     if isinstance(item, torch.Tensor):
         return f"<waveform of {item.shape[-1]} samples>"
+    if isinstance(item, bytes):
+        return f"<encoded audio of {len(item)} bytes>"
     return f"<waveform of {np.shape(item[0])[-1]} samples at {item[1]} Hz>"
 

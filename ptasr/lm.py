@@ -196,7 +196,13 @@ def _kenlm(path: Path, entries: list[str]) -> tuple[Any, dict[str, int]]:
     from flashlight.lib.text.dictionary import Dictionary
 
     entries = list(dict.fromkeys(entries))
-    return KenLM(str(path), Dictionary(entries)), {entry: i for i, entry in enumerate(entries)}
+    try:
+        model = KenLM(str(path), Dictionary(entries))
+    except RuntimeError as error:  # KenLM's C++ exceptions arrive as RuntimeError "<source line> threw <what>"
+        reason = " ".join(str(error).split(" threw ", 1)[-1].split())
+        raise DataError(f"KenLM cannot load {path}: {reason}. Rebuild the model (ptasr lm build, or KenLM's "
+                        f"lmplz) or pass another --lm") from error
+    return model, {entry: i for i, entry in enumerate(entries)}
 
 
 # --- the decoder ------------------------------------------------------------------------------------------------

@@ -171,7 +171,12 @@ def test_ddp_validation_equals_a_single_process_on_the_same_weights(
 def test_ddp_validation_with_fewer_clips_than_ranks_counts_each_clip_once(tmp_path: Path) -> None:
     # One validation clip on two ranks: rank 1 gets an empty batch (a repeat would count the clip twice).
     corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 1})
-    _ddp(tmp_path, "validate", *DDP_RUN, f"--data.root={corpus.root}", "--data.train_splits=[train]")
+    data = [f"--data.root={corpus.root}", "--data.train_splits=[train]"]
+    # validate needs a trained model: one update of this corpus's vocabulary, in process
+    cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'fit'}", *DDP_RUN, *data, "--trainer.max_steps=1",
+              "--trainer.limit_val_batches=0"])
+    checkpoint = tmp_path / "fit" / "demo" / "version_0" / "checkpoints" / "last.ckpt"
+    _ddp(tmp_path, "validate", *DDP_RUN, *data, f"--ckpt_path={checkpoint}")
     clips, metrics = _validation(_records(tmp_path))
     assert len(clips) == 1 and len(metrics) == 2
     words, chars = _counts(clips)

@@ -145,9 +145,11 @@ def test_a_fresh_fit_refuses_an_occupied_run_folder(trained: Path, corpus: Path)
     error = _one_line(_train_py("fit", *_args(corpus, save_dir), "--trainer.logger.init_args.version=version_0",
                                 "--trainer.max_steps=1"))
     assert f"run folder {trained} already holds a run" in error and "--ckpt_path last" in error
-    # nor does a fit that starts from another run's checkpoint get to write into it
+    # nor does a fit that starts from a checkpoint outside it get to write into it
+    elsewhere = save_dir / "elsewhere.ckpt"
+    elsewhere.write_bytes((trained / "checkpoints" / "last.ckpt").read_bytes())
     other = _train_py("fit", *_args(corpus, save_dir), "--trainer.logger.init_args.version=version_0",
-                      f"--ckpt_path={save_dir / 'elsewhere.ckpt'}")
+                      f"--ckpt_path={elsewhere}")
     assert "already holds a run" in _one_line(other)
     assert _digests(trained) == before
 
@@ -225,3 +227,181 @@ def test_version() -> None:
 
     result = _ptasr("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"ptasr {ptasr.__version__}"
+
+
+# --- item 7: one line for each user error -------------------------------------------------------------------
+
+
+def _main_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """``ptasr`` in-process: status 1 and exactly one line on stderr, ``ptasr <command>: error: ...``."""
+    from ptasr.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"ptasr {argv[0]}: error: "), err
+    return err.strip()
+
+
+def _clip(corpus: Path) -> str:
+    return str(sorted((corpus / "clips").glob("*.mp3"))[0])
+
+
+def _truncated(path: Path, to: Path) -> Path:
+    data = path.read_bytes()
+    to.write_bytes(data[: len(data) // 2])
+    return to
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_without_a_gpu_is_one_line(trained: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = str(trained / "checkpoints" / "last.ckpt")
+    error = _main_one_line(["transcribe", checkpoint, _clip(corpus), "--device", "cuda"], capsys)
+    assert "device 'cuda': no CUDA GPU is visible here" in error and "cpu" in error
+    error = _main_one_line(["transcribe", checkpoint, _clip(corpus), "--device", "gpu"], capsys)
+    assert "unknown device 'gpu'" in error
+
+
+def test_a_truncated_checkpoint_is_one_line(trained: Path, corpus: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from ptasr.cli import main
+
+    cut = _truncated(trained / "checkpoints" / "last.ckpt", tmp_path / "cut.ckpt")
+    error = _main_one_line(["transcribe", str(cut), _clip(corpus)], capsys)
+    assert f"cannot read {cut}" in error and "truncated or damaged" in error
+    # an exported folder whose model.safetensors was cut short
+    folder = tmp_path / "exported"
+    assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(folder)]) == 0
+    _truncated(folder / "model.safetensors", folder / "model.safetensors")
+    error = _main_one_line(["transcribe", str(folder), _clip(corpus)], capsys)
+    assert f"cannot read {folder / 'model.safetensors'}" in error and "truncated or damaged" in error
+    # train.py's fit (resume) and test paths
+    for subcommand in ("fit", "test"):
+        error = _one_line(_train_py(subcommand, *_args(corpus, tmp_path / "runs"), f"--ckpt_path={cut}"))
+        assert f"cannot read {cut}" in error and "truncated or damaged" in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_typo_in_config_overrides_is_named_with_close_matches(corpus: Path, tmp_path: Path) -> None:
+    error = _one_line(_train_py("fit", *_args(corpus, tmp_path / "runs"), "--model.config_overrides.mask_time_prb=0.1"))
+    assert "unknown Wav2Vec2Config field(s) 'mask_time_prb' (close: mask_time_prob" in error
+    assert "model.config_overrides" in error
+
+
+def test_an_arpa_file_kenlm_rejects_is_one_line(trained: Path, corpus: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("flashlight.lib.text.decoder")
+    arpa = tmp_path / "unigram.arpa"  # well formed, but KenLM needs at least bigrams
+    arpa.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1.0\t<s>\n-1.0\t</s>\n-1.0\tcasa\n\n\\end\\\n")
+    error = _main_one_line(["transcribe", str(trained / "checkpoints" / "last.ckpt"), _clip(corpus), "--lm", str(arpa)],
+                           capsys)
+    assert f"KenLM cannot load {arpa}: FormatLoadException" in error and "bigram" in error
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_a_batch_size_below_one_is_refused(value: str, trained: Path, corpus: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from ptasr.cli import main
+
+    assert main(["transcribe", str(trained / "checkpoints" / "last.ckpt"), _clip(corpus), "--batch-size", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"ptasr transcribe: error: argument --batch-size: {value} is not a positive count (1 or more)"
+
+
+# --- item 8: messages that say what happened ----------------------------------------------------------------
+
+
+def test_a_clip_listed_twice_is_a_duplicate_in_training_and_in_evaluate(
+        trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ptasr.cli import main
+    from ptasr.data.commonvoice import CommonVoiceRelease, FilterSettings, filter_manifest
+    from ptasr.data.text import TextNormalizer
+
+    corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 4})
+    lines = (corpus.root / "test.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (corpus.root / "test.tsv").write_text("".join([*lines, lines[1]]), encoding="utf-8")  # row 1 again
+    missing = corpus.splits["test"][2]
+    (corpus.root / "clips" / missing).unlink()
+    release = CommonVoiceRelease(corpus.root)
+    _, report = filter_manifest(release, release.read_split("test", TextNormalizer()), FilterSettings(), "test")
+    assert report.removed["duplicate row"] == 1 and report.removed["missing file"] == 1  # not 2 missing files
+    # evaluate counts the same duplicate, and names the missing clip as missing
+    code = main(["evaluate", str(trained / "checkpoints" / "last.ckpt"), "--data", str(corpus.root),
+                 "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "1 duplicate rows (a clip listed again) scored once" in err
+    assert f"skipped {missing}: missing file" in err and "System error" not in err
+    [results] = (tmp_path / "out").glob("*_eval_results.json")
+    results = json.loads(results.read_text(encoding="utf-8"))
+    assert results["duplicates"] == 1 and results["skipped"] == 1 and results["utterances"] == 3
+
+
+def test_several_languages_name_the_ptasr_flag(trained: Path, corpus: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    for language in ("pt", "en"):
+        shutil.copytree(corpus, tmp_path / "release" / language)
+    error = _main_one_line(["evaluate", str(trained / "checkpoints" / "last.ckpt"), "--data",
+                            str(tmp_path / "release")], capsys)
+    assert "holds several languages" in error and "choose one with --language" in error
+    assert "data.language" not in error
+
+
+def _parquet_folder(corpus: Path, folder: Path, splits: tuple[str, ...]) -> Path:
+    """``corpus``'s splits as a Hugging Face dataset folder of parquet files (audio bytes + sentence)."""
+    import json
+
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    from ptasr.data.commonvoice import read_tsv
+
+    features = {"audio": {"_type": "Audio"}, "sentence": {"dtype": "string", "_type": "Value"}}
+    (folder / "data").mkdir(parents=True)
+    for split in splits:
+        rows = read_tsv(corpus / f"{split}.tsv")
+        audio = [{"bytes": (corpus / "clips" / p).read_bytes(), "path": p} for p in rows["path"]]
+        table = pa.table({"audio": audio, "sentence": rows["sentence"]})
+        table = table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}})})
+        pq.write_table(table, folder / "data" / f"{split}-00000-of-00001.parquet")
+    return folder
+
+
+def test_parquet_folders_evaluate_and_a_missing_dev_split_hints_at_train_splits(
+        trained: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    datasets = pytest.importorskip("datasets")
+    from ptasr.cli import main
+    from ptasr.data.datamodule import CommonVoiceDataModule
+    from ptasr.errors import SettingError
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    folder = _parquet_folder(corpus, tmp_path / "hf_data", ("train", "test"))
+    data = CommonVoiceDataModule(hf_dataset=str(folder), num_workers=0, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(SettingError, match=r"has no split 'dev'; it has \['train', 'test'\]\. .*data\.train_splits"):
+        data.vocab  # noqa: B018 -- reads train_splits=(train, dev)
+    # ptasr evaluate reads the folder train.py reads
+    assert main(["evaluate", str(trained / "checkpoints" / "last.ckpt"), "--data", str(folder), "--split", "test",
+                 "--output-dir", str(tmp_path / "out"), "--device", "cpu"]) == 0, capsys.readouterr().err
+    [results] = (tmp_path / "out").glob("hf_data_test_eval_results.json")
+    assert json.loads(results.read_text(encoding="utf-8"))["utterances"] == 4
+
+
+def test_ddp_predict_reports_every_ranks_transcripts(trained: Path, corpus: Path) -> None:
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "predict", *_args(corpus, trained.parent.parent),
+                             f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "--trainer.accelerator=cpu",
+                             "--trainer.devices=2", "--trainer.strategy=ddp", "--data.eval_batch_size=1"],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted((trained / "predict").glob("predictions_rank*.jsonl"))
+    assert [path.name for path in files] == ["predictions_rank0.jsonl", "predictions_rank1.jsonl"]
+    lines = [line for path in files for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 4  # the test split, each clip once over the two ranks
+    assert f"[predict] 4 transcripts written to {trained / 'predict' / 'predictions_rank*.jsonl'}" in result.stderr + result.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +44,8 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
     Raises:
         AudioDecodeError: the data is not audio soundfile can decode, or holds no samples.
     """
+    if isinstance(source, (str, Path)) and not os.path.isfile(source):
+        raise AudioDecodeError(f"missing file {source}")  # libsndfile would say "System error"
     try:
         samples, sample_rate = sf.read(_as_file(source), dtype="float32")
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:

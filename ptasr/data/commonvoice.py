@@ -207,6 +207,20 @@ def _normalize(normalizer: Callable[[str], str], texts: list[str]) -> list[str]:
     return many(texts) if many is not None else [normalizer(t) for t in texts]
 
 
+def first_rows(keys: Sequence[str]) -> np.ndarray:
+    """Boolean (N,): the first row of each key. A clip listed twice is a duplicate row, not a missing file.
+
+    >>> first_rows(["a.mp3", "b.mp3", "a.mp3"]).tolist()
+    [True, True, False]
+    """
+    first: dict[str, int] = {}
+    for row, key in enumerate(keys):
+        first.setdefault(key, row)
+    keep = np.zeros(len(keys), dtype=bool)
+    keep[list(first.values())] = True
+    return keep
+
+
 def _row_index(keys: Sequence[str]) -> dict[str, int]:
     """``{key: row}``; its strings are the manifest's own, so this costs the dict only."""
     return {key: row for row, key in enumerate(keys)}
@@ -463,7 +477,8 @@ class HFDatasetSource:
         for name in SPLIT_ALIASES.get(split, (split,)):
             if name in available:
                 return name
-        raise SettingError(f"{self.name} has no split {split!r}; it has {available}")
+        raise SettingError(f"{self.name} has no split {split!r}; it has {available}. Name splits it has: train.py's "
+                           f"data.train_splits (e.g. [train]), data.val_split, data.test_split; ptasr evaluate's --split")
 
     def read_split(self, split: str, normalizer: TextNormalizer) -> Manifest:
         split = self.resolve_split(split)
@@ -602,6 +617,9 @@ def filter_manifest(source: Source, manifest: Manifest, settings: FilterSettings
         if not mask.all():
             manifest = manifest.select(np.flatnonzero(mask))
 
+    unique = first_rows(manifest.keys)
+    if not unique.all():  # counted only where it happens, so that reports of clean data keep their fields
+        apply("duplicate row", unique)
     if settings.check_files:
         apply("missing file", source.exists(manifest))
     apply("empty text", np.array([bool(t) for t in manifest.texts], dtype=bool))

@@ -9,6 +9,7 @@ transformers' defaults, so a ``config.json`` that omits a key means the same thi
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,9 +90,14 @@ class Wav2Vec2Config:
 
     def replace(self, **overrides: Any) -> Wav2Vec2Config:
         """A copy with some fields changed; unknown names raise an UnknownFieldError (a TypeError) naming them."""
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        fields = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(overrides) - set(fields))
         if unknown:
-            raise UnknownFieldError(f"unknown Wav2Vec2Config field(s) {unknown}; see ptasr/model/config.py")
+            # A typo in model.config_overrides lands here: name it and the fields it was likely meant to be.
+            hints = [f"{name!r} (close: {', '.join(difflib.get_close_matches(name, fields, n=3)) or 'none'})"
+                     for name in unknown]
+            raise UnknownFieldError(f"unknown Wav2Vec2Config field(s) {', '.join(hints)} (set in "
+                                    f"model.config_overrides?); the fields are in ptasr/model/config.py")
         return dataclasses.replace(self, **overrides)
 
     @classmethod

@@ -130,18 +130,37 @@ def safe_torch_load(path: Path) -> Any:
             f"refusing to load {path}: it holds pickled objects other than tensors, which could run code "
             f"({str(error).splitlines()[0]}). Convert it to safetensors with a tool you trust."
         ) from error
+    except (RuntimeError, EOFError) as error:  # torch's reader on a file cut short or damaged
+        raise CheckpointError(damaged_file_message(path, error)) from error
+
+
+def damaged_file_message(path: Path, error: BaseException) -> str:
+    """The one line for a weights file that cannot be read: its first reason, and the likely cause."""
+    reason = (str(error).split(". ")[0] or type(error).__name__).strip()
+    return (f"cannot read {path} ({reason}): it is truncated or damaged (as an interrupted copy, download or save "
+            f"leaves it), or not a checkpoint at all; copy it again or use another checkpoint")
+
+
+def load_safetensors(path: Path) -> StateDict:
+    """``safetensors.torch.load_file`` with a damaged file as a :class:`CheckpointError`."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise CheckpointError(damaged_file_message(path, error)) from error
 
 
 def read_hf_weights(folder: Path) -> StateDict:
     """The state dict of an HF folder: model.safetensors (possibly sharded) or pytorch_model.bin."""
     if (folder / "model.safetensors").exists():
-        return load_file(folder / "model.safetensors")
+        return load_safetensors(folder / "model.safetensors")
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index_name).exists():
             shards = sorted(set(json.loads((folder / index_name).read_text())["weight_map"].values()))
             state: StateDict = {}
             for shard in shards:
-                state.update(load_file(folder / shard) if shard.endswith(".safetensors")
+                state.update(load_safetensors(folder / shard) if shard.endswith(".safetensors")
                              else safe_torch_load(folder / shard))
             return state
     if (folder / "pytorch_model.bin").exists():

@@ -26,16 +26,19 @@ from __future__ import annotations
 import glob
 import json
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import Vocabulary
-from ptasr.errors import MissingPathError, SettingError
+from ptasr.errors import CheckpointError, MissingPathError, SettingError
+from ptasr.model.convert import damaged_file_message
 from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
 
@@ -55,6 +58,13 @@ class PtasrCLI(LightningCLI):
         parser.link_arguments("data.pad_token_id", "model.pad_token_id", apply_on="instantiate")
         # The symbols too: a pretrained model's head is rebuilt unless it outputs the very same ones.
         parser.link_arguments("data.vocab", "model.vocab_tokens", compute_fn=_tokens, apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            # before LightningCLI reads the checkpoint's hyperparameters (torch.load) right after parsing
+            _check_checkpoint_file(self.config[subcommand].ckpt_path)
 
     def before_instantiate_classes(self) -> None:
         # Every refusal here comes before the data is read and before any run folder exists.
@@ -155,7 +165,10 @@ class TranscriptWriter(Callback):
             return
         self._file.close()
         self._file = None
-        rank_zero_info(f"[predict] {self._count} transcripts written to {self.path}")
+        # Every rank wrote its own share: the line counts them all (every rank takes part in the sum).
+        total = int(trainer.strategy.reduce(torch.tensor(self._count), reduce_op="sum"))
+        where = self.path if trainer.world_size == 1 else self.path.with_name("predictions_rank*.jsonl")
+        rank_zero_info(f"[predict] {total} transcripts written to {where}")
 
 
 def _require_trained_model(subcommand: str, config: Any) -> None:
@@ -170,6 +183,22 @@ def _require_trained_model(subcommand: str, config: Any) -> None:
                          f"configured logger), or --model.pretrained to {subcommand} a pretrained model as it is")
     rank_zero_warn(f"no --ckpt_path: {subcommand} runs on model.pretrained={pretrained} as it is (with a CTC head "
                    f"for this data's vocabulary), not on a model trained by train.py")
+
+
+def _check_checkpoint_file(ckpt_path: str) -> None:
+    """A local checkpoint file that is missing or cut short is one line here, not a traceback from torch.load.
+
+    Lightning (and torch.save) write zip archives, whose directory sits at the end of the file: a copy, a
+    download or a save interrupted part way leaves none, and ``zipfile.is_zipfile`` reads only that end.
+    """
+    if ckpt_path in ("last", "best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
+        return  # Lightning's own names, and remote paths fsspec reads
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise MissingPathError(f"--ckpt_path {ckpt_path}: no such file" + ("; it is a folder, pass a .ckpt in it"
+                                                                          if path.is_dir() else ""))
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(damaged_file_message(path, ValueError("no zip directory at its end")))
 
 
 def _tensorboard_args(trainer_config: Any) -> Any | None:
