@@ -181,8 +181,9 @@ def _require_trained_model(subcommand: str, config: Any) -> None:
         raise SettingError(f"train.py {subcommand} needs a trained model: pass --ckpt_path with a checkpoint "
                          f"(runs/<name>/version_N/checkpoints/last.ckpt, or `last` for the newest run of the "
                          f"configured logger), or --model.pretrained to {subcommand} a pretrained model as it is")
-    rank_zero_warn(f"no --ckpt_path: {subcommand} runs on model.pretrained={pretrained} as it is (with a CTC head "
-                   f"for this data's vocabulary), not on a model trained by train.py")
+    rank_zero_warn(f"no --ckpt_path: {subcommand} runs on model.pretrained={pretrained} as it is, not on a model "
+                   f"trained by train.py (its CTC head is kept only where it outputs this data's vocabulary; otherwise "
+                   f"the head is new and random)")
 
 
 def _check_checkpoint_file(ckpt_path: str) -> None:
