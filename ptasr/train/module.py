@@ -202,9 +202,10 @@ class Wav2Vec2CTCModule(L.LightningModule):
         batch_size = batch["waveforms"].shape[0]
         if batch_size == 0:
             return self._empty_batch_loss()
-        generator = self._step_generator(batch_idx)
-        layers = self.model.draw_layers(generator)  # LayerDrop, drawn before SpecAugment draws from the generator
-        logits, frame_lengths = self.model(batch["waveforms"], batch["lengths"], generator, layers=layers)
+        # LayerDrop the same on every DDP rank (their gradients meet in one all-reduce); SpecAugment per rank.
+        layers = self.model.draw_layers(self._step_generator(batch_idx))
+        logits, frame_lengths = self.model(batch["waveforms"], batch["lengths"], self._mask_generator(batch_idx),
+                                           layers=layers)
         # Layers LayerDrop skipped in every batch of this update: their all-zero gradients are dropped before
         # the optimiser step (see on_before_optimizer_step).
         dropped = {index for index, runs in enumerate(layers) if not runs}
@@ -275,13 +276,16 @@ class Wav2Vec2CTCModule(L.LightningModule):
         return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
     def _step_generator(self, batch_idx: int) -> torch.Generator:
-        # SpecAugment and LayerDrop randomness derived from (seed, update, batch), never from global RNG state:
-        # identical on every DDP rank (LayerDrop must drop the same layers everywhere) and after a resume.
+        # LayerDrop's randomness, derived from (seed, update, batch), never from global RNG state: identical on
+        # every DDP rank (they must drop the same layers) and after a resume.
         # A CPU generator: the model draws on the generator's device and copies, so no host sync.
         # The seed is the CLI's `seed_everything` (which exports PL_GLOBAL_SEED to every rank).
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        step_seed = hash((seed, self.global_step, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF
-        return torch.Generator().manual_seed(step_seed)
+        return _generator(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, batch_idx)
+
+    def _mask_generator(self, batch_idx: int) -> torch.Generator:
+        # SpecAugment's randomness, from (seed, update, batch, rank): exact after a resume like LayerDrop's, but
+        # each DDP rank masks its own spans (ranks whose batches have equal lengths would otherwise mask alike).
+        return _generator(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_step, batch_idx, self.global_rank)
 
     # --- around the optimiser step -------------------------------------------------------------------------
 
@@ -417,6 +421,11 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if self._rng_to_restore is not None:
             _set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded by a tuple of ints (hashing ints is the same in every process)."""
+    return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def _rng_states() -> dict[str, Any]:
