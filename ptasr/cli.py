@@ -75,6 +75,8 @@ def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--word-score", type=float, default=None,
                        help="score added per word (default: the tuned one in LM.json, else 0)")
     group.add_argument("--beam-size", type=positive_int, default=50, help="hypotheses kept per frame (default: 50)")
+    group.add_argument("--beam-size-token", type=int, default=10,
+                       help="most probable tokens tried per frame; 0: all (default: 10)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="LM weights to try, comma-separated (default: 0,0.5,1,1.5,2,3,4)")
     tune.add_argument("--word-scores", type=_floats, default=None,
                       help="word scores to try, comma-separated; --word-scores=-1,0,1 when the first is negative "
-                           "(default: -2,-1,0,1,2,3)")
+                           "(default: -1,0,1,2)")
     evaluate.set_defaults(run=run_evaluate)
 
     export = commands.add_parser("export", help="write a Hugging Face model folder with a model card")
@@ -188,7 +190,8 @@ def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
 
     lm_weight, word_score = _lm_weights(args)
     return BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
-                             beam_size=args.beam_size, lm_weight=lm_weight, word_score=word_score)
+                             beam_size=args.beam_size, beam_size_token=args.beam_size_token or None,
+                             lm_weight=lm_weight, word_score=word_score)
 
 
 def _lm_weights(args: argparse.Namespace) -> tuple[float, float]:
@@ -537,13 +540,14 @@ def run_tune(args: argparse.Namespace) -> int:
                 for i, ref, p in zip(rows, references, predictions)]
 
     decoder = BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
-                                beam_size=args.beam_size)
+                                beam_size=args.beam_size, beam_size_token=args.beam_size_token or None)
+    print("| LM weight | word score | WER | CER |\n|---:|---:|---:|---:|", flush=True)
     trials = search_weights(decoder, [transcripts[i].log_probs for i in rows],
                             lambda predictions: error_rates(score(predictions)),
-                            args.lm_weights or DEFAULT_LM_WEIGHTS, args.word_scores or DEFAULT_WORD_SCORES)
+                            args.lm_weights or DEFAULT_LM_WEIGHTS, args.word_scores or DEFAULT_WORD_SCORES,
+                            on_trial=lambda t: print(f"| {t.lm_weight:g} | {t.word_score:g} | {t.wer:.4f} | "
+                                                     f"{t.cer:.4f} |", flush=True))
     best, greedy = best_trial(trials), error_rates(score([transcripts[i].text for i in rows]))
-    print("| LM weight | word score | WER | CER |\n|---:|---:|---:|---:|")
-    print("\n".join(f"| {t.lm_weight:g} | {t.word_score:g} | {t.wer:.4f} | {t.cer:.4f} |" for t in trials))
     print(f"\nbest: LM weight {best.lm_weight:g}, word score {best.word_score:g} (WER {best.wer:.4f}, CER {best.cer:.4f}) "
           f"on {len(rows)} utterances of {args.data} ({args.split}); greedy: WER {greedy['wer']:.4f}, "
           f"CER {greedy['cer']:.4f}")
