@@ -30,6 +30,7 @@ from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio, normaliz
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
 from ptasr.checkpoint import load_any
+from ptasr.compat import cpu_has_native_bf16
 from ptasr.errors import CheckpointError, SettingError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
@@ -239,7 +240,7 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported(including_emulation=False)
     elif device.type == "cpu":
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        native = cpu_has_native_bf16()
     else:
         native = False
     return torch.bfloat16 if native else torch.float32

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ptasr.compat import dataset_fingerprint
 from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, AudioSource, audio_duration
 from ptasr.data.text import TextNormalizer
 from ptasr.errors import DataError, MissingPathError, SettingError
@@ -526,7 +527,7 @@ class HFDatasetSource:
         return np.array([per_split[split][row] for split, row in zip(*rows)], dtype=np.float64)
 
     def _split_durations(self, split: str) -> np.ndarray:
-        path = self.cache_dir / "durations" / f"hf-{self._load(split)._fingerprint}.npy"
+        path = self.cache_dir / "durations" / f"hf-{dataset_fingerprint(self._load(split))}.npy"
         if path.is_file():
             return np.load(path)
         result = []

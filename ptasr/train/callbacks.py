@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ptasr.compat import should_update_logs
 from ptasr.scoring import Scored, error_rate, score_utterance, summed_counts, worst
 
 
@@ -142,7 +143,7 @@ class MixedPrecisionHealth(L.Callback):
     """
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not _should_log(trainer):
+        if not should_update_logs(trainer):
             return
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
@@ -172,7 +173,7 @@ class TrainingMonitor(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # Once per update (after all its accumulated batches), only when Lightning will write the logs.
-        if not _should_log(trainer) or self._start is None:
+        if not should_update_logs(trainer) or self._start is None:
             return
         for group in optimizer.param_groups:
             pl_module.log("lr" if group.get("name", "body") == "body" else f"lr/{group['name']}", group["lr"])
@@ -188,11 +189,6 @@ class TrainingMonitor(L.Callback):
         # Validation time is not training throughput: restart the window with the next training batch.
         self._samples = torch.zeros_like(self._samples)
         self._start = None
-
-
-def _should_log(trainer: L.Trainer) -> bool:
-    # Lightning writes step metrics when this holds; reading device values only then keeps the step sync-free.
-    return trainer._logger_connector.should_update_logs
 
 
 def blank_frame_counts(

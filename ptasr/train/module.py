@@ -11,28 +11,28 @@ configs in ``configs/`` set it; the defaults below are plain fallbacks, the reci
 from __future__ import annotations
 
 import os
-import random
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 
 from ptasr.checkpoint import ENTRY, checkpoint_entry, text_side
 from ptasr.data.datamodule import check_checkpoint_vocabulary
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
-from ptasr.errors import SettingError, UserError
+from ptasr.compat import should_update_logs
+from ptasr.errors import SettingError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.loss import ctc_loss
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged, skip_update_if
+from ptasr.train.optim import drop_gradients, parameter_groups
+from ptasr.train.random_state import RandomStateCheckpoint
 from ptasr.train.schedules import ScheduleName, make_schedule
 
+__all__ = ["TrainingDiverged", "Wav2Vec2CTCModule"]  # TrainingDiverged: where train.py and callers import it
+
 Batch = dict[str, Any]
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """Too many consecutive updates had non-finite gradients (``nonfinite_patience``): the run cannot recover."""
 
 
 class Wav2Vec2CTCModule(L.LightningModule):
@@ -54,8 +54,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         freeze_transformer_steps: for the first N optimiser updates only the CTC head learns (fairseq's
             ``freeze_finetune_updates``), so a random head does not wreck the pretrained encoder.
         gradient_checkpointing: keep only each transformer layer's input and recompute the layer in the backward
-            pass: XLS-R 300m at 16 clips peaks at 4.9 GiB instead of 8.8 (``benchmarks/train_memory.py``), for
-            one more forward pass of the layers.
+            pass: activation memory no longer grows with the depth, for one more forward pass of the layers
+            (``benchmarks/train_memory.py``).
         compile: ``torch.compile`` each transformer layer and the conv stack in place (``compile_blocks``).
         optimizer: "adamw" (decoupled weight decay, HF Trainer's choice) or "adam".
         lr: peak learning rate of the encoder (and of the head unless ``head_lr`` is set).
@@ -120,17 +120,16 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # data module, or restored from a checkpoint by `on_load_checkpoint`.
         self.vocab: Vocabulary | None = None
         self.normalizer: TextNormalizer | None = None
-        # Optimiser updates whose gradients were not finite (and were therefore skipped); a device tensor so
-        # counting needs no host sync. Logged by the MixedPrecisionHealth callback.
-        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
-        # The current run of consecutive skipped updates, and the update (1-based) at which a run first reached
-        # nonfinite_patience (-1: never). Kept on device like skipped_steps; read only by the lazy check.
-        self.register_buffer("nonfinite_streak", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("diverged_at", torch.full((), -1, dtype=torch.long), persistent=False)
+        # Updates skipped for non-finite gradients, counted on device; ends the run after nonfinite_patience in a row.
+        self.nonfinite = NonFiniteUpdates(nonfinite_patience)
         self._compiled = False
         self._grad_norm: torch.Tensor | None = None
         self._dropped_layers: set[int] | None = None  # skipped by LayerDrop in all batches of this update so far
-        self._rng_to_restore: dict[str, Any] | None = None  # from a checkpoint, for the first resumed update
+
+    @property
+    def skipped_steps(self) -> torch.Tensor:
+        """Optimiser updates skipped for non-finite gradients (a 0-dim device tensor; logged by MixedPrecisionHealth)."""
+        return self.nonfinite.skipped
 
     # --- set-up --------------------------------------------------------------------------------------------
 
@@ -150,33 +149,18 @@ class Wav2Vec2CTCModule(L.LightningModule):
             self.model.compile_blocks()  # in place, so checkpoints keep plain parameter names
             self._compiled = True
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Part of what this module's checkpoints are, whatever the config's callbacks: the random streams.
+        return [RandomStateCheckpoint()]
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        head = {id(p) for p in self.model.lm_head.parameters()}
-        # Group parameters by (learning rate, weight decay); groups with equal settings merge.
-        groups: dict[tuple[str, float], list[torch.nn.Parameter]] = {}
-        for name, parameter in self.model.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            part = "head" if id(parameter) in head and hp.head_lr is not None else "body"
-            decay = 0.0 if _is_bias_or_norm(name, parameter) else hp.weight_decay
-            groups.setdefault((part, decay), []).append(parameter)
-        param_groups = [
-            {"params": params, "name": part, "lr": hp.head_lr if part == "head" else hp.lr, "weight_decay": decay}
-            for (part, decay), params in groups.items()
-        ]
         optimizer_class = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        optimizer = optimizer_class(param_groups, betas=tuple(hp.betas), eps=hp.eps, fused=self._use_fused())
+        optimizer = optimizer_class(parameter_groups(self.model, hp.lr, hp.head_lr, hp.weight_decay),
+                                    betas=tuple(hp.betas), eps=hp.eps, fused=self._use_fused())
+        schedule = {k: hp[k] for k in ("warmup_steps", "hold_steps", "decay_steps", "init_lr_scale", "final_lr_scale")}
         total_steps = hp.total_steps or int(self.trainer.estimated_stepping_batches)
-        multiplier = make_schedule(
-            hp.schedule,
-            total_steps=total_steps,
-            warmup_steps=hp.warmup_steps,
-            hold_steps=hp.hold_steps,
-            decay_steps=hp.decay_steps,
-            init_lr_scale=hp.init_lr_scale,
-            final_lr_scale=hp.final_lr_scale,
-        )
+        multiplier = make_schedule(hp.schedule, total_steps=total_steps, **schedule)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -238,14 +222,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         logits, frame_lengths = self(batch["waveforms"], batch["lengths"])
         loss = self._ctc_loss(logits, frame_lengths, batch)
         self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True)
-        return {
-            "loss": loss,
-            "logits": logits,
-            "frame_lengths": frame_lengths,
-            "predictions": self.decode(logits, frame_lengths),
-            "references": batch["texts"],
-            "ids": batch["ids"],
-        }
+        return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths, "ids": batch["ids"],
+                "predictions": self.decode(logits, frame_lengths), "references": batch["texts"]}
 
     def decode(self, logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
         """Greedy CTC transcripts of a batch of logits (B, T, V)."""
@@ -258,15 +236,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
 
     def _ctc_loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         config = self.model.config
-        return ctc_loss(
-            logits,
-            frame_lengths,
-            batch["labels"],
-            batch["label_lengths"],
-            blank=config.pad_token_id,
-            reduction=config.ctc_loss_reduction,
-            zero_infinity=config.ctc_zero_infinity,
-        )
+        return ctc_loss(logits, frame_lengths, batch["labels"], batch["label_lengths"], blank=config.pad_token_id,
+                        reduction=config.ctc_loss_reduction, zero_infinity=config.ctc_zero_infinity)
 
     def _empty_batch_loss(self) -> torch.Tensor | None:
         # Every clip of the batch was unreadable. Alone, skip it (Lightning skips backward and the update).
@@ -291,8 +262,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Gradients here are final: accumulated, all-reduced across ranks, and unscaled under fp16.
-        if self.global_step < self.hparams.freeze_transformer_steps:
-            self._drop_body_gradients()
+        if self.global_step < self.hparams.freeze_transformer_steps:  # only the CTC head learns
+            drop_gradients(p for name, p in self.model.named_parameters() if not name.startswith("lm_head."))
         self._drop_skipped_layer_gradients()
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         self._grad_norm = None
@@ -302,17 +273,17 @@ class Wav2Vec2CTCModule(L.LightningModule):
         self.log("train/grad_norm", grad_norm)
         self._grad_norm = grad_norm  # reused by the clipping that follows
         nonfinite = ~torch.isfinite(grad_norm)
-        self.skipped_steps += nonfinite
-        self._count_nonfinite_streak(nonfinite)
-        self._skip_update_if(nonfinite, optimizer)
+        self.nonfinite.record(nonfinite, self.global_step)
+        if self._grad_scaler() is None:  # fp16: the GradScaler skips the step itself and lowers the scale
+            skip_update_if(nonfinite, optimizer)
         # Reading a device value stalls the host until the device catches up, so look only where Lightning
         # reads the logged values anyway. The gradients were all-reduced, so every DDP rank holds the same
         # counts and raises at the same update: no rank is left waiting in a collective.
-        if self.trainer._logger_connector.should_update_logs:
-            self._check_nonfinite_patience()
+        if should_update_logs(self.trainer):
+            self.nonfinite.check()
 
     def on_train_epoch_end(self) -> None:
-        self._check_nonfinite_patience()  # also when logging is off (log_every_n_steps=0)
+        self.nonfinite.check()  # also when logging is off (log_every_n_steps=0)
 
     def configure_gradient_clipping(
         self,
@@ -331,7 +302,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if gradient_clip_algorithm not in (None, "norm") or self._grad_norm is None:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        if self._grad_scaler() is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        if self._grad_scaler() is not None and optimizer.defaults.get("fused"):
             raise SettingError("model.fused=true cannot clip fp16-scaled gradients; use precision bf16-mixed or fused=null")
         parameters = [p for p in self.parameters() if p.grad is not None]
         torch.nn.utils.clip_grads_with_norm_(parameters, gradient_clip_val, self._grad_norm)  # no host sync
@@ -342,60 +313,15 @@ class Wav2Vec2CTCModule(L.LightningModule):
         ``find_unused_parameters``); remove them, so that AdamW neither decays nor moves it with its momentum,
         as for a layer that got no gradient at all. Every rank drops the same layers."""
         layers = self.model.wav2vec2.encoder.layers
-        for index in self._dropped_layers or ():
-            for parameter in layers[index].parameters():
-                parameter.grad = None
+        drop_gradients(p for index in self._dropped_layers or () for p in layers[index].parameters())
         self._dropped_layers = None
-
-    def _drop_body_gradients(self) -> None:
-        # Adam leaves parameters without a gradient untouched (no moment update, no decay): frozen.
-        head = {id(p) for p in self.model.lm_head.parameters()}
-        for parameter in self.model.parameters():
-            if id(parameter) not in head:
-                parameter.grad = None
-
-    def _count_nonfinite_streak(self, nonfinite: torch.Tensor) -> None:
-        """Advance the streak of skipped updates on device, and note the update at which it hit the patience."""
-        self.nonfinite_streak.copy_((self.nonfinite_streak + 1) * nonfinite)  # back to 0 after a finite update
-        patience = self.hparams.nonfinite_patience
-        if patience:
-            first = (self.nonfinite_streak == patience) & (self.diverged_at < 0)
-            self.diverged_at.copy_(torch.where(first, self.global_step + 1, self.diverged_at))
-
-    def _check_nonfinite_patience(self) -> None:
-        update = int(self.diverged_at)  # host sync
-        if update < 0:
-            return
-        patience = self.hparams.nonfinite_patience
-        raise TrainingDiverged(
-            f"training diverged: the {patience} updates up to update {update} all had non-finite (inf/NaN) "
-            f"gradients and were skipped ({int(self.skipped_steps)} skipped in all). Lower model.lr (or lengthen "
-            f"model.warmup_steps), use trainer.precision=bf16-mixed instead of 16-mixed, or check the data for "
-            f"broken clips; model.nonfinite_patience sets how many skipped updates in a row end a run"
-        )
-
-    def _skip_update_if(self, nonfinite: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Skip this update when the gradients are not finite, on device where possible."""
-        if self._grad_scaler() is not None:
-            return  # fp16: the GradScaler skips the step itself and lowers the scale
-        optimizer = getattr(optimizer, "_optimizer", optimizer)  # unwrap a LightningOptimizer
-        if optimizer.defaults.get("fused"):
-            # Fused Adam reads `found_inf` and leaves parameters, moments and step counts unchanged when it
-            # is non-zero: the GradScaler's own mechanism, with no host sync.
-            optimizer.found_inf = nonfinite.float()
-        elif nonfinite:  # host sync, only on the unfused path
-            optimizer.zero_grad(set_to_none=True)
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything needed to rebuild the model and its text side from the .ckpt alone (transcribe, export).
-        checkpoint[ENTRY] = {
-            **checkpoint_entry(self.model.config, self.vocab, self.normalizer),
-            # Lightning saves no RNG state, and resuming re-seeds from `seed_everything`: without these the
-            # dropout masks after a resume would differ from those of an uninterrupted run.
-            "rng": _rng_states(),
-        }
+        # (RandomStateCheckpoint adds the random streams to the same entry.)
+        checkpoint.setdefault(ENTRY, {}).update(checkpoint_entry(self.model.config, self.vocab, self.normalizer))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Outside a Trainer (``load_from_checkpoint`` for inference) take the text side from the checkpoint.
@@ -407,68 +333,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
             check_checkpoint_vocabulary(vocab, self.vocab)
         if self.vocab is None and vocab is not None:
             self.vocab, self.normalizer = vocab, normalizer
-        # Only a Trainer resuming a fit continues the random streams; inference loading leaves them alone.
-        if self._trainer is not None and self.trainer.state.fn == "fit" and saved.get("rng") is not None:
-            self._rng_to_restore = saved["rng"]
-
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        # The saved random states are restored just before the first update after a resume, not on loading:
-        # between the two, Lightning starts a new iterator over the train loader, and torch's DataLoader
-        # draws its worker base seed from the global RNG -- a draw the uninterrupted run made at the start
-        # of the epoch, before a mid-epoch checkpoint was taken. (From a checkpoint at the very end of an
-        # epoch the uninterrupted run draws again before its next update and the resumed one does not,
-        # until the train loader gets a generator of its own; tests/test_resume.py marks that case.)
-        if self._rng_to_restore is not None:
-            _set_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
 
 
 def _generator(*key: int) -> torch.Generator:
     """A CPU generator seeded by a tuple of ints (hashing ints is the same in every process)."""
     return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-def _rng_states() -> dict[str, Any]:
-    """The global random states (torch CPU and CUDA, ``random``, numpy) as tensors, ints and lists only,
-    so that the checkpoint still loads with ``torch.load(weights_only=True)``."""
-    numpy_state = np.random.get_state(legacy=False)
-    states = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(),
-                                           "pos": numpy_state["state"]["pos"]}},
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    numpy_state = states["numpy"]
-    key = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state({**numpy_state, "state": {"key": key, "pos": numpy_state["state"]["pos"]}})
-    # One state per device: restored only onto the same number of GPUs (a resume on other hardware cannot
-    # reproduce the GPU streams anyway).
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _is_bias_or_norm(name: str, parameter: torch.nn.Parameter) -> bool:
-    """Parameters exempt from weight decay: biases, norm gains and other vectors (as HF Trainer), plus the
-    magnitude ``g`` of the positional conv's weight norm, which is a gain too.
-
-    >>> _is_bias_or_norm("lm_head.bias", torch.nn.Parameter(torch.zeros(3)))
-    True
-    >>> _is_bias_or_norm("encoder.pos_conv_embed.conv.parametrizations.weight.original0",
-    ...                  torch.nn.Parameter(torch.zeros(1, 1, 3)))
-    True
-    >>> _is_bias_or_norm("encoder.layers.0.attention.q_proj.weight", torch.nn.Parameter(torch.zeros(3, 3)))
-    False
-    """
-    return (
-        parameter.ndim < 2
-        or name.endswith((".bias", ".weight_g", ".parametrizations.weight.original0"))
-        or "norm" in name
-    )

@@ -1,0 +1,54 @@
+"""The private or undocumented torch, Lightning and datasets names ptasr relies on, each in one place with its
+reason. Everything else in ptasr uses public API.
+
+A library upgrade may rename any of these without notice; ``tests/test_compat.py`` calls each one on real
+objects of the installed versions, so a rename fails there, loudly and by name, rather than changing
+behaviour silently somewhere in a training run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    import lightning as L
+
+
+def should_update_logs(trainer: L.Trainer) -> bool:
+    """Whether Lightning writes this update's step metrics to the loggers.
+
+    Callbacks and the module read device counters back (a host sync) only at these updates. Lightning has no
+    public flag for it; re-deriving the rule from public values would hard-code its arithmetic
+    (``log_every_n_steps``, ``should_stop``, the active loop's batch counter) and drift from it.
+    """
+    return trainer._logger_connector.should_update_logs
+
+
+def skip_fused_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """Make the next ``step`` of a fused Adam/AdamW a no-op where ``skip`` (a 0-dim device bool) is true.
+
+    Fused Adam reads ``optimizer.found_inf`` (the attribute ``torch.amp.GradScaler`` sets) and leaves
+    parameters, moments and step counts unchanged when it is non-zero; setting it skips an update on the
+    device, with no host sync. The attribute is undocumented.
+    """
+    optimizer.found_inf = skip.float()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX tiles).
+
+    torch has no public query for these instruction sets (``torch.backends.cpu.get_cpu_capability`` names
+    only the vector width).
+    """
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The content hash 🤗 datasets keeps for a ``Dataset`` (changes whenever its data or transforms do).
+
+    Used as a cache key. ``datasets.fingerprint.generate_fingerprint`` is public but hashes something else
+    (the object's state and file times), so it would not match the library's own caching.
+    """
+    return dataset._fingerprint

@@ -1,0 +1,45 @@
+"""Each private or undocumented library name of ptasr/compat.py, called on real objects of the installed versions.
+
+A failure here means an upgrade renamed or removed the name: fix ptasr/compat.py (and only it).
+"""
+
+from __future__ import annotations
+
+import datasets
+import lightning as L
+import torch
+
+from ptasr import compat
+
+
+def test_should_update_logs_follows_log_every_n_steps() -> None:
+    trainer = L.Trainer(accelerator="cpu", logger=False, log_every_n_steps=0, enable_progress_bar=False)
+    assert compat.should_update_logs(trainer) is False  # logging off
+    trainer = L.Trainer(accelerator="cpu", logger=False, log_every_n_steps=1, enable_progress_bar=False)
+    assert compat.should_update_logs(trainer) is True  # no loop running: Lightning would log
+
+
+def test_skip_fused_step_leaves_parameters_moments_and_step_count() -> None:
+    for skip in (True, False):
+        weight = torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+        weight.grad = torch.ones(3)
+        compat.skip_fused_step(optimizer, torch.tensor(skip))
+        optimizer.step()
+        assert torch.equal(weight.detach(), torch.ones(3)) == skip
+        assert int(optimizer.state[weight]["step"]) == (0 if skip else 1)
+
+
+def test_cpu_has_native_bf16_answers() -> None:
+    assert compat.cpu_has_native_bf16() in (True, False)
+    assert compat.cpu_has_native_bf16() == compat.cpu_has_native_bf16()  # a property of the machine
+
+
+def test_dataset_fingerprint_changes_with_the_data() -> None:
+    first = datasets.Dataset.from_dict({"text": ["a", "b"]})
+    same = datasets.Dataset.from_dict({"text": ["a", "b"]})
+    other = datasets.Dataset.from_dict({"text": ["a", "c"]})
+    assert isinstance(compat.dataset_fingerprint(first), str) and compat.dataset_fingerprint(first)
+    assert compat.dataset_fingerprint(first) == compat.dataset_fingerprint(same)
+    assert compat.dataset_fingerprint(first) != compat.dataset_fingerprint(other)
+    assert compat.dataset_fingerprint(first.select([0])) != compat.dataset_fingerprint(first)
