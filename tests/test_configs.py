@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,6 @@ import yaml
 from ptasr.train.cli import CONFIG_DIR, cli_main
 
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    # LightningCLI warns when pytest's own arguments sit in sys.argv beside `args`.
-    monkeypatch.setattr(sys, "argv", ["train.py"])
 
 
 def _print_config(capsys: pytest.CaptureFixture[str], args: list[str]) -> dict:

@@ -190,7 +190,7 @@ def test_several_sources_one_vocabulary_weights_and_reports(recordings, tmp_path
 
 
 def test_several_sources_from_the_command_line_train(recordings, tmp_path, monkeypatch):
-    from test_train_fit import SMALL_MODEL, SMALL_RUN
+    from helpers import SMALL_MODEL, SMALL_RUN
 
     from ptasr.train.cli import cli_main
 
@@ -208,7 +208,7 @@ def test_several_sources_from_the_command_line_train(recordings, tmp_path, monke
 
 
 def test_fit_on_a_manifest_of_own_recordings(recordings, tmp_path, monkeypatch):
-    from test_train_fit import SMALL_MODEL, SMALL_RUN
+    from helpers import SMALL_MODEL, SMALL_RUN
 
     from ptasr.cli import load_eval_set
     from ptasr.train.cli import cli_main

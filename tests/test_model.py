@@ -297,10 +297,6 @@ def test_a_dropped_layer_gets_zero_gradients() -> None:
 
 
 def test_compiled_blocks_compute_the_same_and_compile_once_for_any_dropped_layers() -> None:
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
     eager = Wav2Vec2CTC(small_config("xls-r", layerdrop=0.5, num_hidden_layers=4)).train()
     compiled = Wav2Vec2CTC(small_config("xls-r", layerdrop=0.5, num_hidden_layers=4)).train()
     compiled.load_state_dict(eager.state_dict())
@@ -308,12 +304,14 @@ def test_compiled_blocks_compute_the_same_and_compile_once_for_any_dropped_layer
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
     patterns = set()
     for seed in range(4):
-        outputs = [model(*batch([4000, 3000]), torch.Generator().manual_seed(seed))[0] for model in (eager, compiled)]
+        # After the first forward pass compiled the blocks, any recompilation raises: the layers share one
+        # graph (a layer first run under a later pattern finds it compiled) and no pattern needs its own.
+        with torch.compiler.set_stance("default" if seed == 0 else "fail_on_recompile"):
+            outputs = [model(*batch([4000, 3000]), torch.Generator().manual_seed(seed))[0]
+                       for model in (eager, compiled)]
         torch.testing.assert_close(outputs[1], outputs[0], atol=ATOL, rtol=0)
         patterns.add(tuple(compiled.draw_layers(torch.Generator().manual_seed(seed))))
-    assert len(patterns) > 1
-    # one graph for every layer, one for the conv stack, whatever LayerDrop drops
-    assert counters["stats"]["unique_graphs"] == 2
+    assert len(patterns) > 1 and set().union(*(set(p) for p in patterns)) == {True, False}
 
 
 def test_frozen_feature_encoder_gets_no_gradient() -> None:

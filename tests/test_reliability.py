@@ -20,7 +20,7 @@ import soundfile as sf
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.train.cli import cli_main
-from test_train_fit import SMALL_MODEL  # the ~40 k-parameter model of the training tests
+from helpers import SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [
@@ -55,11 +55,6 @@ def _add_clips(root: Path) -> None:
             row = {"client_id": "x", "path": name, "sentence": sentence, "up_votes": "2", "down_votes": "0"}
             tsv.write("\t".join(row.get(column, "") for column in header) + "\r\n")
             durations.write(f"{name}\t{int(seconds * 1000)}\r\n")
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["train.py"])
 
 
 def test_fit_runs_to_the_end_over_every_kind_of_broken_input(

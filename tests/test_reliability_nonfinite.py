@@ -17,7 +17,7 @@ import torch
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.train.module import TrainingDiverged, Wav2Vec2CTCModule
-from test_train_fit import SMALL_MODEL, SMALL_RUN, _small_module
+from helpers import SMALL_MODEL, SMALL_RUN, small_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def _setup_fit(nan_at: set[int], max_steps: int, log_every_n_steps: int,
          **hparams: object) -> tuple[L.Trainer, Wav2Vec2CTCModule, CommonVoiceDataModule]:
     """Trainer, small model and data to fit: the dev split, 50 clips in batches of 8, so 7 updates per epoch."""
     data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
-    module = _small_module(data.vocab, lr=1e-3, **hparams)
+    module = small_module(data.vocab, lr=1e-3, **hparams)
     module.__class__ = _NaNLossAt  # same weights and hparams, poisoned updates
     module.nan_at = nan_at
     trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, limit_val_batches=0, logger=False,

@@ -8,7 +8,6 @@ precision and kill the process at a given update.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import yaml
 
 from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
 from ptasr.train.cli import CONFIG_DIR, cli_main
+from helpers import fake_checkpoint, save_half_then
 
 REPO = Path(__file__).resolve().parents[1]
 # The dev split: 50 clips in batches of 8 are 7 updates per epoch. A checkpoint after every update (all kept);
@@ -216,40 +216,21 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path) -> None:
 
 # --- atomic checkpoint writes ------------------------------------------------------------------------------
 
-def _checkpoint(step: int) -> dict[str, object]:
-    return {"global_step": step, "weights": torch.full((100_000,), float(step))}
-
-
-def _save_half_then(failure):
-    """A `torch.save` that writes half of the checkpoint's bytes into the file, then calls `failure`."""
-    real_save = torch.save
-
-    def save(obj, file, *args, **kwargs):
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        data = buffer.getvalue()
-        file.write(data[: len(data) // 2])
-        file.flush()
-        failure()
-
-    return save
-
-
 def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint_io, last = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
-    checkpoint_io.save_checkpoint(_checkpoint(1), last)
+    checkpoint_io.save_checkpoint(fake_checkpoint(1), last)
 
     def disk_full() -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", _save_half_then(disk_full))
+    monkeypatch.setattr(torch, "save", save_half_then(disk_full))
     with pytest.raises(OSError, match="No space left"):
-        checkpoint_io.save_checkpoint(_checkpoint(2), last)
+        checkpoint_io.save_checkpoint(fake_checkpoint(2), last)
     monkeypatch.undo()
     assert checkpoint_io.load_checkpoint(last, weights_only=True)["global_step"] == 1
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # the partial file is cleaned up
-    checkpoint_io.save_checkpoint(_checkpoint(3), last)
+    checkpoint_io.save_checkpoint(fake_checkpoint(3), last)
     assert checkpoint_io.load_checkpoint(last, weights_only=True)["global_step"] == 3
 
 
@@ -257,12 +238,12 @@ KILLED_DURING_SAVE = '''
 import os, signal, sys
 import torch
 from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
-from test_resume import _checkpoint, _save_half_then
+from helpers import fake_checkpoint, save_half_then
 
 checkpoint_io, last = AtomicCheckpointIO(), sys.argv[1]
-checkpoint_io.save_checkpoint(_checkpoint(1), last)
-torch.save = _save_half_then(lambda: os.kill(os.getpid(), signal.SIGKILL))
-checkpoint_io.save_checkpoint(_checkpoint(2), last)
+checkpoint_io.save_checkpoint(fake_checkpoint(1), last)
+torch.save = save_half_then(lambda: os.kill(os.getpid(), signal.SIGKILL))
+checkpoint_io.save_checkpoint(fake_checkpoint(2), last)
 '''
 
 
@@ -279,7 +260,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     assert partial.name.startswith(".last.ckpt.") and partial.suffix == ".partial"
     # The resumed run's first save removes it, once it has been untouched for STALE_AFTER_SECONDS.
     _backdate(partial, 2 * STALE_AFTER_SECONDS)
-    AtomicCheckpointIO().save_checkpoint(_checkpoint(3), last)
+    AtomicCheckpointIO().save_checkpoint(fake_checkpoint(3), last)
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
     assert AtomicCheckpointIO().load_checkpoint(last, weights_only=True)["global_step"] == 3
 
@@ -307,7 +288,7 @@ def test_a_save_removes_leftovers_of_killed_writes_only(tmp_path: Path, monkeypa
     for name, age in files.items():
         (folder / name).write_bytes(b"x")
         _backdate(folder / name, age)
-    checkpoint_io.save_checkpoint(_checkpoint(5), folder / "last.ckpt")
+    checkpoint_io.save_checkpoint(fake_checkpoint(5), folder / "last.ckpt")
     kept = {".last.ckpt.ba9876543210.partial", ".last.ckpt.abcdefabcdef.partial", ".last.ckpt.fedcbafedcba.partial",
             ".notes.partial", "best-step2-wer0.700.ckpt", "last.ckpt"}
     assert {p.name for p in folder.iterdir()} == kept

@@ -5,7 +5,6 @@ subprocess fit are in tests/test_resume.py, beside the uninterrupted reference r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,15 +14,10 @@ import yaml
 
 from ptasr.train import LastCheckpoint
 from ptasr.train.cli import CONFIG_DIR, cli_main
-from test_train_fit import SMALL_MODEL, SMALL_RUN
+from helpers import SMALL_MODEL, SMALL_RUN
 
 # The dev split: 50 clips in batches of 8 are 7 updates per epoch.
 EPOCH = 7
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["train.py"])
 
 
 def _fit(save_dir: Path, *extra: str) -> L.Trainer:

@@ -24,7 +24,7 @@ from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.testing import make_corpus
 from ptasr.scoring import Counts, edit_counts, error_rate
 from ptasr.train.cli import cli_main
-from test_train_fit import SMALL_MODEL, SMALL_RUN
+from helpers import SMALL_MODEL, SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCH = 4  # the dev split: 50 clips in batches of 8 are 7 batches, evened out to 8, so 4 per rank

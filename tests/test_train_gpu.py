@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from test_train_fit import SMALL_MODEL, SMALL_RUN, _NaNLossAtStep, _small_module
+from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, small_module
 
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.datamodule import CommonVoiceDataModule
@@ -16,11 +15,6 @@ from ptasr.train.callbacks import MixedPrecisionHealth
 from ptasr.train.cli import CONFIG_DIR, cli_main
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["train.py"])
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
@@ -42,8 +36,8 @@ def test_fit_on_gpu(tmp_path: Path, precision: str) -> None:
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_nonfinite_loss_skips_the_update_on_gpu(precision: str) -> None:
     data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
-    module = _small_module(data.vocab, lr=1e-3)
-    module.__class__ = _NaNLossAtStep
+    module = small_module(data.vocab, lr=1e-3)
+    module.__class__ = NaNLossAtStep
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_steps=3, limit_val_batches=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=1.0, callbacks=[MixedPrecisionHealth()])
