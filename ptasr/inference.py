@@ -229,11 +229,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
     """``"auto"``: bfloat16 where ``device`` computes it natively, else float32; a dtype or its name as given.
 
-    Native bf16 means CUDA GPUs from Ampere on and CPUs with AVX512-BF16 or AMX units. There it halves the
-    time of the matrix products and convolutions that are nearly all of inference (2-core AMD EPYC with
-    AVX512-BF16: XLS-R 300m 0.27 -> 0.13 s per audio-second), and the greedy transcripts of a trained model
-    score the same WER as in float32 (README, "Transcription speed"). Elsewhere bf16 is emulated and slower
-    than float32, so "auto" stays in float32.
+    Native bf16 means CUDA GPUs from Ampere on and CPUs with AVX512-BF16 or AMX units. There the matrix
+    products and convolutions that are nearly all of inference move half the bytes and run on the wider bf16
+    units, and greedy transcripts score the WER of float32 (measured by ``benchmarks/transcribe_rtf.py``).
+    Elsewhere bf16 is emulated and slower than float32, so "auto" stays in float32.
     """
     if dtype != "auto":
         return getattr(torch, dtype) if isinstance(dtype, str) else dtype

@@ -1,8 +1,8 @@
 """Checkpoint writes that a crash cannot half-finish: write a temporary file beside the target, then rename.
 
-Lightning's ``TorchCheckpointIO`` (2.6, with fsspec 2026.9) serialises into memory and writes through an
-fsspec transaction, whose local file lives in the system temp folder (``tempfile.mkstemp()``) and is moved
-into place with ``shutil.move``. When the checkpoint folder is on another filesystem than ``/tmp`` (a scratch or network
+Lightning's ``TorchCheckpointIO`` serialises into memory and writes through an fsspec transaction, whose
+local file lives in the system temp folder (``tempfile.mkstemp()``) and is moved into place with
+``shutil.move``. When the checkpoint folder is on another filesystem than ``/tmp`` (a scratch or network
 disk, the usual case on shared machines) that move is a copy into the open target: a kill during it
 leaves a truncated ``last.ckpt`` and the previous one is gone. Here the temporary file is in the
 checkpoint's own folder, so ``os.replace`` is an atomic rename, and it is fsynced first so that the rename
