@@ -436,9 +436,9 @@ def write_processor_with_lm(
     """
     directory, lm = Path(directory), Path(lm)
     if not lm.is_file():
-        raise FileNotFoundError(f"no language model at {lm} (build one with: ptasr lm build)")
+        raise MissingPathError(f"no language model at {lm} (build one with: ptasr lm build)")
     if lm.suffix not in ({".arpa"} if lm_format(lm) == "arpa" else {".bin", ".binary"}):
-        raise ValueError(f"{lm}: pyctcdecode finds the LM by its extension: name it .arpa (text) or .bin (binary)")
+        raise SettingError(f"{lm}: pyctcdecode finds the LM by its extension: name it .arpa (text) or .bin (binary)")
     folder = directory / "language_model"
     if folder.exists():
         shutil.rmtree(folder)  # pyctcdecode wants exactly three files there

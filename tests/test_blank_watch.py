@@ -13,7 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.train.cli import CONFIG_DIR, cli_main
-from test_train_fit import SMALL_MODEL, SMALL_RUN
+from helpers import SMALL_MODEL, SMALL_RUN
 
 
 class BlankBias(L.Callback):

@@ -118,7 +118,7 @@ def test_without_the_data_vocabulary_a_same_size_head_is_kept_as_before(tmp_path
 
 def test_the_cli_builds_the_head_for_the_data_vocabulary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from test_train_fit import SMALL_MODEL
+    from helpers import SMALL_MODEL
 
     from ptasr.train.cli import cli_main
 

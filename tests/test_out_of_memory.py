@@ -18,7 +18,7 @@ import yaml
 from ptasr.errors import UserError
 from ptasr.train.cli import cli_main
 from ptasr.train.out_of_memory import OutOfMemory
-from test_train_fit import SMALL_MODEL, SMALL_RUN
+from helpers import SMALL_MODEL, SMALL_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB"

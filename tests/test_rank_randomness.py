@@ -9,7 +9,7 @@ import torch
 
 from ptasr.data.text import Vocabulary
 from ptasr.train.module import Wav2Vec2CTCModule
-from test_train_fit import _small_module
+from helpers import small_module
 
 BATCH = {"waveforms": torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)),
          "lengths": torch.tensor([16000, 16000]), "labels": torch.tensor([[1, 2], [2, 1]]),
@@ -19,7 +19,7 @@ BATCH = {"waveforms": torch.randn(2, 16000, generator=torch.Generator().manual_s
 @pytest.fixture
 def module(monkeypatch: pytest.MonkeyPatch) -> Wav2Vec2CTCModule:
     # SpecAugment and LayerDrop on, dropout off: the masks and the dropped layers are the only randomness.
-    module = _small_module(Vocabulary.build(["ab"]), config_overrides=dict(
+    module = small_module(Vocabulary.build(["ab"]), config_overrides=dict(
         num_hidden_layers=4, layerdrop=0.5, mask_time_prob=0.5, mask_time_length=2, mask_feature_prob=0.3,
         mask_feature_length=4, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
         feat_proj_dropout=0.0, final_dropout=0.0))

@@ -17,7 +17,7 @@ import pytest
 from ptasr.data.testing import make_corpus
 from ptasr.export import read_scalars, training_results
 from ptasr.train.cli import cli_main
-from test_train_fit import SMALL_MODEL  # the ~40 k-parameter model of the training tests
+from helpers import SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [*SMALL_MODEL, "--data.num_workers=0", "--data.batch_size=4", "--data.eval_batch_size=4",

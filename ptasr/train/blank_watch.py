@@ -14,7 +14,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ptasr.train.callbacks import _add_text, _should_log
+from ptasr.compat import should_update_logs
+from ptasr.errors import SettingError
+from ptasr.train.callbacks import _add_text
 
 METRIC = "train/blank_share"
 
@@ -37,7 +39,7 @@ class BlankPlateauWatch(L.Callback):
 
     def __init__(self, threshold: float = 0.99, after_updates: int = 5000, patience: int | None = None) -> None:
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold={threshold} is not a share in (0, 1]")
+            raise SettingError(f"threshold={threshold} is not a share in (0, 1]")
         self.threshold = threshold
         self.after_updates = after_updates
         self.patience = patience
@@ -48,7 +50,7 @@ class BlankPlateauWatch(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if step < self.after_updates or not _should_log(trainer):
+        if step < self.after_updates or not should_update_logs(trainer):
             return
         share = trainer.callback_metrics.get(METRIC)
         if share is None:

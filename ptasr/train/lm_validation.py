@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from ptasr.errors import MissingPathError, SettingError
 from ptasr.scoring import error_rate, score_utterance
 
 
@@ -36,9 +37,9 @@ class LMValidation(L.Callback):
                  lm_weight: float | None = None, word_score: float | None = None, beam_size: int = 50,
                  unit: str = "word") -> None:
         if every_n_validations < 1:
-            raise ValueError(f"every_n_validations must be at least 1, got {every_n_validations}")
+            raise SettingError(f"every_n_validations must be at least 1, got {every_n_validations}")
         if max_utterances is not None and max_utterances < 1:
-            raise ValueError(f"max_utterances must be at least 1 (or None for all), got {max_utterances}")
+            raise SettingError(f"max_utterances must be at least 1 (or None for all), got {max_utterances}")
         self.lm, self.every_n_validations, self.max_utterances = Path(lm), every_n_validations, max_utterances
         self.lm_weight, self.word_score, self.beam_size, self.unit = lm_weight, word_score, beam_size, unit
         self._decoder: Any = None
@@ -49,7 +50,7 @@ class LMValidation(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.lm.is_file():  # fail before training starts, not at the first validation
-            raise FileNotFoundError(f"LMValidation: no language model at {self.lm} (build one with: ptasr lm build)")
+            raise MissingPathError(f"LMValidation: no language model at {self.lm} (build one with: ptasr lm build)")
 
     def _decoder_for(self, pl_module: L.LightningModule) -> Any:
         if self._decoder is None:
