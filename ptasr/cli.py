@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "JSON object per file")
     transcribe.add_argument("--word-timestamps", action="store_true", help="start and end time of every word")
     transcribe.add_argument("--output", "-o", default=None, help="write here instead of stdout")
+    transcribe.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                            help="onnx: run MODEL's model.onnx (from `ptasr export --onnx`) with ONNX Runtime on the "
+                                 "CPU, in float32 (default: torch)")
     _add_lm_arguments(transcribe)
     transcribe.set_defaults(run=run_transcribe)
 
@@ -134,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "of transformers' Wav2Vec2ProcessorWithLM")
     export.add_argument("--overwrite", action="store_true",
                         help="write into OUT_DIR even if it is not empty (replacing its files of the same names)")
+    export.add_argument("--onnx", action="store_true",
+                        help="also write model.onnx (float32, dynamic batch and length; needs pip install 'ptasr[onnx]')")
     export.set_defaults(run=run_export)
 
     lm = commands.add_parser("lm", help="build an n-gram language model for beam search")
@@ -179,7 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _recognizer(args: argparse.Namespace) -> Any:
     from ptasr.inference import Recognizer
 
+    if getattr(args, "backend", "torch") == "onnx":
+        return _onnx_recognizer(args)
     return Recognizer.load(args.model, device=args.device, dtype=args.dtype)
+
+
+def _onnx_recognizer(args: argparse.Namespace) -> Any:
+    from ptasr.onnx import onnx_recognizer
+
+    if args.device not in ("auto", "cpu") or args.dtype not in ("auto", "float32"):
+        raise SettingError(f"--backend onnx runs on the CPU in float32, not --device {args.device} --dtype "
+                           f"{args.dtype}; drop those options, or use --backend torch")
+    return onnx_recognizer(args.model)
 
 
 def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
@@ -480,7 +496,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ptasr.export import export
 
     out = export(args.model, args.out_dir, logs=args.logs, name=args.name, language=args.language,
-                 push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, lm=args.lm)
+                 push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, lm=args.lm,
+                 onnx=args.onnx)
     print(f"exported to {out}" + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 

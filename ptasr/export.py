@@ -371,6 +371,7 @@ def export(
     source: str | Path, out_dir: str | Path, logs: str | Path | None = None, name: str | None = None,
     language: str | None = None, push_to_hub: str | None = None, private: bool = False, overwrite: bool = False,
     lm: str | Path | None = None,
+    onnx: bool = False,
 ) -> Path:
     """Write the HF folder and model card for ``source`` (checkpoint, folder or hub id) into ``out_dir``.
 
@@ -383,6 +384,7 @@ def export(
         overwrite: write into ``out_dir`` even if it is not empty (its files of the same names are replaced).
         lm: a KenLM model to ship in ``Wav2Vec2ProcessorWithLM``'s layout, with its tuned weights
             (:func:`ptasr.lm.write_processor_with_lm`).
+        onnx: also write ``model.onnx`` (:mod:`ptasr.onnx`).
 
     Re-exporting an exported folder (in place with ``overwrite``, or elsewhere) keeps its card's training
     sections (:func:`previous_card`).
@@ -410,6 +412,10 @@ def export(
                       hyperparameters(recognizer.metadata, run_config(log_dir)),
                       language=language or data.get("language"), dataset=dataset, carried=carried)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
+    if onnx:
+        from ptasr.onnx import ONNX_FILE, export_onnx
+
+        export_onnx(recognizer.model, out_dir / ONNX_FILE)
     if push_to_hub:
         push(out_dir, push_to_hub, private)
     return out_dir
