@@ -5,6 +5,8 @@ folder written by ``ptasr export`` (or any Hugging Face wav2vec2 CTC folder), or
 
 A wrong path, a checkpoint that does not fit, or unreadable data ends the command with one line on stderr
 saying what and where, and exit status 1; ``PTASR_TRACEBACK=1`` shows the traceback (see ``ptasr/errors.py``).
+``evaluate`` writes its results files before it prints, so a reader that leaves early (``| head``) costs
+nothing; output to a closed pipe ends quietly with status 141.
 """
 
 from __future__ import annotations
@@ -102,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(evaluate)
     evaluate.add_argument("--data", required=True,
                           help="a Common Voice release folder (or .tar.gz), a split TSV with clips/ beside it, "
-                               "or a manifest of your own recordings (.csv/.tsv/.jsonl: path,text[,duration])")
-    evaluate.add_argument("--split", default="test", help="split of a release folder (default: test)")
+                               "a manifest of your own recordings (.csv/.tsv/.jsonl: path,text[,duration]), or a "
+                               "folder of a Hugging Face dataset's parquet files (audio and sentence columns)")
+    evaluate.add_argument("--split", default="test",
+                          help="split of a release or parquet folder (default: test)")
     evaluate.add_argument("--language", default=None, help="language folder, when --data holds several")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     evaluate.add_argument("--worst", type=int, default=10, help="worst utterances to show (default: 10)")

@@ -353,7 +353,7 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
     if present:
         shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
         raise SettingError(f"export target {out_dir} is not empty ({shown}); pass --overwrite to replace its "
-                              f"files, or choose a new folder")
+                           f"files, or choose a new folder")
 
 
 # --- the command ---------------------------------------------------------------------------------------------

@@ -179,8 +179,8 @@ def _require_trained_model(subcommand: str, config: Any) -> None:
         return
     if not pretrained:
         raise SettingError(f"train.py {subcommand} needs a trained model: pass --ckpt_path with a checkpoint "
-                         f"(runs/<name>/version_N/checkpoints/last.ckpt, or `last` for the newest run of the "
-                         f"configured logger), or --model.pretrained to {subcommand} a pretrained model as it is")
+                           f"(runs/<name>/version_N/checkpoints/last.ckpt, or `last` for the newest run of the "
+                           f"configured logger), or --model.pretrained to {subcommand} a pretrained model as it is")
     rank_zero_warn(f"no --ckpt_path: {subcommand} runs on model.pretrained={pretrained} as it is, not on a model "
                    f"trained by train.py (its CTC head is kept only where it outputs this data's vocabulary; otherwise "
                    f"the head is new and random)")
@@ -255,9 +255,8 @@ def _require_last_checkpoint(trainer_config: Any, args: Any | None) -> None:
     folders = [Path(callback.init_args.dirpath) for callback in trainer_config.get("callbacks") or []
                if getattr(callback, "class_path", "").endswith("ModelCheckpoint") and callback.init_args.get("dirpath")]
     if args is not None:
-        run = _run_folder(args)
-        patterns = [str(run / "checkpoints" / "last*.ckpt")] if run else [str(_runs_folder(args) / "*" / "checkpoints" /
-                                                                              "last*.ckpt")]
+        run = _run_folder(args) or _runs_folder(args) / "*"  # pinned version, else any run of this name
+        patterns = [str(run / "checkpoints" / "last*.ckpt")]
     elif trainer_config.get("logger") in (None, False):
         patterns = [str(Path(trainer_config.get("default_root_dir") or ".") / "checkpoints" / "last*.ckpt")]
     else:
@@ -265,8 +264,8 @@ def _require_last_checkpoint(trainer_config: Any, args: Any | None) -> None:
     patterns += [str(folder / "last*.ckpt") for folder in folders]
     if not any(glob.glob(pattern) for pattern in patterns):
         raise MissingPathError(f"--ckpt_path last: no last checkpoint at {' or '.join(patterns)}; check "
-                                f"--trainer.logger.init_args.save_dir/name/version (and the working directory), "
-                                f"or pass the checkpoint's path")
+                               f"--trainer.logger.init_args.save_dir/name/version (and the working directory), "
+                               f"or pass the checkpoint's path")
 
 
 def _refuse_an_occupied_run(trainer_config: Any, ckpt_path: str | None) -> None:
@@ -284,8 +283,8 @@ def _refuse_an_occupied_run(trainer_config: Any, ckpt_path: str | None) -> None:
     if ckpt_path not in (None, "last") and run.resolve() in Path(ckpt_path).resolve().parents:
         return
     raise SettingError(f"run folder {run} already holds a run, and this fit does not resume it: resume it with "
-                          f"--ckpt_path last (or one of its checkpoints), or give this run another "
-                          f"--trainer.logger.init_args.version (or none, for a new version_N)")
+                       f"--ckpt_path last (or one of its checkpoints), or give this run another "
+                       f"--trainer.logger.init_args.version (or none, for a new version_N)")
 
 
 def _log_into_own_subfolder(trainer_config: Any, subcommand: str) -> None:
