@@ -1,4 +1,5 @@
-"""The small pieces the LightningModule is made of, on their own: non-finite update handling and random states."""
+"""The small pieces of the training system, on their own: non-finite update handling, random states in
+checkpoints, and the CLI link that gives the data filter the model's conv numbers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from ptasr.errors import UserError
+from ptasr.train.cli import cli_main
 from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged, skip_update_if
 from ptasr.train.random_state import RandomStateCheckpoint, rng_states, set_rng_states
+from helpers import SMALL_MODEL, SMALL_RUN
 
 
 def test_a_streak_that_reaches_the_patience_diverges_at_its_update() -> None:
@@ -82,3 +85,14 @@ def test_random_states_survive_weights_only_loading(tmp_path: Path) -> None:
     expected = torch.rand(2), random.random(), np.random.rand()
     set_rng_states(torch.load(path, weights_only=True)["rng"])
     assert torch.equal(torch.rand(2), expected[0]) and (random.random(), np.random.rand()) == expected[1:]
+
+
+def test_the_data_filter_counts_frames_with_the_models_conv_stack(tmp_path: Path) -> None:
+    # The CLI links the model's conv numbers into the data module: one source, even when they are overridden.
+    cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL_MODEL, *SMALL_RUN,
+                    "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+                    "--model.config_overrides.conv_stride=[5,2,2,2,2,2,3]"])
+    config = cli.model.model.config
+    assert config.conv_stride == (5, 2, 2, 2, 2, 2, 3)
+    assert (cli.datamodule.filters.conv_kernel, cli.datamodule.filters.conv_stride) == (config.conv_kernel,
+                                                                                         config.conv_stride)

@@ -37,8 +37,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import Vocabulary
-from ptasr.errors import CheckpointError, MissingPathError, SettingError
-from ptasr.model.convert import damaged_file_message
+from ptasr.errors import CheckpointError, MissingPathError, SettingError, UserError
+from ptasr.model.config import PRESETS, Wav2Vec2Config
+from ptasr.model.convert import damaged_file_message, is_hub_id
 from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
 
@@ -58,6 +59,10 @@ class PtasrCLI(LightningCLI):
         parser.link_arguments("data.pad_token_id", "model.pad_token_id", apply_on="instantiate")
         # The symbols too: a pretrained model's head is rebuilt unless it outputs the very same ones.
         parser.link_arguments("data.vocab", "model.vocab_tokens", compute_fn=_tokens, apply_on="instantiate")
+        # The data's CTC-feasibility filter counts frames with the model's conv stack: one source, the model.
+        model = ("model.preset", "model.pretrained", "model.config_overrides")
+        parser.link_arguments(model, "data.conv_kernel", compute_fn=_conv_kernel, apply_on="parse")
+        parser.link_arguments(model, "data.conv_stride", compute_fn=_conv_stride, apply_on="parse")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -296,6 +301,45 @@ def _log_into_own_subfolder(trainer_config: Any, subcommand: str) -> None:
 
 def _tokens(vocab: Vocabulary) -> list[str]:
     return list(vocab.tokens)
+
+
+def _conv_layout(preset: str, pretrained: str | None, overrides: dict[str, Any] | None) -> Wav2Vec2Config:
+    """The model's conv stack as far as parsing can know it without loading weights: a pretrained folder's (or
+    cached hub model's) config.json, else the preset's; ``config_overrides`` on top. The module checks the
+    built model against the data's numbers in ``setup``."""
+    # A wrong preset is refused, with its own message, when the model is built.
+    config = (_pretrained_config(pretrained) if pretrained else None) or PRESETS.get(preset, Wav2Vec2Config())
+    layout = {k: v for k, v in (overrides or {}).items() if k in ("conv_dim", "conv_kernel", "conv_stride")}
+    return config.replace(**layout)
+
+
+def _pretrained_config(pretrained: str) -> Wav2Vec2Config | None:
+    """A pretrained model's config, or None where parsing cannot read it without loading weights."""
+    found = _pretrained_config_json(pretrained)
+    try:
+        return Wav2Vec2Config.from_json(found) if found is not None else None
+    except UserError:
+        return None  # an unsupported config.json: refused with its own message when the model is built
+
+
+def _pretrained_config_json(pretrained: str) -> Path | None:
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return path / "config.json" if (path / "config.json").is_file() else None
+    if is_hub_id(pretrained):  # only what is already downloaded: parsing never goes online
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(pretrained, "config.json")
+        return Path(cached) if isinstance(cached, str) else None
+    return None  # a fairseq .pt: its config is inside the weights
+
+
+def _conv_kernel(preset: str, pretrained: str | None, overrides: dict[str, Any] | None) -> list[int]:
+    return list(_conv_layout(preset, pretrained, overrides).conv_kernel)
+
+
+def _conv_stride(preset: str, pretrained: str | None, overrides: dict[str, Any] | None) -> list[int]:
+    return list(_conv_layout(preset, pretrained, overrides).conv_stride)
 
 
 def _has_config_arg(args: list[str]) -> bool:

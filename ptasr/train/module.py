@@ -142,6 +142,14 @@ class Wav2Vec2CTCModule(L.LightningModule):
                 f"the data's vocabulary has {len(self.vocab)} tokens but the CTC head has "
                 f"{self.model.config.vocab_size}; link data.vocab_size to model.vocab_size (train.py does)"
             )
+        filters, config = getattr(datamodule, "filters", None), self.model.config
+        if filters is not None and (filters.conv_kernel, filters.conv_stride) != (config.conv_kernel, config.conv_stride):
+            raise SettingError(
+                f"the data filtered clips for a conv stack with kernels {filters.conv_kernel} and strides "
+                f"{filters.conv_stride}, but the model has {config.conv_kernel} and {config.conv_stride}; "
+                f"train.py links them from the model (a pretrained model's config.json must be readable when "
+                f"the arguments are parsed: a local folder, or a hub id already downloaded)"
+            )
 
     def configure_model(self) -> None:
         # Lightning's hook for model-changing set-up, called before the strategy wraps the model (DDP).
