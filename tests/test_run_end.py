@@ -6,6 +6,7 @@ subprocess fit are in tests/test_resume.py, beside the uninterrupted reference r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -81,12 +82,9 @@ def test_a_callback_stopping_mid_epoch_leaves_last_there_and_it_resumes(tmp_path
     assert loops["epoch_loop.batch_progress"]["current"]["ready"] == 5  # at its fifth batch
 
 
-def test_the_recipes_end_every_run_with_last_checkpoint(monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    for config in sorted(CONFIG_DIR.glob("*.yaml")):
-        with pytest.raises(SystemExit):
-            cli_main(["fit", "-c", str(config), "--print_config"])
-        callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
-        assert "ptasr.train.LastCheckpoint" in [c["class_path"] for c in callbacks], config.name
+def test_the_recipes_end_every_run_with_last_checkpoint(recipe_configs: dict[str, dict[str, Any]]) -> None:
+    for name, config in recipe_configs.items():
+        callbacks = config["trainer"]["callbacks"]
+        assert "ptasr.train.LastCheckpoint" in [c["class_path"] for c in callbacks], name
     demo = cli_main(["-c", str(CONFIG_DIR / "demo.yaml")], run=False)
     assert sum(isinstance(c, LastCheckpoint) for c in demo.trainer.callbacks) == 1
