@@ -1,5 +1,8 @@
-"""CTC beam search with a KenLM n-gram language model, through torchaudio's flashlight decoder, and the search
-for its weights.
+"""CTC beam search with a KenLM n-gram language model, the search for its weights, and the LM's files in an
+exported model.
+
+The beam search is flashlight-text's lexicon-free decoder, called directly: torchaudio's ``ctc_decoder`` is a
+thin wrapper around the same classes, and torchaudio is in maintenance mode.
 
 Decoding is lexicon-free: any character sequence can come out, the LM only rescores. flashlight's own
 lexicon-free decoder asks its LM about every emitted *token*, so a KenLM model plugged into it directly must
@@ -7,7 +10,8 @@ be a token-level (character) model. Most n-gram models for ASR are word-level (`
 robust-speech-event's ``5gram.bin``), so for those (``unit="word"``, the default) ptasr puts a small adapter
 between flashlight and KenLM: it spells words out of the emitted characters and scores each word with KenLM
 when the word delimiter ``|`` (or the end of the utterance) closes it, as pyctcdecode does. A partial word
-that can no longer become an LM word is charged KenLM's ``<unk>`` score at once, so the beam drops it early.
+that can no longer become an LM word is charged KenLM's ``<unk>`` score plus ``unk_score`` at once, so the beam
+drops it early.
 
 Scores follow flashlight's convention: acoustic log-probabilities (natural log) plus ``lm_weight`` times the
 LM's log10 probability plus ``word_score`` per word boundary.
@@ -61,18 +65,15 @@ class Hypothesis:
 
 
 def _flashlight() -> Any:
-    """torchaudio's public decoder module (``ctc_decoder`` and the custom-LM base classes), or a one-line way out
-    if flashlight-text, which it wraps, is missing."""
+    """flashlight-text's decoder module (the beam search behind torchaudio's ``ctc_decoder``, used here
+    directly), or a one-line way out if it is missing."""
     try:
         # import_module consults sys.modules, so an absent flashlight fails here even after a first import
-        importlib.import_module("flashlight.lib.text.decoder")
-        decoder = importlib.import_module("torchaudio.models.decoder")
-        decoder.ctc_decoder  # noqa: B018 -- a lazy attribute: the first access imports the flashlight binding
-    except (ImportError, RuntimeError) as error:  # torchaudio reports a failed flashlight import as RuntimeError
+        return importlib.import_module("flashlight.lib.text.decoder")
+    except ImportError as error:
         raise LMUnavailableError(
             f"beam search decoding needs flashlight-text ({error}); install it with: pip install 'ptasr[lm]'"
         ) from error
-    return decoder
 
 
 # --- reading the LM's word list --------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def _read_word_list(path: Path) -> list[str]:
 def _word_lm_class(flashlight: Any) -> type:
     """Define the adapter against the (lazily imported) flashlight base classes."""
 
-    class WordLM(flashlight.CTCDecoderLM):
+    class WordLM(flashlight.LM):
         """Scores whole words with KenLM while flashlight emits characters (see the module docstring).
 
         Each decoder state is a node of flashlight's state tree (one child per emitted token); ``_info`` maps it
@@ -146,7 +147,7 @@ def _word_lm_class(flashlight: Any) -> type:
 
         def __init__(self, kenlm: Any, word_ids: dict[str, int], unk_id: int, tokens: list[str], delimiter: int,
                      sorted_words: list[str], unk_penalty: float):
-            flashlight.CTCDecoderLM.__init__(self)
+            flashlight.LM.__init__(self)
             self.kenlm, self.word_ids, self.unk_id = kenlm, word_ids, unk_id
             self.tokens, self.delimiter = tokens, delimiter
             self.sorted_words, self.unk_penalty = sorted_words, unk_penalty
@@ -154,7 +155,7 @@ def _word_lm_class(flashlight: Any) -> type:
 
         def start(self, start_with_nothing: bool) -> Any:
             self._info.clear()  # called once per utterance: states of the previous one are dead
-            state = flashlight.CTCDecoderLMState()
+            state = flashlight.LMState()
             self._info[state] = (self.kenlm.start(start_with_nothing), "", False)
             return state
 
@@ -257,12 +258,18 @@ class BeamSearchDecoder:
             penalty = self.unk_score / lm_weight if lm_weight > 0 else 0.0
             self._lm = _word_lm_class(self._flashlight)(kenlm, word_ids, unk_id, self.vocab.tokens,
                                                         self.vocab.word_delimiter_id, sorted_words, penalty)
+        fl, settings = self._flashlight, self.settings
         # Lexicon-free decoding has no word score of its own: its "silence score", added whenever the
         # delimiter is emitted, is the per-word bonus.
-        return self._flashlight.ctc_decoder(
-            lexicon=None, tokens=self.vocab.tokens, lm=self._lm, lm_weight=lm_weight, sil_score=word_score,
-            blank_token=self.vocab.pad_token, sil_token=self.vocab.word_delimiter, **self.settings,
+        options = fl.LexiconFreeDecoderOptions(
+            beam_size=settings["beam_size"], beam_size_token=settings["beam_size_token"] or len(self.vocab),
+            beam_threshold=settings["beam_threshold"], lm_weight=lm_weight, sil_score=word_score, log_add=False,
+            criterion_type=fl.CriterionType.CTC,
         )
+        if self._lm is None:
+            self._lm = fl.ZeroLM()
+        # The decoder keeps a C++ reference only: self._lm keeps the Python LM object alive beside it.
+        return fl.LexiconFreeDecoder(options, self._lm, self.vocab.word_delimiter_id, self.vocab.pad_id, [])
 
     def with_weights(self, lm_weight: float, word_score: float) -> BeamSearchDecoder:
         """The same decoder and LM (loaded once) with another LM weight and word score, for weight search."""
@@ -279,7 +286,7 @@ class BeamSearchDecoder:
         lm_format(path)  # a clear error for a file that is not an n-gram model, before KenLM aborts on it
         if unit == "token":
             # The decoder scores token id n as LM entry n, so the LM's dictionary must list the tokens in id
-            # order. (torchaudio builds it from an unordered map when given a path: ids come out shuffled.)
+            # order (torchaudio's ctc_decoder, given a path, built it from an unordered map: ids came out shuffled).
             return _kenlm(path, [*self.vocab.tokens, "<unk>"])[0]
         if unit != "word":
             raise SettingError(f"unit must be 'word' or 'token', got {unit!r}")
@@ -298,20 +305,25 @@ class BeamSearchDecoder:
             log_probs: (B, T, V) log-softmax scores (any device or dtype; decoded as float32 on CPU).
             frame_lengths: int64 (B,) valid frames per utterance.
         """
-        emissions = log_probs.detach().to("cpu", torch.float32).contiguous()
-        frame_lengths = frame_lengths.detach().cpu()
-        results = self._decoder(emissions, frame_lengths)
-        return [self._best(beams, int(frames)) for beams, frames in zip(results, frame_lengths, strict=True)]
+        emissions = log_probs.detach().to("cpu", torch.float32).contiguous()  # (B, T, V)
+        tokens = emissions.shape[2]
+        hypotheses = []
+        for b, frames in enumerate(frame_lengths.tolist()):
+            pointer = emissions.data_ptr() + emissions.element_size() * b * emissions.stride(0)
+            results = self._decoder.decode(pointer, int(frames), tokens) if frames > 0 else []
+            hypotheses.append(self._best(results, int(frames)))
+        return hypotheses
 
-    def _best(self, beams: list[Any], frames: int) -> Hypothesis:
-        if not beams:  # an utterance with no frames
+    def _best(self, results: list[Any], frames: int) -> Hypothesis:
+        if not results:  # an utterance with no frames
             return Hypothesis([], [], -math.inf)
-        best = beams[0]
-        # flashlight's token path has a start state before frame 0 and an end state after the last frame, so
-        # its timestep t is frame t - 1; the delimiters it puts at those two ends were never emitted.
-        kept = [(token, step - 1) for token, step in zip(best.tokens.tolist(), best.timesteps.tolist(), strict=True)
-                if 1 <= step <= frames]
-        return Hypothesis([token for token, _ in kept], [frame for _, frame in kept], float(best.score))
+        path = list(results[0].tokens)  # one token per frame, with a start state before and an end state after
+        blank = self.vocab.pad_id
+        # CTC collapse: the first frame of each run of one token, blanks dropped. Path index i is frame i - 1;
+        # the delimiters flashlight puts in the start and end states were never emitted.
+        kept = [(token, i - 1) for i, token in enumerate(path)
+                if token != blank and (i == 0 or token != path[i - 1]) and 1 <= i <= frames]
+        return Hypothesis([token for token, _ in kept], [frame for _, frame in kept], float(results[0].score))
 
     def decode(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
         """Transcripts of a batch: (B, T, V) log-probabilities, (B,) frames -> B strings."""
