@@ -242,7 +242,7 @@ def _report(texts, chars_to_ignore="", **kwargs):
 
 
 def test_alphabet_flags_latin_punctuation_and_digits():
-    texts = ["«Olá», disse ela. ¿Tens 12 anos?", "O preço é 5 € hoje"] * 20 + ["Adeus"]
+    texts = ["«Olá», disse ela. ¿Tens 12 anos?", "O preço é 5 € hoje"] * 400 + ["Adeus"]
     report = _report(texts, ",.")
     flags = report.flags
     assert report.script == "LATIN"
@@ -270,6 +270,11 @@ def test_alphabet_flags_the_devanagari_danda():
     assert report.script == "DEVANAGARI"
     assert "P" in report.flags["।"] and report.flags["न"] == "" and report.flags["\u094d"] == ""  # virama: a mark
     assert "◌्" in report.table()
+
+
+def test_alphabet_flags_nothing_rare_in_a_tiny_corpus():
+    report = _report(["o gato dorme", "a casa é azul"])  # 20 characters: every symbol is "rare"
+    assert report.rare_below == 0 and not report.flagged
 
 
 def test_strip_punctuation_keeps_word_internal_apostrophes_and_hyphens():

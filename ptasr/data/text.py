@@ -304,6 +304,9 @@ def script_of(char: str) -> str | None:
 class AlphabetReport:
     """The characters of a corpus's normalised transcripts, their counts, and flags for likely mistakes.
 
+    Rare means fewer than ``rare_below`` occurrences, in corpora of at least a thousand times as many
+    characters (in smaller ones ``rare_below`` is 0: nothing is flagged rare).
+
     ``counts`` is in descending order of count; ``flags[c]`` holds letters of :data:`FLAGS`;
     ``suggested_chars_to_ignore`` is ``data.chars_to_ignore`` plus every character flagged other than
     only rare (rare letters are often real ones: look at them); ``script`` is the majority script.
@@ -326,6 +329,8 @@ class AlphabetReport:
             if (script := script_of(char)) is not None:
                 scripts[script] += n
         majority = scripts.most_common(1)[0][0] if scripts else None
+        if sum(counts.values()) < 1000 * rare_below:
+            rare_below = 0  # in a corpus this small every symbol is rare: the flag would say nothing
         flags = {}
         for char, n in counts.items():
             category = unicodedata.category(char)[0]
