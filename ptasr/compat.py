@@ -14,6 +14,7 @@ import torch
 
 if TYPE_CHECKING:
     import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def should_update_logs(trainer: L.Trainer) -> bool:
@@ -52,3 +53,18 @@ def dataset_fingerprint(dataset: Any) -> str:
     (the object's state and file times), so it would not match the library's own caching.
     """
     return dataset._fingerprint
+
+
+def save_checkpoint_now(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
+    """Make a ``ModelCheckpoint`` save now, as when it is due: its file name, top-k rule and saved state.
+
+    ``LastCheckpoint`` saves at the end of whatever ends a run (max_steps between validations, a signal), a
+    moment ``ModelCheckpoint`` has no public entry for; these two methods are what its own
+    ``on_validation_end`` calls.
+    """
+    callback._save_topk_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def last_saved_step(callback: ModelCheckpoint) -> int:
+    """The update at which a ``ModelCheckpoint`` last saved (0 before it ever did)."""
+    return callback._last_global_step_saved

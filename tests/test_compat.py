@@ -43,3 +43,18 @@ def test_dataset_fingerprint_changes_with_the_data() -> None:
     assert compat.dataset_fingerprint(first) == compat.dataset_fingerprint(same)
     assert compat.dataset_fingerprint(first) != compat.dataset_fingerprint(other)
     assert compat.dataset_fingerprint(first.select([0])) != compat.dataset_fingerprint(first)
+
+
+def test_save_checkpoint_now_saves_as_model_checkpoint_does(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    callback = ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1)
+    trainer = L.Trainer(accelerator="cpu", logger=False, max_steps=2, limit_val_batches=0, callbacks=[callback],
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel())
+    assert compat.last_saved_step(callback) == 2  # its own save at the end of the run
+    (tmp_path / "last.ckpt").unlink()
+    compat.save_checkpoint_now(callback, trainer)  # again, now, under the same name
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]

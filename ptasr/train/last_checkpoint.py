@@ -26,6 +26,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from ptasr.compat import last_saved_step, save_checkpoint_now
+
 # The signals that end a run with a checkpoint: Ctrl-C, and what schedulers and `kill` send.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -100,14 +102,14 @@ class LastCheckpoint(ModelCheckpoint):
         else:
             super().on_validation_end(trainer, pl_module)
         if trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False):
-            if self._last_global_step_saved != trainer.global_step:
+            if last_saved_step(self) != trainer.global_step:
                 self._save(trainer)
             self._stop_for_signal(trainer, saved=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The end of the last epoch (max_epochs), or of a stop that came at an epoch's end: the epoch is complete,
         # so this checkpoint resumes with the next one.
-        if self._last_global_step_saved != trainer.global_step:
+        if last_saved_step(self) != trainer.global_step:
             self._save(trainer)
         self._restore_handlers()
 
@@ -118,7 +120,7 @@ class LastCheckpoint(ModelCheckpoint):
         self._restore_handlers()
 
     def _save(self, trainer: L.Trainer) -> None:
-        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_checkpoint_now(self, trainer)
 
     def _stop_for_signal(self, trainer: L.Trainer, saved: bool = False) -> None:
         if not saved:
