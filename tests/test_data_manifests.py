@@ -337,3 +337,30 @@ def test_a_clip_too_short_for_its_text_once_decoded_is_dropped_and_counted(tmp_p
     loss = torch.nn.functional.ctc_loss(logits, labels, torch.tensor([24]), torch.tensor([25]),
                                         blank=dataset.vocab.pad_id)
     assert torch.isinf(loss)  # what the clip would have done to its batch with ctc_zero_infinity false
+
+
+def test_a_hugging_face_dataset_as_one_of_several_sources(recordings, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data.commonvoice import read_tsv
+    from ptasr.data.datamodule import TrainSource
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 2})
+    features = {"audio": {"_type": "Audio"}, "sentence": {"dtype": "string", "_type": "Value"}}
+    (tmp_path / "hf_data" / "data").mkdir(parents=True)
+    rows = read_tsv(corpus.root / "train.tsv")
+    table = pa.table({"audio": [{"bytes": (corpus.root / "clips" / p).read_bytes(), "path": p} for p in rows["path"]],
+                      "sentence": rows["sentence"]})
+    table = table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}})})
+    pq.write_table(table, tmp_path / "hf_data" / "data" / "train-00000-of-00001.parquet")
+    folder, recs = recordings
+    write_manifest(folder / "few.csv", recs[:3])
+    sources = [TrainSource(hf_dataset=str(tmp_path / "hf_data"), splits=["train"]),
+               TrainSource(path=str(folder / "few.csv"), weight=3.0)]
+    dm = CommonVoiceDataModule(str(corpus.root), sources=sources, val_split="dev", num_workers=0, batch_size=4)
+    dm.setup("fit")
+    ids = [i for b in dm.train_dataloader() for i in b["ids"]]
+    assert sorted(set(ids)) == sorted(corpus.splits["train"] + [str(folder / r.path) for r in recs[:3]])
+    assert len(ids) == 4 + 3 * 3  # the HF rows once, the manifest's three times
