@@ -30,7 +30,7 @@ from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio, normaliz
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
 from ptasr.checkpoint import load_any
-from ptasr.compat import cpu_has_native_bf16
+from ptasr.devices import resolve_device, resolve_dtype
 from ptasr.errors import CheckpointError, SettingError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
@@ -205,46 +205,6 @@ def word_spans(spans: Sequence[tuple[int, int, int]], vocab: Vocabulary, seconds
     return words
 
 
-# --- device and precision -----------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` or None: CUDA when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:  # "Expected one of cpu, cuda, ... device type at start of device string: gpu"
-        raise SettingError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from error
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise SettingError(f"device {device!r}: no CUDA GPU is visible here (torch.cuda.is_available() is "
-                               f"False); use cpu, or auto to take a GPU only where there is one")
-        if resolved.index is not None and resolved.index >= count:
-            raise SettingError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
-    return resolved
-
-
-def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
-    """``"auto"``: bfloat16 where ``device`` computes it natively, else float32; a dtype or its name as given.
-
-    Native bf16 means CUDA GPUs from Ampere on and CPUs with AVX512-BF16 or AMX units. There the matrix
-    products and convolutions that are nearly all of inference move half the bytes and run on the wider bf16
-    units, and greedy transcripts score the WER of float32 (measured by ``benchmarks/transcribe_rtf.py``).
-    Elsewhere bf16 is emulated and slower than float32, so "auto" stays in float32.
-    """
-    if dtype != "auto":
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    elif device.type == "cpu":
-        native = cpu_has_native_bf16()
-    else:
-        native = False
-    return torch.bfloat16 if native else torch.float32
-
-
 # --- the recognizer ----------------------------------------------------------------------------------------
 
 
@@ -279,14 +239,14 @@ class Recognizer:
         """From a Lightning checkpoint, an exported/HF folder, or a hub id (see the module docstring).
 
         ``dtype`` is the network's precision: ``"auto"`` (bfloat16 where the device runs it natively, see
-        :func:`resolve_dtype`), float32, bfloat16 or float16 (GPUs). Emissions are decoded in float32 either way.
+        :func:`ptasr.devices.resolve_dtype`), float32, bfloat16 or float16 (GPUs). Emissions are decoded in float32 either way.
         """
         model, vocab, normalizer, metadata = load_any(source)
         recognizer = cls(model, vocab, normalizer, {**metadata, "source": str(source)})
         return recognizer.to(device, dtype)
 
     def to(self, device: str | torch.device | None, dtype: torch.dtype | str | None = None) -> Recognizer:
-        """Move to ``device`` (``"auto"``: CUDA if available) in ``dtype`` (``"auto"``: see :func:`resolve_dtype`)."""
+        """Move to ``device`` (``"auto"``: CUDA if available) in ``dtype`` (``"auto"``: see :func:`ptasr.devices.resolve_dtype`)."""
         device = resolve_device(device)
         self.model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, device))
         return self
