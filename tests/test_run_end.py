@@ -1,10 +1,16 @@
 """Every fit ends with ``last.ckpt`` at its final update, in process: max_steps between validations, max_epochs,
-a callback's stop, and the recipes' use of :class:`~ptasr.train.LastCheckpoint`. (Signals sent to a real
-subprocess fit are in tests/test_resume.py, beside the uninterrupted reference run they are compared with.)
+a callback's stop, and the recipes' use of :class:`~ptasr.train.LastCheckpoint`; and a SIGTERM to a 2-process DDP
+fit, which stops every rank at the same update. (Signals sent to a single-process fit are in tests/test_resume.py,
+beside the uninterrupted reference run they are compared with.)
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +94,50 @@ def test_the_recipes_end_every_run_with_last_checkpoint(recipe_configs: dict[str
         assert "ptasr.train.LastCheckpoint" in [c["class_path"] for c in callbacks], name
     demo = cli_main(["-c", str(CONFIG_DIR / "demo.yaml")], run=False)
     assert sum(isinstance(c, LastCheckpoint) for c in demo.trainer.callbacks) == 1
+
+
+class SlowStepLog(L.Callback):
+    """Sleeps before every batch (so that a signal finds the fit running) and appends each finished update to
+    ``<folder>/rank<R>.log``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        time.sleep(0.5)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with open(self.folder / f"rank{trainer.global_rank}.log", "a") as log:
+            log.write(f"{trainer.global_step}\n")
+
+
+def test_sigterm_stops_every_ddp_rank_at_the_same_update_with_last_ckpt(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(repo / "train.py"), "fit", f"--trainer.logger.init_args.save_dir={tmp_path}",
+               *SMALL_MODEL, *SMALL_RUN, "--trainer.max_steps=40", "--trainer.max_time=null",
+               "--trainer.val_check_interval=250", "--trainer.precision=32-true",
+               "--trainer.callbacks+=test_run_end.SlowStepLog", f"--trainer.callbacks.folder={tmp_path}",
+               "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    # Its own session, so that a failure here can end both ranks; the signal goes to rank 0's process only.
+    fit = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((tmp_path / "rank0.log").exists() and len((tmp_path / "rank0.log").read_text().split()) >= 2):
+            assert fit.poll() is None, fit.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the DDP fit made no progress"
+            time.sleep(0.1)
+        fit.send_signal(signal.SIGTERM)
+        _, stderr = fit.communicate(timeout=180)
+    finally:
+        if fit.poll() is None:
+            os.killpg(fit.pid, signal.SIGKILL)
+    assert fit.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    updates = [[int(step) for step in (tmp_path / f"rank{rank}.log").read_text().split()] for rank in (0, 1)]
+    assert updates[0] == updates[1]  # both ranks stopped after the same update
+    assert 2 <= updates[0][-1] < 40
+    saved = torch.load(tmp_path / "demo" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)
+    assert saved["global_step"] == updates[0][-1]
