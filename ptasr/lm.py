@@ -181,8 +181,12 @@ def _word_lm_class(flashlight: Any) -> type:
         def _close_word(self, kenlm_state: Any, partial: str, charged: bool) -> tuple[Any, float]:
             if not partial:
                 return kenlm_state, 0.0  # a leading or doubled delimiter closes no word
-            new_state, value = self.kenlm.score(kenlm_state, self.word_ids.get(partial, self.unk_id))
-            return new_state, 0.0 if charged else value
+            word_id = self.word_ids.get(partial)
+            new_state, value = self.kenlm.score(kenlm_state, self.unk_id if word_id is None else word_id)
+            if charged:
+                return new_state, 0.0
+            # a prefix of LM words that ends here is no LM word either: it pays the <unk> penalty now
+            return new_state, value + (self.unk_penalty if word_id is None else 0.0)
 
         def _is_prefix(self, partial: str) -> bool:
             i = bisect.bisect_left(self.sorted_words, partial)
@@ -228,6 +232,10 @@ class BeamSearchDecoder:
         unk_score: added (unweighted, natural log) to a word-level LM's ``<unk>`` score for every word outside
             the LM's vocabulary, as pyctcdecode's ``unk_score_offset``: a small corpus's KN model gives ``<unk>``
             about a rare word's probability, so without it misspellings cost no more than rare words.
+        log_add: merge hypotheses that reach the same state by adding their probabilities (a prefix beam
+            search over all alignments, as pyctcdecode does) rather than keeping the best alignment's. An
+            uncertain model spreads a word's letters over many alignments, each less likely than the all-blank
+            one: with the maximum, the beam deletes words.
     """
 
     def __init__(
@@ -242,10 +250,12 @@ class BeamSearchDecoder:
         lm_weight: float = 2.0,
         word_score: float = 0.0,
         unk_score: float = -10.0,
+        log_add: bool = True,
     ) -> None:
         self._flashlight = _flashlight()
         self.vocab = vocab
-        self.settings = {"beam_size": beam_size, "beam_size_token": beam_size_token, "beam_threshold": beam_threshold}
+        self.settings = {"beam_size": beam_size, "beam_size_token": beam_size_token, "beam_threshold": beam_threshold,
+                         "log_add": log_add}
         self.unk_score = unk_score
         self._kenlm = self._language_model(Path(lm) if lm is not None else None, unit, words)
         self._decoder = self._build(lm_weight, word_score)
@@ -263,7 +273,8 @@ class BeamSearchDecoder:
         # delimiter is emitted, is the per-word bonus.
         options = fl.LexiconFreeDecoderOptions(
             beam_size=settings["beam_size"], beam_size_token=settings["beam_size_token"] or len(self.vocab),
-            beam_threshold=settings["beam_threshold"], lm_weight=lm_weight, sil_score=word_score, log_add=False,
+            beam_threshold=settings["beam_threshold"], lm_weight=lm_weight, sil_score=word_score,
+            log_add=settings["log_add"],
             criterion_type=fl.CriterionType.CTC,
         )
         if self._lm is None:

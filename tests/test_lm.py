@@ -181,3 +181,20 @@ def test_tuned_weights_round_trip(tmp_path: Path) -> None:
     saved.write_text('{"alpha": 1}', encoding="utf-8")
     with pytest.raises(ValueError, match=r"lm\.arpa\.json lacks lm_weight"):
         load_weights(lm)
+
+
+def test_a_word_cut_short_pays_the_unknown_word_penalty(word_lm: Path) -> None:
+    # "cas" is a prefix of "casa" (never charged while spelled) but no LM word: closing it must cost as much
+    # as any out-of-vocabulary word, or the beam prefers dropping the last letters of a word it doubts.
+    cas_a = emissions(spoken([{"c": 0.9}, {"a": 0.9}, {"s": 0.9}, {"a": 0.2, "_": 0.8}]))
+    assert greedy(cas_a) == "cas"
+    assert BeamSearchDecoder(VOCAB, word_lm, lm_weight=0.5).decode(cas_a, frames_of(cas_a)) == ["casa"]
+    assert BeamSearchDecoder(VOCAB, word_lm, lm_weight=0.5, unk_score=0.0).decode(cas_a, frames_of(cas_a)) == ["cas"]
+
+
+def test_log_add_sums_alignments_where_the_maximum_deletes() -> None:
+    # Two frames, each "a" 0.4 / blank 0.6. "a" by any alignment: 0.4 (aa, _a) + 0.24 (a_) in two beam states;
+    # the all-blank path alone: 0.36, more than any single alignment of "a" (0.24).
+    doubt = emissions([{"a": 0.4, "_": 0.6}, {"a": 0.4, "_": 0.6}])
+    assert BeamSearchDecoder(VOCAB).decode(doubt, frames_of(doubt)) == ["a"]
+    assert BeamSearchDecoder(VOCAB, log_add=False).decode(doubt, frames_of(doubt)) == [""]
