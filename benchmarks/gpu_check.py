@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import torch
 
@@ -43,9 +44,34 @@ def main() -> int:
     result = dict(fp32_vs_fp64=relative(full), bf16_vs_fp64=relative(half), train_loss=float(loss),
                   grads_finite=all(bool(torch.isfinite(p.grad).all()) for p in model.parameters()
                                    if p.grad is not None))
+    result.update(host_syncs(model, waveforms, lengths, labels))
     print(json.dumps(result), flush=True)
     ok = result["fp32_vs_fp64"] < 1e-3 and result["bf16_vs_fp64"] < 3e-2 and result["grads_finite"]
     return 0 if ok else 1
+
+
+def host_syncs(model: Wav2Vec2CTC, waveforms: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
+               ) -> dict[str, int]:
+    """Synchronizing CUDA calls in a bf16 training forward pass and in the CTC loss, counted by CUDA's sync
+    debug mode. benchmarks/README.md lists what to expect: one in the forward pass (frame packing's count),
+    several in the native CTC kernel. Reported, not checked: tests/test_fake_cuda.py is the check."""
+    generator = torch.Generator().manual_seed(0)  # on the host, as the training module's
+    torch.cuda.synchronize()
+    counts = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits, frames = model(waveforms, lengths, generator, layers=model.draw_layers(generator))
+            counts["forward_host_syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+            caught.clear()
+            ctc_loss(logits, frames, labels, torch.full((len(labels),), labels.shape[1], device=labels.device),
+                     blank=39)
+            counts["ctc_loss_host_syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return counts
 
 
 if __name__ == "__main__":
