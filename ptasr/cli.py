@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from ptasr import __version__
 from ptasr.data.audio import AudioDecodeError
-from ptasr.errors import DataError, MissingPathError, SettingError, UserError, exit_status
+from ptasr.errors import TRACEBACK_VARIABLE, DataError, MissingPathError, SettingError, UserError, exit_status
 
 log = logging.getLogger("ptasr")
 
@@ -82,7 +82,9 @@ def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptasr", description="Run, score and share wav2vec2 CTC models.")
+    parser = argparse.ArgumentParser(prog="ptasr", description="Run, score and share wav2vec2 CTC models.",
+                                     epilog=f"A wrong input or setting ends a command with one line; "
+                                            f"{TRACEBACK_VARIABLE}=1 shows its traceback.")
     parser.add_argument("--version", action="version", version=f"ptasr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -50,3 +50,9 @@ def test_the_user_errors_keep_their_builtin_kinds() -> None:
     assert issubclass(CheckpointError, ValueError) and issubclass(MissingPathError, FileNotFoundError)
     for kind in (AudioDecodeError, TrainingDiverged, CheckpointError, SettingError, MissingPathError):
         assert issubclass(kind, UserError), kind
+
+
+def test_ptasr_help_names_the_traceback_variable() -> None:
+    from ptasr.cli import build_parser
+
+    assert "PTASR_TRACEBACK=1" in " ".join(build_parser().format_help().split())
