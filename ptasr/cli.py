@@ -63,6 +63,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context on each side of a chunk, seconds (default: chunk length / 6)")
 
 
+def _add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="onnx: run MODEL's model.onnx (from `ptasr export --onnx`) with ONNX Runtime on the "
+                             "CPU, in float32 (default: torch)")
+
+
 def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("beam search with an n-gram LM (needs: pip install 'ptasr[lm]')")
     group.add_argument("--lm", default=None, help="KenLM model (ARPA or binary); enables beam search")
@@ -96,14 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  "JSON object per file")
     transcribe.add_argument("--word-timestamps", action="store_true", help="start and end time of every word")
     transcribe.add_argument("--output", "-o", default=None, help="write here instead of stdout")
-    transcribe.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                            help="onnx: run MODEL's model.onnx (from `ptasr export --onnx`) with ONNX Runtime on the "
-                                 "CPU, in float32 (default: torch)")
+    _add_backend_argument(transcribe)
     _add_lm_arguments(transcribe)
     transcribe.set_defaults(run=run_transcribe)
 
     evaluate = commands.add_parser("evaluate", help="WER and CER on a Common Voice split or TSV")
     _add_model_arguments(evaluate)
+    _add_backend_argument(evaluate)
     evaluate.add_argument("--data", required=True,
                           help="a Common Voice release folder (or .tar.gz), a split TSV with clips/ beside it, "
                                "a manifest of your own recordings (.csv/.tsv/.jsonl: path,text[,duration]), or a "

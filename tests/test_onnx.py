@@ -126,3 +126,24 @@ def test_onnx_backend_errors_are_one_line(tmp_path: Path, capsys: pytest.Capture
     assert f"no {ONNX_FILE} in {tmp_path}" in capsys.readouterr().err
     assert main(["transcribe", str(tmp_path), str(clip), "--backend", "onnx", "--device", "cuda"]) == 1
     assert "--backend onnx runs on the CPU in float32" in capsys.readouterr().err
+
+
+def test_evaluate_with_the_onnx_backend_gives_the_torch_results(
+    exported: tuple[Path, Recognizer], tmp_path: Path
+) -> None:
+    folder, _ = exported
+    generator = np.random.default_rng(1)
+    rows = ["path,text"]
+    for index, seconds in enumerate((1.2, 2.0)):
+        sf.write(tmp_path / f"clip{index}.wav", 0.1 * generator.standard_normal(int(seconds * 16000)).astype("float32"),
+                 16000)
+        rows.append(f"clip{index}.wav,abc def")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    predictions = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / backend
+        assert main(["evaluate", str(folder), "--data", str(tmp_path / "manifest.csv"), "--backend", backend,
+                     "--dtype", "float32", "--output-dir", str(out)]) == 0
+        [tsv] = out.glob("*_predictions.tsv")
+        predictions[backend] = tsv.read_text(encoding="utf-8")
+    assert len(predictions["torch"].splitlines()) == 3 and predictions["onnx"] == predictions["torch"]
