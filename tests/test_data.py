@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -526,7 +527,12 @@ def test_datamodule_on_bundled_corpus_gives_contract_batches(tmp_path):
         labels = batch["labels"][i, : batch["label_lengths"][i]].tolist()
         assert dm.vocab.decode(labels) == batch["texts"][i] == dm.normalizer(batch["texts"][i])
         assert batch["ids"][i].startswith("common_voice_pt_") and batch["ids"][i].endswith(".mp3")
-    assert all(isinstance(v, str) for key in ("age", "gender", "accent") for v in batch[key])
+    rows = {}  # the training rows (train + dev) as the bundled TSVs give them, by clip
+    for split in ("train", "dev"):
+        with open(Path(BUNDLED_CORPUS) / f"{split}.tsv", encoding="utf-8", newline="") as f:
+            rows.update((row["path"], row) for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    for key in ("age", "gender", "accent"):
+        assert batch[key] == [rows[clip][key] for clip in batch["ids"]], key
     assert {len(list(dm.val_dataloader())), len(dm.val_dataloader())} == {7}  # 50 test clips, 8 per batch
 
 
