@@ -1,4 +1,5 @@
-"""What several test files share: the small model and run of the training tests, and checkpoint-writing fakes.
+"""What several test files share: the small model and run of the training tests, checkpoint-writing fakes and
+the word LM of the LM tests.
 
 A plain module (not a test module), imported by the test files and by ``conftest.py``'s fixtures.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,3 +81,17 @@ def save_half_then(failure: Callable[[], None]) -> Callable[..., None]:
         failure()
 
     return save
+
+
+def word_arpa(path: Path, bigrams: dict[str, float]) -> Path:
+    """Write a word bigram ARPA model that knows "casa" and "mesa" but not "caza" (log10 probabilities,
+    back-offs) to ``path`` and return it.
+
+    Args:
+        bigrams: ``{"first second": log10 probability}``, in the order the file lists them.
+    """
+    unigrams = ["-1.0\t<unk>\t0", "-99\t<s>\t-0.3", "-0.5\t</s>\t0", "-0.3\tcasa\t-0.3", "-0.6\tmesa\t-0.3"]
+    lines = ["\\data\\", f"ngram 1={len(unigrams)}", f"ngram 2={len(bigrams)}", "", "\\1-grams:", *unigrams]
+    lines += ["", "\\2-grams:", *(f"{p:g}\t{pair}" for pair, p in bigrams.items()), "", "\\end\\", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

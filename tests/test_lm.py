@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import word_arpa
+
 from ptasr.data.text import Vocabulary
 from ptasr.decode import greedy_decode
 
@@ -17,28 +19,9 @@ from ptasr.lm import BeamSearchDecoder, LMUnavailableError, arpa_words, lm_words
 
 VOCAB = Vocabulary.build(["casa mesa caza"])  # ['|', 'a', 'c', 'e', 'm', 's', 'z', '[UNK]', '[PAD]']
 
-# A word bigram model that knows "casa" and "mesa" but not "caza" (log10 probabilities, backoffs).
-WORD_ARPA = """\\data\\
-ngram 1=5
-ngram 2=6
-
-\\1-grams:
--1.0\t<unk>\t0
--99\t<s>\t-0.3
--0.5\t</s>\t0
--0.3\tcasa\t-0.3
--0.6\tmesa\t-0.3
-
-\\2-grams:
--0.2\t<s> casa
--0.4\t<s> mesa
--0.3\tcasa mesa
--0.5\tmesa casa
--0.2\tcasa </s>
--0.2\tmesa </s>
-
-\\end\\
-"""
+# The word bigram model: knows "casa" and "mesa" but not "caza".
+WORD_BIGRAMS = {"<s> casa": -0.2, "<s> mesa": -0.4, "casa mesa": -0.3, "mesa casa": -0.5,
+                "casa </s>": -0.2, "mesa </s>": -0.2}
 
 
 def char_arpa() -> str:
@@ -86,9 +69,7 @@ def frames_of(log_probs: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def word_lm(tmp_path: Path) -> Path:
-    path = tmp_path / "words.arpa"
-    path.write_text(WORD_ARPA, encoding="utf-8")
-    return path
+    return word_arpa(tmp_path / "words.arpa", WORD_BIGRAMS)
 
 
 def test_word_lm_picks_the_in_lm_word_where_greedy_does_not(word_lm: Path) -> None:

@@ -10,30 +10,14 @@ import torch
 
 pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (pip install 'ptasr[lm]') is not installed")
 
+from helpers import word_arpa  # noqa: E402
+
 from ptasr.data.text import Vocabulary  # noqa: E402
 from ptasr.train.lm_validation import LMValidation  # noqa: E402
 
 VOCAB = Vocabulary.build(["casa mesa caza"])
-# A word bigram model that knows "casa" and "mesa" but not "caza" (log10 probabilities, back-offs).
-WORD_ARPA = """\\data\\
-ngram 1=5
-ngram 2=4
-
-\\1-grams:
--1.0\t<unk>\t0
--99\t<s>\t-0.3
--0.5\t</s>\t0
--0.3\tcasa\t-0.3
--0.6\tmesa\t-0.3
-
-\\2-grams:
--0.2\t<s> casa
--0.3\tcasa mesa
--0.2\tcasa </s>
--0.2\tmesa </s>
-
-\\end\\
-"""
+# The word bigram model: knows "casa" and "mesa" but not "caza".
+WORD_BIGRAMS = {"<s> casa": -0.2, "casa mesa": -0.3, "casa </s>": -0.2, "mesa </s>": -0.2}
 
 
 def spoken(letters: str, doubt: dict[str, dict[str, float]]) -> torch.Tensor:
@@ -76,9 +60,7 @@ def validate(callback: LMValidation, times: int) -> list[dict[str, float]]:
 
 @pytest.fixture
 def lm(tmp_path: Path) -> Path:
-    path = tmp_path / "words.arpa"
-    path.write_text(WORD_ARPA, encoding="utf-8")
-    return path
+    return word_arpa(tmp_path / "words.arpa", WORD_BIGRAMS)
 
 
 def test_lm_fixes_what_greedy_gets_wrong_every_k_validations(lm: Path) -> None:
