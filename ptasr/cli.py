@@ -579,6 +579,13 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"\nbest: LM weight {best.lm_weight:g}, word score {best.word_score:g} (WER {best.wer:.4f}, CER {best.cer:.4f}) "
           f"on {len(rows)} utterances of {args.data} ({args.split}); greedy: WER {greedy['wer']:.4f}, "
           f"CER {greedy['cer']:.4f}")
+    weights, scores = sorted({t.lm_weight for t in trials}), sorted({t.word_score for t in trials})
+    edges = [f"{name} {value:g}" for name, value, grid in (("LM weight", best.lm_weight, weights),
+                                                           ("word score", best.word_score, scores))
+             if len(grid) > 2 and value in (grid[0], grid[-1]) and value != 0]
+    if edges:
+        print(f"the best {' and '.join(edges)} lie(s) on the grid's edge: a wider --lm-weights/--word-scores may "
+              f"do better")
     saved = save_weights(args.lm, best, model=args.model, data=args.data, split=args.split, utterances=len(rows),
                          beam_size=args.beam_size, lm_unit=args.lm_unit)
     print(f"saved to {saved}\n")
