@@ -183,14 +183,10 @@ class Wav2Vec2Model(nn.Module):
         self.encoder = Transformer(config)
         self.feature_extractor_frozen = False
 
-    def forward(
-        self,
-        waveforms: torch.Tensor,
-        lengths: torch.Tensor,
-        generator: torch.Generator | None = None,
-        layers: list[bool] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) float, (B,) int64 samples -> hidden (B, T, D), (B,) int64 frames."""
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
+                layers: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) float, (B,) int64 samples -> hidden (B, T, D), (B,) int64 frames; arguments as in
+        :meth:`Wav2Vec2CTC.forward`."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.feature_extractor_frozen):
             features, frame_lengths = self.feature_extractor(waveforms, lengths)  # (B, T, C)
         hidden = self.feature_projection(features)  # (B, T, D)
