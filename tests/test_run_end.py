@@ -96,6 +96,19 @@ def test_the_recipes_end_every_run_with_last_checkpoint(recipe_configs: dict[str
     assert sum(isinstance(c, LastCheckpoint) for c in demo.trainer.callbacks) == 1
 
 
+
+def test_last_in_a_folder_of_its_own_is_found_by_an_evaluation_with_ckpt_path_last(tmp_path: Path) -> None:
+    config = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
+    [last] = [c for c in config["trainer"]["callbacks"] if c["class_path"] == "ptasr.train.LastCheckpoint"]
+    last["init_args"] = {"dirpath": str(tmp_path / "my-checkpoints")}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    common = ["-c", str(tmp_path / "config.yaml"), "--trainer.logger=false", *SMALL_MODEL, *SMALL_RUN,
+              "--trainer.max_time=null", "--trainer.val_check_interval=250"]
+    cli_main(["fit", *common, "--trainer.max_steps=2"])
+    assert (tmp_path / "my-checkpoints" / "last.ckpt").is_file()
+    validated = cli_main(["validate", *common, "--ckpt_path=last"])  # found, not refused
+    assert Path(validated.trainer.ckpt_path) == tmp_path / "my-checkpoints" / "last.ckpt"
+
 class SlowStepLog(L.Callback):
     """Sleeps before every batch (so that a signal finds the fit running) and appends each finished update to
     ``<folder>/rank<R>.log``."""

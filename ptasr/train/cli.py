@@ -258,7 +258,8 @@ def _log_into_checkpoint_run(trainer_config: Any, ckpt_path: str, subcommand: st
 def _require_last_checkpoint(trainer_config: Any, args: Any | None) -> None:
     """Raise naming where ``--ckpt_path last`` looked when no ``last*.ckpt`` is there."""
     folders = [Path(callback.init_args.dirpath) for callback in trainer_config.get("callbacks") or []
-               if getattr(callback, "class_path", "").endswith("ModelCheckpoint") and callback.init_args.get("dirpath")]
+               if getattr(callback, "class_path", "").endswith(("ModelCheckpoint", "LastCheckpoint"))
+               and callback.init_args.get("dirpath")]
     if args is not None:
         run = _run_folder(args) or _runs_folder(args) / "*"  # pinned version, else any run of this name
         patterns = [str(run / "checkpoints" / "last*.ckpt")]
