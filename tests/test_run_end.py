@@ -109,6 +109,26 @@ def test_last_in_a_folder_of_its_own_is_found_by_an_evaluation_with_ckpt_path_la
     validated = cli_main(["validate", *common, "--ckpt_path=last"])  # found, not refused
     assert Path(validated.trainer.ckpt_path) == tmp_path / "my-checkpoints" / "last.ckpt"
 
+
+class TermDuringSanityCheck(L.Callback):
+    """Sends SIGTERM to its own process while the sanity check runs (Lightning's handler gets it)."""
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_during_the_sanity_check_ends_the_run_after_the_first_update(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(repo / "train.py"), "fit", f"--trainer.logger.init_args.save_dir={tmp_path}",
+               *SMALL_MODEL, *SMALL_RUN, "--trainer.max_steps=10", "--trainer.max_time=null",
+               "--trainer.num_sanity_val_steps=1", "--trainer.callbacks+=test_run_end.TermDuringSanityCheck"]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # Lightning's own handling would raise SIGTERMException (exit status 0) after the first batch, saving nothing.
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    assert _last(tmp_path)["global_step"] == 1
+
 class SlowStepLog(L.Callback):
     """Sleeps before every batch (so that a signal finds the fit running) and appends each finished update to
     ``<folder>/rank<R>.log``."""

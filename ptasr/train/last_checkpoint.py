@@ -11,7 +11,8 @@ Signals: the first SIGINT (Ctrl-C) or SIGTERM lets the update in progress finish
 ends the process with status 128 + the signal number (130, 143), as a shell reports a process ended by that
 signal; a scheduler sees a pre-empted job, not a finished one. A second SIGINT or SIGTERM stops at once,
 without saving. A signal that arrives during a validation takes effect when the validation ends (its metrics
-and the best checkpoint stay consistent with last.ckpt).
+and the best checkpoint stay consistent with last.ckpt); a SIGTERM during the start (checkpoint restore, sanity
+check) after the first update.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ class LastCheckpoint(ModelCheckpoint):
         # Lightning's raises SIGTERMException at the next batch end (exit status 0, no checkpoint).
         self._seen_step = trainer.global_step
         self._end_step = -1
-        self._signal = None
+        # A SIGTERM between Lightning's registration and now (restoring a checkpoint, the sanity check) reached
+        # Lightning's handler: it counts as ours, so the first update ends the run with last.ckpt.
+        self._signal = signal.SIGTERM if trainer.received_sigterm else None
         self._install_handlers()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
