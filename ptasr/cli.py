@@ -216,6 +216,7 @@ def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
     from ptasr.lm import BeamSearchDecoder
 
     lm_weight, word_score = _lm_weights(args)
+    args.lm_weight, args.word_score = lm_weight, word_score  # the pair used, for the results file
     return BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
                              beam_size=args.beam_size, beam_size_token=args.beam_size_token or None,
                              lm_weight=lm_weight, word_score=word_score)
@@ -455,6 +456,7 @@ def summarise(args: argparse.Namespace, recognizer: Any, scored: list[Any], skip
     return {
         "model": args.model, "data": args.data, "split": args.split,
         "decoder": "beam+lm" if args.lm else ("beam" if args.beam else "greedy"),
+        **({"lm": {"path": args.lm, "lm_weight": args.lm_weight, "word_score": args.word_score}} if args.lm else {}),
         "device": str(recognizer.device), "dtype": str(recognizer.dtype).removeprefix("torch."),
         **error_rates(scored),
         "skipped": len(skipped),

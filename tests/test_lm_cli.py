@@ -74,6 +74,7 @@ def test_build_tune_then_evaluate_with_the_tuned_pair(checkpoint: Path, corpus: 
     assert "LM weights tuned on" in capsys.readouterr().err
     again = json.loads((tmp_path / "again" / f"{corpus.name}_dev_eval_results.json").read_text(encoding="utf-8"))
     assert again["wer"] == pytest.approx(results["wer"], abs=1e-6)
+    assert again["lm"] == {"path": str(lm), "lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"]}
 
 
 def test_tune_without_an_lm_is_a_one_line_error(checkpoint: Path, corpus: Path, capsys) -> None:
