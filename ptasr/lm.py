@@ -46,7 +46,7 @@ _SENTENCE_MARKERS = ("<s>", "</s>", "<unk>")
 
 
 class LMUnavailableError(UserError, ImportError):
-    """flashlight-text (the beam decoder behind torchaudio's ``ctc_decoder``) is not installed."""
+    """flashlight-text (the beam search decoder and its KenLM binding) is not installed."""
 
 
 @dataclass
@@ -231,7 +231,9 @@ class BeamSearchDecoder:
         word_score: bonus added at every word boundary (negative values favour fewer, longer words).
         unk_score: added (unweighted, natural log) to a word-level LM's ``<unk>`` score for every word outside
             the LM's vocabulary, as pyctcdecode's ``unk_score_offset``: a small corpus's KN model gives ``<unk>``
-            about a rare word's probability, so without it misspellings cost no more than rare words.
+            about a rare word's probability, so without it misspellings cost no more than rare words. flashlight
+            multiplies every LM score by ``lm_weight``, so the adapter adds ``unk_score / lm_weight``; with an LM
+            weight of 0 there is no penalty (pyctcdecode still charges it).
         log_add: merge hypotheses that reach the same state by adding their probabilities (a prefix beam
             search over all alignments, as pyctcdecode does) rather than keeping the best alignment's. An
             uncertain model spreads a word's letters over many alignments, each less likely than the all-blank
