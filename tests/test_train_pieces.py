@@ -1,5 +1,6 @@
 """The small pieces of the training system, on their own: non-finite update handling, random states in
-checkpoints, and the CLI link that gives the data filter the model's conv numbers."""
+checkpoints, the step's random streams, gradient clipping and LayerDrop-skipped gradients, the data's and the
+checkpoint's match with the model, and the CLI link that gives the data filter the model's conv numbers."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from ptasr.errors import UserError
+from ptasr.checkpoint import checkpoint_entry
+from ptasr.data.commonvoice import FilterSettings
+from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.errors import DataError, SettingError, UserError
+from ptasr.model.config import Wav2Vec2Config
 from ptasr.train.cli import cli_main
+from ptasr.train.data_match import check_data_fits_model, text_side_after_loading
+from ptasr.train.gradients import clip_with_norm, drop_skipped_layer_gradients
 from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged, skip_update_if
 from ptasr.train.random_state import RandomStateCheckpoint, rng_states, set_rng_states
+from ptasr.train.step_randomness import layerdrop_generator, spec_augment_generator
 from helpers import SMALL_MODEL, SMALL_RUN
 
 
@@ -96,3 +104,80 @@ def test_the_data_filter_counts_frames_with_the_models_conv_stack(tmp_path: Path
     assert config.conv_stride == (5, 2, 2, 2, 2, 2, 3)
     assert (cli.datamodule.filters.conv_kernel, cli.datamodule.filters.conv_stride) == (config.conv_kernel,
                                                                                          config.conv_stride)
+
+
+def test_an_update_with_a_nonfinite_norm_is_skipped_counted_and_checked() -> None:
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    guard = NonFiniteUpdates(patience=2)
+    weight.grad = torch.ones(2)
+    guard.update(torch.tensor(float("inf")), 0, optimizer, skip=True, check=True)
+    optimizer.step()
+    assert torch.equal(weight.detach(), torch.ones(2)) and int(guard.skipped) == 1
+    guard.update(torch.tensor(float("nan")), 1, optimizer, skip=False, check=False)  # fp16: the scaler skips
+    assert int(guard.skipped) == 2 and int(guard.diverged_at) == 2
+    with pytest.raises(TrainingDiverged):
+        guard.update(torch.tensor(1.0), 2, optimizer, skip=True, check=True)
+
+
+def test_step_generators_are_functions_of_seed_update_batch_and_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")
+
+    def draws(generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(8, generator=generator)
+
+    # The seed key is part of what a resumed run must draw again: pinned here.
+    assert torch.equal(draws(layerdrop_generator(3, 1)),
+                       draws(torch.Generator().manual_seed(hash((42, 3, 1)) & 0x7FFF_FFFF_FFFF_FFFF)))
+    assert torch.equal(draws(spec_augment_generator(3, 1, 1)),
+                       draws(torch.Generator().manual_seed(hash((42, 3, 1, 1)) & 0x7FFF_FFFF_FFFF_FFFF)))
+    assert not torch.equal(draws(spec_augment_generator(3, 1, 0)), draws(spec_augment_generator(3, 1, 1)))
+    assert not torch.equal(draws(layerdrop_generator(3, 1)), draws(layerdrop_generator(3, 2)))
+    assert not torch.equal(draws(layerdrop_generator(3, 1)), draws(layerdrop_generator(4, 1)))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "43")
+    assert not torch.equal(draws(layerdrop_generator(3, 1)),
+                           draws(torch.Generator().manual_seed(hash((42, 3, 1)) & 0x7FFF_FFFF_FFFF_FFFF)))
+
+
+def test_clipping_with_a_given_norm_and_its_fp16_refusal() -> None:
+    weights = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    for weight in weights:
+        weight.grad = torch.full_like(weight, 2.0)
+    norm = torch.nn.utils.get_total_norm([w.grad for w in weights])
+    with pytest.raises(SettingError, match="fused=true cannot clip fp16-scaled gradients"):
+        clip_with_norm(weights, torch.optim.AdamW(weights, fused=True), 1.0, norm, scaled=True)
+    clip_with_norm(weights, torch.optim.AdamW(weights, fused=False), 1.0, norm, scaled=True)
+    assert float(torch.nn.utils.get_total_norm([w.grad for w in weights])) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_only_the_skipped_layers_lose_their_gradients() -> None:
+    layers = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(3))
+    for parameter in layers.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    drop_skipped_layer_gradients(layers, None)  # no LayerDrop in this update
+    assert all(p.grad is not None for p in layers.parameters())
+    drop_skipped_layer_gradients(layers, {0, 2})
+    assert [all(p.grad is None for p in layer.parameters()) for layer in layers] == [True, False, True]
+
+
+def test_data_that_does_not_fit_the_model_is_refused() -> None:
+    vocab = Vocabulary.build(["ab"])
+    config = Wav2Vec2Config.preset("tiny", vocab_size=len(vocab))
+    check_data_fits_model(vocab, FilterSettings(), config)  # the preset's conv stack is the filter's default
+    check_data_fits_model(None, None, config)
+    with pytest.raises(SettingError, match="the data's vocabulary has 6 tokens but the CTC head has 5"):
+        check_data_fits_model(Vocabulary.build(["abc"]), None, config)
+    with pytest.raises(SettingError, match=r"strides \(5, 2, 2, 2, 2, 2, 3\), but the model has"):
+        check_data_fits_model(vocab, FilterSettings(conv_stride=(5, 2, 2, 2, 2, 2, 3)), config)
+
+
+def test_the_text_side_after_loading_a_checkpoint() -> None:
+    saved, data = Vocabulary.build(["ab"]), Vocabulary.build(["abc"])
+    entry = checkpoint_entry(Wav2Vec2Config.preset("tiny", vocab_size=len(saved)), saved, TextNormalizer())
+    vocab, normalizer = text_side_after_loading(entry, None, None)  # inference: the checkpoint's
+    assert vocab == saved and isinstance(normalizer, TextNormalizer)
+    own = TextNormalizer(lowercase=False)
+    assert text_side_after_loading(entry, saved, own) == (saved, own)  # in a Trainer: the data's, same tokens
+    with pytest.raises(DataError, match="the checkpoint's vocabulary"):
+        text_side_after_loading(entry, data, None)
+    assert text_side_after_loading({}, None, None) == (None, None)  # no entry: nothing to take

@@ -52,6 +52,25 @@ class NonFiniteUpdates(torch.nn.Module):
             first = (self.streak == self.patience) & (self.diverged_at < 0)
             self.diverged_at.copy_(torch.where(first, update + 1, self.diverged_at))
 
+    def update(self, grad_norm: torch.Tensor, update: int, optimizer: torch.optim.Optimizer | LightningOptimizer,
+               skip: bool, check: bool) -> None:
+        """Count update ``update`` by its final gradients' norm, skip it when that is not finite, and check.
+
+        Args:
+            skip: make the step a no-op here (not under fp16: the GradScaler skips the step itself and lowers
+                the scale).
+            check: look at the counts now (:meth:`check`). Reading a device value stalls the host until the
+                device catches up, so look only where Lightning reads the logged values anyway. The gradients
+                were all-reduced, so every DDP rank holds the same counts and raises at the same update: no
+                rank is left waiting in a collective.
+        """
+        nonfinite = ~torch.isfinite(grad_norm)
+        self.record(nonfinite, update)
+        if skip:
+            skip_update_if(nonfinite, optimizer)
+        if check:
+            self.check()
+
     def check(self) -> None:
         """Raise :class:`TrainingDiverged` if a run of skipped updates reached the patience (a host sync)."""
         update = int(self.diverged_at)
