@@ -36,9 +36,9 @@ import torch
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import read_tsv
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.inference import Transcript
 from ptasr.report import EvaluationReport
 from ptasr.scoring import Scored, breakdown, error_rates, score_utterance
+from ptasr.transcript import Transcript
 from train_throughput import cpu_name  # the script beside this one
 
 CORPUS = Path(BUNDLED_CORPUS)

@@ -7,7 +7,8 @@ Long recordings are cut into overlapping chunks exactly as transformers' ASR pip
 ``chunk_length_s``/``stride_length_s``: each chunk sees ``stride`` seconds of context on both sides, and only
 the frames of its middle part are kept, so the stitched frames cover the recording once. The chunks of many
 files are sorted by length and run in batches; decoding (greedy, or beam search with an n-gram LM) runs on
-the stitched frames of each file, which is where word timestamps come from.
+the stitched frames of each file, which is where word timestamps come from. What comes back is in
+``ptasr.transcript``; what audio goes in, in ``ptasr.audio_input``.
 
 Notation: S samples (16 kHz), T frames (one per ``samples_per_frame`` samples, 320 = 20 ms for wav2vec2),
 V vocabulary size.
@@ -22,59 +23,22 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
-from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio, normalize_waveform, resample
+from ptasr.audio_input import AudioInput, describe_input, read_input
+from ptasr.checkpoint import load_any
+from ptasr.data.audio import SAMPLE_RATE, normalize_waveform
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
-from ptasr.checkpoint import load_any
 from ptasr.devices import resolve_device, resolve_dtype
 from ptasr.errors import CheckpointError, SettingError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from ptasr.transcript import Transcript, token_spans, word_spans
 
 if TYPE_CHECKING:
     from ptasr.lm import BeamSearchDecoder
-
-# A path, a 1-D tensor already at 16 kHz, or (samples (S,) or (C, S), sample rate).
-AudioInput = str | Path | bytes | torch.Tensor | tuple[np.ndarray | torch.Tensor, int]
-
-
-# --- results -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class WordSpan:
-    """One word and where it was said, in seconds from the start of the recording."""
-
-    word: str
-    start: float
-    end: float
-
-
-@dataclass
-class Transcript:
-    """The transcription of one input; ``error`` is set (and ``text`` empty) when its audio could not be read.
-
-    ``log_probs`` (T, V): the model's per-frame log-probabilities, kept when asked for (``keep_log_probs``).
-    """
-
-    source: str
-    text: str
-    duration: float
-    words: list[WordSpan] | None = None
-    error: str | None = None
-    log_probs: torch.Tensor | None = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"source": self.source, "text": self.text, "duration": round(self.duration, 3)}
-        if self.words is not None:
-            out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.words]
-        if self.error is not None:
-            out["error"] = self.error
-        return out
 
 
 # --- chunking, as transformers' pipeline does it -----------------------------------------------------------
@@ -162,47 +126,6 @@ class Chunking:
         if sizes is None:
             return [Chunk(0, num_samples, 0, 0)]
         return chunk_recording(num_samples, *sizes)
-
-
-# --- word timestamps ---------------------------------------------------------------------------------------
-
-
-def token_spans(frame_ids: Sequence[int], blank: int) -> list[tuple[int, int, int]]:
-    """CTC best path (one id per frame) -> (token, first frame, end frame) for each emitted token.
-
-    >>> token_spans([3, 3, 0, 0, 4, 0, 4], blank=0)
-    [(3, 0, 2), (4, 4, 5), (4, 6, 7)]
-    """
-    spans: list[tuple[int, int, int]] = []
-    previous = blank
-    for frame, token in enumerate(frame_ids):
-        if token != blank and token == previous:
-            spans[-1] = (token, spans[-1][1], frame + 1)
-        elif token != blank:
-            spans.append((token, frame, frame + 1))
-        previous = token
-    return spans
-
-
-def word_spans(spans: Sequence[tuple[int, int, int]], vocab: Vocabulary, seconds_per_frame: float) -> list[WordSpan]:
-    """Group token spans into words at the delimiter; a word runs from its first to its last character.
-
-    >>> vocab = Vocabulary(["|", "a", "b", "[UNK]", "[PAD]"])
-    >>> word_spans([(1, 0, 2), (0, 3, 4), (2, 5, 6), (1, 6, 8)], vocab, 0.02)
-    [WordSpan(word='a', start=0.0, end=0.04), WordSpan(word='ba', start=0.1, end=0.16)]
-    """
-    words: list[WordSpan] = []
-    letters: list[tuple[int, int, int]] = []
-    for span in [*spans, (vocab.word_delimiter_id, 0, 0)]:  # a final delimiter closes the last word
-        if span[0] != vocab.word_delimiter_id:
-            letters.append(span)
-            continue
-        if letters:
-            text = "".join(vocab.tokens[token] for token, _, _ in letters)
-            words.append(WordSpan(text, round(letters[0][1] * seconds_per_frame, 3),
-                                  round(letters[-1][2] * seconds_per_frame, 3)))
-            letters = []
-    return words
 
 
 # --- the recognizer ----------------------------------------------------------------------------------------
@@ -328,7 +251,7 @@ class Recognizer:
         self, group: list[AudioInput], batch_size: int, chunking: Chunking, word_timestamps: bool,
         decoder: BeamSearchDecoder | None,
     ) -> list[Transcript]:
-        audio = [self._read(item) for item in group]
+        audio = [read_input(item) for item in group]
         pieces: list[tuple[int, Chunk]] = []
         for index, waveform in enumerate(audio):
             if isinstance(waveform, torch.Tensor):
@@ -341,7 +264,7 @@ class Recognizer:
             stitched.setdefault(index, []).append(log_probs[first:last])
         results = []
         for index, (item, waveform) in enumerate(zip(group, audio, strict=True)):
-            source = _describe(item)
+            source = describe_input(item)
             if isinstance(waveform, str):
                 results.append(Transcript(source, "", 0.0, error=waveform))
                 continue
@@ -354,20 +277,6 @@ class Recognizer:
         piece = waveform[chunk.start:chunk.end]
         # transformers' feature extractor normalises every chunk on its own; so do we, for the same input.
         return piece if chunk.end - chunk.start == waveform.shape[0] else normalize_waveform(piece)
-
-    def _read(self, item: AudioInput) -> torch.Tensor | str:
-        """A normalised 16 kHz mono waveform (S,), or the reason it could not be read."""
-        try:
-            if isinstance(item, (str, Path, bytes)):  # bytes: an encoded file, as Hugging Face datasets hold them
-                return load_audio(item)
-            if isinstance(item, torch.Tensor):
-                return normalize_waveform(item.float())
-            samples, sample_rate = item
-            waveform = torch.as_tensor(samples, dtype=torch.float32)
-            mono = waveform.mean(dim=0) if waveform.ndim == 2 else waveform  # (C, S) -> (S,)
-            return normalize_waveform(resample(mono, int(sample_rate)))
-        except (AudioDecodeError, OSError) as error:
-            return str(error)
 
     def _decode(
         self, source: str, log_probs: torch.Tensor, duration: float, word_timestamps: bool,
@@ -384,14 +293,4 @@ class Recognizer:
             spans = token_spans(log_probs.argmax(dim=-1).tolist(), self.vocab.pad_id) if word_timestamps else []
         words = word_spans(spans, self.vocab, self.samples_per_frame / SAMPLE_RATE) if word_timestamps else None
         return Transcript(source, self.vocab.decode(ids), duration, words)
-
-
-def _describe(item: AudioInput) -> str:
-    if isinstance(item, (str, Path)):
-        return str(item)
-    if isinstance(item, torch.Tensor):
-        return f"<waveform of {item.shape[-1]} samples>"
-    if isinstance(item, bytes):
-        return f"<encoded audio of {len(item)} bytes>"
-    return f"<waveform of {np.shape(item[0])[-1]} samples at {item[1]} Hz>"
 

@@ -36,8 +36,9 @@ from ptasr.data.audio import SAMPLE_RATE, AudioSource
 from ptasr.errors import SettingError
 
 if TYPE_CHECKING:
-    from ptasr.inference import Recognizer, Transcript
+    from ptasr.inference import Recognizer
     from ptasr.scoring import Scored
+    from ptasr.transcript import Transcript
 
 ASSETS = Path(__file__).parent / "assets" / "report"
 DETAIL_SHARD = 100  # utterances per detail/NNNNN.js file
