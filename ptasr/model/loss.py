@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ptasr.model.config import Wav2Vec2Config
 
 
 def ctc_loss(
@@ -48,3 +51,19 @@ def ctc_loss(
             reduction=reduction,
             zero_infinity=zero_infinity,
         )
+
+
+def config_ctc_loss(config: Wav2Vec2Config, logits: torch.Tensor, frame_lengths: torch.Tensor,
+                    labels: torch.Tensor, label_lengths: torch.Tensor) -> torch.Tensor:
+    """:func:`ctc_loss` with the model config's blank (``pad_token_id``), ``ctc_loss_reduction`` and
+    ``ctc_zero_infinity``, as transformers' ``Wav2Vec2ForCTC`` takes them; arguments as there.
+
+    >>> from ptasr.model.config import Wav2Vec2Config
+    >>> config = Wav2Vec2Config.preset("tiny", vocab_size=5, pad_token_id=4)
+    >>> logits, labels = torch.randn(2, 6, 5), torch.tensor([[1, 2], [3, -100]])
+    >>> args = (logits, torch.tensor([6, 5]), labels, torch.tensor([2, 1]))
+    >>> bool(torch.equal(config_ctc_loss(config, *args), ctc_loss(*args, blank=4, reduction="sum")))
+    True
+    """
+    return ctc_loss(logits, frame_lengths, labels, label_lengths, blank=config.pad_token_id,
+                    reduction=config.ctc_loss_reduction, zero_infinity=config.ctc_zero_infinity)

@@ -22,7 +22,7 @@ from ptasr.checkpoint import ENTRY, checkpoint_entry
 from ptasr.compat import should_update_logs
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
-from ptasr.model.loss import ctc_loss
+from ptasr.model.loss import config_ctc_loss
 from ptasr.train.build import build_model
 from ptasr.train.data_match import check_data_fits_model, text_side_after_loading
 from ptasr.train.empty_batches import empty_training_loss, log_empty_evaluation_loss
@@ -161,7 +161,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # the optimiser step (see on_before_optimizer_step).
         dropped = dropped_layers(layers)
         self._dropped_layers = dropped if self._dropped_layers is None else self._dropped_layers & dropped
-        loss = self._ctc_loss(logits, frame_lengths, batch)
+        loss = config_ctc_loss(self.model.config, logits, frame_lengths, batch["labels"], batch["label_lengths"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         # Extra outputs go to the callbacks (CTC health); Lightning detaches them.
         return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths, "dropped_layers": sorted(dropped)}
@@ -184,7 +184,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
             log_empty_evaluation_loss(self, f"{stage}/loss")
             return None
         logits, frame_lengths = self(batch["waveforms"], batch["lengths"])
-        loss = self._ctc_loss(logits, frame_lengths, batch)
+        loss = config_ctc_loss(self.model.config, logits, frame_lengths, batch["labels"], batch["label_lengths"])
         self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True)
         return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths, "ids": batch["ids"],
                 "predictions": self.decode(logits, frame_lengths), "references": batch["texts"]}
@@ -197,11 +197,6 @@ class Wav2Vec2CTCModule(L.LightningModule):
             )
         blank = self.model.config.pad_token_id
         return [self.vocab.decode(ids) for ids in greedy_decode(logits, frame_lengths, blank)]
-
-    def _ctc_loss(self, logits: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
-        config = self.model.config
-        return ctc_loss(logits, frame_lengths, batch["labels"], batch["label_lengths"], blank=config.pad_token_id,
-                        reduction=config.ctc_loss_reduction, zero_infinity=config.ctc_zero_infinity)
 
     def _step_generator(self, batch_idx: int) -> torch.Generator:  # LayerDrop's: the same on every rank
         return layerdrop_generator(self.global_step, batch_idx)
