@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ptasr.compat import should_update_logs
 from ptasr.errors import SettingError
-from ptasr.train.callbacks import _add_text
+from ptasr.train.callbacks import add_text
 
 METRIC = "train/blank_share"
 
@@ -79,7 +79,7 @@ class BlankPlateauWatch(L.Callback):
         text = plateau_advice(share, trainer.global_step, self.threshold, _settings(trainer, pl_module))
         rank_zero_warn(text)
         if trainer.is_global_zero:
-            _add_text(trainer, "train/blank_plateau", text, trainer.global_step)
+            add_text(trainer, "train/blank_plateau", text, trainer.global_step)
 
     @property
     def state_key(self) -> str:

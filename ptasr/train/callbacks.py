@@ -58,8 +58,8 @@ class WERMetrics(L.Callback):
         worst_overall = worst(_gather_objects(self._worst), self.num_worst)
         if trainer.is_global_zero and not trainer.sanity_checking:
             step = trainer.global_step
-            _add_text(trainer, f"{stage}/predictions", _table(self._samples), step)
-            _add_text(trainer, f"{stage}/worst", _table(worst_overall), step)
+            add_text(trainer, f"{stage}/predictions", _table(self._samples), step)
+            add_text(trainer, f"{stage}/worst", _table(worst_overall), step)
         self._reset()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -236,7 +236,8 @@ def _table(rows: list[Scored]) -> str:
     return "\n".join(lines)
 
 
-def _add_text(trainer: L.Trainer, tag: str, text: str, step: int) -> None:
+def add_text(trainer: L.Trainer, tag: str, text: str, step: int) -> None:
+    """Write ``text`` (Markdown) to TensorBoard's text panel under ``tag``, at ``step``."""
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(tag, text, global_step=step)
