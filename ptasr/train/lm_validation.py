@@ -4,7 +4,7 @@ Beam search runs on the CPU and costs far more than greedy decoding, so it runs 
 validations and on at most ``max_utterances`` utterances (the first ones of the validation order, the same
 every time). Enable it in a config's ``trainer.callbacks``, or on the command line::
 
-    python train.py fit --trainer.callbacks+=ptasr.train.lm_validation.LMValidation \\
+    python train.py fit --trainer.callbacks+=ptasr.train.LMValidation \\
         --trainer.callbacks.lm=lm.arpa --trainer.callbacks.every_n_validations=4
 """
 
