@@ -551,7 +551,8 @@ def run_tune(args: argparse.Namespace) -> int:
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
     from ptasr.inference import Chunking
     from ptasr.scoring import error_rates, score_utterance
-    from ptasr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, best_trial, save_weights, search_weights
+    from ptasr.lm import (DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, best_trial, can_choose,
+                          save_weights, search_weights)
 
     if args.lm is None:
         raise SettingError("--tune searches the weights of an n-gram LM: give one with --lm LM")
@@ -581,6 +582,11 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"\nbest: LM weight {best.lm_weight:g}, word score {best.word_score:g} (WER {best.wer:.4f}, CER {best.cer:.4f}) "
           f"on {len(rows)} utterances of {args.data} ({args.split}); greedy: WER {greedy['wer']:.4f}, "
           f"CER {greedy['cer']:.4f}")
+    if not can_choose(trials):
+        # Saving the tie-break's pair (LM weight 0: no LM at all) would silently change later decoding.
+        raise DataError(f"every LM weight and word score scores WER {best.wer:.4f} / CER {best.cer:.4f} on {args.data} "
+                        f"({args.split}) (greedy: WER {greedy['wer']:.4f}), so this split cannot choose them: nothing saved. "
+                        f"A model decodes clips it trained on alike under any weights; tune on held-out clips")
     weights, scores = sorted({t.lm_weight for t in trials}), sorted({t.word_score for t in trials})
     edges = [f"{name} {value:g}" for name, value, grid in (("LM weight", best.lm_weight, weights),
                                                            ("word score", best.word_score, scores))

@@ -388,6 +388,20 @@ def search_weights(
     return trials
 
 
+def can_choose(trials: Sequence[Trial]) -> bool:
+    """Whether the trials tell the pairs apart. When every pair scores the same WER and CER (on clips the model
+    trained on, say, which it transcribes perfectly), the "best" pair is only the tie-break's choice.
+
+    >>> can_choose([Trial(0.0, 0.0, 0.0, 0.0, []), Trial(2.0, 0.0, 0.0, 0.0, [])])
+    False
+    >>> can_choose([Trial(0.0, 0.0, 0.2, 0.1, []), Trial(2.0, 0.0, 0.1, 0.1, [])])
+    True
+    >>> can_choose([Trial(2.0, 0.0, 0.2, 0.1, [])])  # a grid of one pair: the user's choice
+    True
+    """
+    return len(trials) == 1 or len({(t.wer, t.cer) for t in trials}) > 1
+
+
 def best_trial(trials: Sequence[Trial]) -> Trial:
     """The lowest WER, ties to the lowest CER, then to the smaller LM weight (the least change)."""
     return min(trials, key=lambda t: (t.wer, t.cer, t.lm_weight, abs(t.word_score)))

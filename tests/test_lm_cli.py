@@ -37,13 +37,15 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
     return _checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt", vocab)
 
 
-def _checkpoint(path: Path, vocab: Vocabulary) -> Path:
-    """A random model in train.py's checkpoint layout whose head is biased against the blank (it emits letters)."""
+def _checkpoint(path: Path, vocab: Vocabulary, std: float = 1.0) -> Path:
+    """A random model in train.py's checkpoint layout whose head is biased against the blank (it emits letters).
+    Its head's weights have standard deviation ``std``: at 1 the logits are flat enough that the LM weight and word
+    score change what beam search picks; at 3 they are so peaked that every pair decodes alike."""
     torch.manual_seed(0)
     config = Wav2Vec2Config.preset("tiny", vocab_size=len(vocab), pad_token_id=vocab.pad_id, **TINY)
     model = Wav2Vec2CTC(config)
     with torch.no_grad():
-        model.lm_head.weight.normal_(std=3.0)
+        model.lm_head.weight.normal_(std=std)
         model.lm_head.bias[vocab.pad_id] -= 2.0
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "ptasr": {"model_config": dataclasses.asdict(config), "vocab": vocab.to_dict(),
@@ -75,6 +77,25 @@ def test_build_tune_then_evaluate_with_the_tuned_pair(checkpoint: Path, corpus: 
     again = json.loads((tmp_path / "again" / f"{corpus.name}_dev_eval_results.json").read_text(encoding="utf-8"))
     assert again["wer"] == pytest.approx(results["wer"], abs=1e-6)
     assert again["lm"] == {"path": str(lm), "lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"]}
+
+
+def test_tune_refuses_a_split_that_cannot_choose_and_saves_nothing(corpus: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # A model this peaked decodes alike under every pair, as a model does on clips it trained on (greedy WER 0):
+    # the tie-break's pair (LM weight 0: no LM) must not be saved, or later decoding would silently use it.
+    from ptasr.data.commonvoice import read_tsv
+
+    vocab = Vocabulary.build(TextNormalizer()(s) for split in ("train", "dev", "test")
+                             for s in read_tsv(corpus / f"{split}.tsv")["sentence"])
+    checkpoint = _checkpoint(tmp_path / "peaked.ckpt", vocab, std=3.0)
+    lm = tmp_path / "lm.arpa"
+    assert main(["lm", "build", str(corpus / "train.tsv"), "-o", str(lm), "--order", "2"]) == 0
+    code = main(["evaluate", str(checkpoint), "--data", str(corpus), "--split", "dev", "--lm", str(lm), "--tune",
+                 "--lm-weights", "0,2", "--word-scores=-1,1", "--output-dir", str(tmp_path / "tune")])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this split cannot choose them" in err[0] and "nothing saved" in err[0]
+    assert not (tmp_path / "lm.arpa.json").exists()
 
 
 def test_tune_without_an_lm_is_a_one_line_error(checkpoint: Path, corpus: Path, capsys) -> None:
