@@ -369,6 +369,15 @@ class HeaderDurationCache:
         os.replace(tmp, self.path)
 
 
+def save_array_atomically(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file, then rename: DDP ranks may write the same cache at once, and a reader
+    never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 def extract_release(archive: Path, releases_dir: Path) -> Path:
     """Extract a release archive once; later calls (and other DDP ranks) reuse the folder.
 
@@ -539,10 +548,7 @@ class HFDatasetSource:
                 log.warning("%s (split %s row %d)", error, split, len(result))
                 result.append(np.nan)
         durations = np.array(result, dtype=np.float64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, durations)
-        os.replace(tmp, path)  # atomic: DDP ranks may compute the same file at once
+        save_array_atomically(path, durations)
         return durations
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ptasr.data.commonvoice import ClipFiles, HeaderDurationCache, Manifest, default_cache_dir
+from ptasr.data.commonvoice import (ClipFiles, HeaderDurationCache, Manifest, default_cache_dir,
+                                   save_array_atomically)
 from ptasr.errors import DataError, MissingPathError, SettingError
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -113,10 +114,7 @@ class ManifestFile:
         full = np.full(len(self._keys), np.nan)
         full[[row[key] for key in keys]] = seconds
         path = self._cache_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, full)
-        os.replace(tmp, path)  # atomic: DDP ranks may write the same file at once
+        save_array_atomically(path, full)
         return path
 
     def exists(self, manifest: Manifest) -> np.ndarray:
