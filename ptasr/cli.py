@@ -348,12 +348,8 @@ def _hf_eval_set(path: Path, split: str, normalizer: Any) -> EvalSet:
     """A local Hugging Face dataset folder (parquet files), read as train.py's ``data.hf_dataset`` reads it."""
     from ptasr.data.commonvoice import HFDatasetSource
 
-    source = HFDatasetSource(str(path))
-    manifest = source.read_split(split, normalizer)
-    columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
-    groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return EvalSet(f"{path.name}_{split}", list(manifest.ids), [manifest.reader(key) for key in manifest.keys],
-                   list(manifest.texts), groups)
+    manifest = HFDatasetSource(str(path)).read_split(split, normalizer)
+    return _from_manifest(f"{path.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
 
 
 def _manifest_eval_set(path: Path, normalizer: Any) -> EvalSet:
@@ -361,9 +357,14 @@ def _manifest_eval_set(path: Path, normalizer: Any) -> EvalSet:
     from ptasr.data.manifests import ManifestFile
 
     manifest = ManifestFile(path).read_split("", normalizer)
+    return _from_manifest(path.stem, manifest, list(manifest.keys))
+
+
+def _from_manifest(name: str, manifest: Any, audio: list[Any]) -> EvalSet:
+    """An evaluation set from the rows of a data-side ``Manifest`` (texts already normalised)."""
     columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
     groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return EvalSet(path.stem, list(manifest.ids), list(manifest.keys), list(manifest.texts), groups)
+    return EvalSet(name, list(manifest.ids), audio, list(manifest.texts), groups)
 
 
 def _tsv_eval_set(path: Path, normalizer: Any) -> EvalSet:
@@ -384,10 +385,7 @@ def _release_eval_set(path: Path, split: str, normalizer: Any, language: str | N
     except SettingError as error:  # the data module's wording names its own setting; here the flag is --language
         raise SettingError(str(error).replace("data.language", "--language")) from error
     manifest = release.read_split(split, normalizer)  # texts come back normalised
-    columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
-    groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return EvalSet(f"{release.root.name}_{split}", list(manifest.ids), [manifest.reader(key) for key in manifest.keys],
-                   list(manifest.texts), groups)
+    return _from_manifest(f"{release.root.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
