@@ -169,15 +169,19 @@ def test_clips_a_browser_cannot_play_are_converted(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def recordings_report(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A report of three recordings in other formats: FLAC and Ogg Vorbis (played as they are), AIFF (converted)."""
+    """A report of three recordings in other formats: FLAC and Ogg Vorbis (played as they are), AIFF (converted).
+
+    A manifest's ids are absolute paths; two of the clips share a name up to the extension (``take``).
+    """
     data = tmp_path_factory.mktemp("recordings")
+    (data / "more").mkdir()
     table = read_tsv(CORPUS / "test.tsv")
     lines = ["path\tsentence\tgender"]
-    for k, (suffix, rate) in enumerate([(".flac", 16000), (".ogg", 44100), (".aiff", 22050)]):
+    for k, (name, rate) in enumerate([("take.flac", 16000), ("take.ogg", 44100), ("more/rec2.aiff", 22050)]):
         samples, source_rate = sf.read(CORPUS / "clips" / table["path"][k], dtype="float32")
         resampled = np.interp(np.arange(0, len(samples), source_rate / rate), np.arange(len(samples)), samples)
-        sf.write(data / f"rec{k}{suffix}", resampled.astype(np.float32), rate)
-        lines.append(f"rec{k}{suffix}\t{table['sentence'][k]}\t{table['gender'][k]}")
+        sf.write(data / name, resampled.astype(np.float32), rate)
+        lines.append(f"{name}\t{table['sentence'][k]}\t{table['gender'][k]}")
     (data / "mine.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["evaluate", str(model_dir), "--data", str(data / "mine.tsv"), "--device", "cpu", "--output-dir",
                  str(data / "results"), "--report", str(data / "report")]) == 0
@@ -187,6 +191,9 @@ def recordings_report(model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_recordings_in_other_formats_are_played_or_converted(recordings_report: Path) -> None:
     table = rows(page_data((recordings_report / "index.html").read_text(encoding="utf-8")))
     assert [r["audio"] for r in table] == ["audio/00000.flac", "audio/00001.ogg", "audio/00002.wav"]
+    # longer than the file names a link may give (see test_browser_link_names_a_clip_by_its_file_name)
+    assert [Path(r["id"]) for r in table] == [recordings_report.parent / name
+                                              for name in ("take.flac", "take.ogg", "more/rec2.aiff")]
     samples, rate = sf.read(recordings_report / "audio" / "00002.wav")
     assert rate == 22050 and len(samples) / rate == pytest.approx(table[2]["duration"], abs=0.01)
     assert [r["gender"] for r in table] == read_tsv(CORPUS / "test.tsv")["gender"][:3]
@@ -406,3 +413,63 @@ def test_a_report_stopped_halfway_is_replaced(model_dir: Path, tmp_path: Path, m
             main(argv)
     assert (report / "audio").is_dir() and not (report / "detail").exists()
     assert main(argv) == 0 and len(details(report)) == 2
+
+
+def test_browser_link_selects_a_clip_by_its_file_name_in_an_open_page(page: Any, evaluated: dict[str, Any]) -> None:
+    target = rows(evaluated["data"])[7]
+    stem = target["id"].removesuffix(".mp3")
+    page.evaluate("name => { location.hash = name; }", stem)  # as if typed into the address bar
+    page.wait_for_function("name => document.querySelector('#detail h2').textContent === name", arg=target["id"])
+    assert page.evaluate("decodeURIComponent(location.hash.slice(1))") == target["id"]
+    assert page.locator("#link-note").is_hidden()
+    assert page.locator(f"#spacer .row.selected[data-id='{target['id']}']").count() == 1  # scrolled into view
+    assert page.problems == []
+
+
+def open_at(browser: Any, report: Path, link: str) -> Any:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.problems = []
+    page.on("pageerror", lambda error: page.problems.append(str(error)))
+    page.goto(report.as_uri() + "#" + link)
+    page.wait_for_selector("html[data-ready]")
+    return page
+
+
+def test_browser_link_names_a_clip_by_its_file_name(browser: Any, recordings_report: Path) -> None:
+    index = recordings_report / "index.html"
+    table = rows(page_data(index.read_text(encoding="utf-8")))
+    # every row, so that the row a page selects without a link (the worst) cannot pass for a match
+    for link, selected in [("take.flac", 0), ("take.ogg", 1), ("rec2", 2), ("rec2.aiff", 2)]:
+        page = open_at(browser, index, link)
+        assert page.text_content("#detail h2") == table[selected]["id"], link
+        assert page.locator("#link-note").is_hidden()
+        assert page.evaluate("decodeURIComponent(location.hash.slice(1))") == table[selected]["id"]
+        assert page.problems == []
+        page.close()
+
+
+def test_browser_link_that_names_several_clips_lists_them(browser: Any, recordings_report: Path) -> None:
+    index = recordings_report / "index.html"
+    table = rows(page_data(index.read_text(encoding="utf-8")))
+    page = open_at(browser, index, "take")
+    note = page.locator("#link-note")
+    assert note.is_visible() and note.get_attribute("data-matches") == "2" and "#take names 2" in note.text_content()
+    links = page.eval_on_selector_all("#link-note a", "links => links.map(a => a.textContent)")
+    assert links == [table[0]["id"], table[1]["id"]]
+    page.click("#link-note a >> nth=1")
+    page.wait_for_function("name => document.querySelector('#detail h2').textContent === name", arg=table[1]["id"])
+    assert note.is_hidden()
+    assert page.problems == []
+    page.close()
+
+
+def test_browser_link_that_names_no_clip_says_so(browser: Any, recordings_report: Path) -> None:
+    index = recordings_report / "index.html"
+    page = open_at(browser, index, "tkae")
+    note = page.locator("#link-note")
+    assert note.is_visible() and note.get_attribute("data-matches") == "0" and "#tkae" in note.text_content()
+    assert page.locator("#detail h2").count() == 1  # the table's first row, as without a link
+    page.click("#spacer .row >> nth=1")
+    assert note.is_hidden()
+    assert page.problems == []
+    page.close()

@@ -177,7 +177,13 @@
     const next = state.view[Math.min(state.view.length - 1, Math.max(0, k + delta))];
     if (next === undefined) return;
     select(next);
-    const top = state.view.indexOf(next) * ROW_HEIGHT;
+    scrollToSelected();
+  }
+
+  function scrollToSelected() {
+    const k = state.view.indexOf(state.selected);
+    if (k < 0) return;  // filtered out
+    const top = k * ROW_HEIGHT;
     if (top < viewport.scrollTop) viewport.scrollTop = top;
     else if (top + ROW_HEIGHT > viewport.scrollTop + viewport.clientHeight) viewport.scrollTop = top + ROW_HEIGHT - viewport.clientHeight;
   }
@@ -303,6 +309,71 @@
       (post.step > 1 ? ` One column is ${post.step} frames, averaged.` : " One column per frame.")));
   }
 
+  // --- links to one utterance: #<id> ----------------------------------------------------------------------
+
+  // The rows a link names: the one whose id it is, else those whose clip's file name it is, with or without the
+  // extension (a manifest's ids are absolute paths, and a file name is what a user has at hand).
+  function rowsNamed(wanted) {
+    const exact = rows.findIndex((r) => String(r[col.id]) === wanted);
+    if (exact >= 0) return [exact];
+    const named = [];
+    rows.forEach((r, i) => {
+      const name = String(r[col.id]).split(/[\\/]/).pop();
+      const dot = name.lastIndexOf(".");
+      if (name === wanted || (dot > 0 && name.slice(0, dot) === wanted)) named.push(i);
+    });
+    return named;
+  }
+
+  function linkTarget() {
+    try {
+      return decodeURIComponent(location.hash.slice(1)).trim();
+    } catch (error) {  // a lone "%" in a hand-typed link
+      return location.hash.slice(1).trim();
+    }
+  }
+
+  // A link that names one row selects it; one that names none or several says so above the table, so that a
+  // mistyped or ambiguous link is never silently ignored. On load, the first row is selected either way.
+  function followLink(onLoad) {
+    const wanted = linkTarget();
+    const named = wanted ? rowsNamed(wanted) : [];
+    if (named.length === 1) {
+      clearLinkNote();
+      select(named[0]);
+      scrollToSelected();
+      return;
+    }
+    if (onLoad && state.view.length) select(state.view[0]);
+    if (!wanted) return;
+    const note = document.getElementById("link-note");
+    note.replaceChildren();
+    note.dataset.matches = String(named.length);
+    if (!named.length) {
+      note.append(`The link's #${wanted} is neither the id nor the file name of any of the ${rows.length} utterances.`);
+    } else {
+      note.append(`The link's #${wanted} names ${named.length} utterances; choose one: `);
+      named.forEach((i, k) => {
+        const link = el("a", { href: "#" + encodeURIComponent(rows[i][col.id]) }, String(rows[i][col.id]));
+        link.addEventListener("click", (event) => {  // also when the address holds this id already (no hashchange)
+          event.preventDefault();
+          clearLinkNote();
+          select(i);
+          scrollToSelected();
+        });
+        note.append(k ? ", " : "", link);
+      });
+    }
+    note.hidden = false;
+  }
+
+  function clearLinkNote() {
+    const note = document.getElementById("link-note");
+    note.hidden = true;
+    note.replaceChildren();
+    delete note.dataset.matches;
+  }
+
   // --- start --------------------------------------------------------------------------------------------
 
   renderMeta();
@@ -324,9 +395,10 @@
       moveSelection(event.key === "ArrowDown" ? 1 : -1);
     }
   });
+  viewport.addEventListener("click", clearLinkNote);
+  viewport.addEventListener("keydown", clearLinkNote);
+  window.addEventListener("hashchange", () => followLink(false));  // a name typed into an open page's address
   updateView();
-  const wanted = decodeURIComponent(location.hash.slice(1));
-  const start = rows.findIndex((r) => r[col.id] === wanted);
-  if (start >= 0 || state.view.length) select(start >= 0 ? start : state.view[0]);
+  followLink(true);
   document.documentElement.dataset.ready = String(performance.now());
 })();
