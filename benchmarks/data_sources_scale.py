@@ -18,7 +18,10 @@ Then, in a fresh process, times what a run does before its first training batch,
 ``dm.vocab`` (read and normalise every source and the evaluation splits, build the vocabulary),
 ``dm.setup("fit")`` (durations, filters and report per source, leakage check, alphabet table), and
 ``dm.train_dataloader()`` with its first epoch's batch order (weights applied); and reports wall time and the
-peak resident memory of that process (``ru_maxrss``, torch and Lightning included).
+peak resident memory of that process (``ru_maxrss``, torch and Lightning included). The results also give the
+machine's load averages just before the timed process starts and after the last timing (``os.getloadavg``:
+runnable processes over 1, 5 and 15 minutes, this benchmark's own included), so that they say how busy the
+machine was rather than assume it.
 
 Usage::
 
@@ -32,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -46,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_manifest_scale import write_release  # noqa: E402
+from train_throughput import cpu_name  # noqa: E402
 
 from ptasr.data import BUNDLED_CORPUS  # noqa: E402
 from ptasr.data.commonvoice import read_tsv  # noqa: E402
@@ -150,6 +153,11 @@ def measure_headers(count: int) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def load_average() -> list[float]:
+    """Runnable processes on average over the last 1, 5 and 15 minutes (``os.getloadavg``)."""
+    return [round(load, 2) for load in os.getloadavg()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=5_000_000, help="training rows over the three sources")
@@ -172,6 +180,7 @@ def main() -> None:
             write_manifests(root, rows_a, rows_b)
             print(f"wrote {args.rows} rows (release {rows_release}, csv with durations {rows_a}, jsonl without "
                   f"{rows_b}) in {time.perf_counter() - t:.0f} s: {root}", flush=True)
+        load_before = load_average()
         out = subprocess.run([sys.executable, __file__, "--measure", str(root)], check=True, capture_output=True,
                              text=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -179,12 +188,17 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     headers = measure_headers(args.headers)
+    load_after = load_average()
     report = {
         "benchmark": "data_sources_scale", "rows": args.rows,
         "sources": {"release_tsv_with_clip_durations": rows_release, "csv_with_durations": rows_a,
                     "jsonl_without_durations_cache_warm": rows_b},
         "goal": "ready training loader < 60 s and < 4 GiB",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
+        # measured, not assumed: a busy machine (load above its CPU count) slows every figure here
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "load_average_before": load_before,
+                    "load_average_after": load_after,
+                    "load_average_note": "1, 5 and 15 minutes; before: as the timed process starts, after: once "
+                                         "the header timing ends; this benchmark's own process counts"},
         "result": result, "header_path": headers,
         "header_path_note": "the jsonl source's durations come from its per-manifest cache (every start after "
                             "the first); a first start reads each header: first_start_ms_per_clip x its clips more",

@@ -1,4 +1,5 @@
-"""The measuring tools of benchmarks/train_memory.py: the figures it reports are only as good as these."""
+"""The measuring tools of benchmarks/ (train_memory.py, data_sources_scale.py): the figures they report are only
+as good as these."""
 
 from __future__ import annotations
 
@@ -73,3 +74,22 @@ def test_checkpointing_lowers_the_counted_peak_and_pre_norms_lower_it_under_cuda
     plain = peak(checkpointing=False)
     assert peak(checkpointing=True) < 0.8 * plain
     assert peak(checkpointing=False, plain_norms=True) > 1.05 * plain
+
+
+def test_data_sources_scale_runs_and_records_the_load_it_saw(tmp_path: Path) -> None:
+    """A tiny run of benchmarks/data_sources_scale.py: the machine's state in its JSON is measured, not assumed."""
+    import json
+    import os
+    import subprocess
+
+    script = Path(__file__).parents[1] / "benchmarks" / "data_sources_scale.py"
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(script), "--rows", "300", "--headers", "5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["result"]["train_clips"] == 300 and report["header_path"]["clips"] == 5
+    machine = report["machine"]
+    assert machine["cpus"] == os.cpu_count() and "shared" not in json.dumps(machine)
+    for load in (machine["load_average_before"], machine["load_average_after"]):
+        assert len(load) == 3 and all(isinstance(x, float) and x >= 0 for x in load)
