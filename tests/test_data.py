@@ -515,7 +515,7 @@ def test_datamodule_on_bundled_corpus_gives_contract_batches(tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"waveforms", "lengths", "labels", "label_lengths", "texts", "ids", "age", "gender",
-                          "accent", "num_skipped"}
+                          "accent", "sources", "num_skipped"}
     size = len(batch["ids"])
     assert size == 4 and batch["num_skipped"] == 0
     assert batch["waveforms"].dtype == torch.float32 and batch["waveforms"].shape[0] == size

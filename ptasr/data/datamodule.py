@@ -7,6 +7,7 @@ README's ``chars_to_ignore``, lower-case, vocabulary from training and evaluatio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,84 @@ class TrainSource:
     weight: float = 1.0
 
 
+@dataclass
+class EvalSource:
+    """One validation or test corpus of several (``data.val_sources``, ``data.test_sources``): scored alone
+    (``val/<name>/wer``, ``val/<name>/cer``) beside the pooled ``val/wer`` and ``val/cer``.
+
+    Args:
+        path: a manifest file (``.csv``/``.tsv``/``.jsonl``), or a Common Voice release folder or archive.
+        hf_dataset: a Hugging Face dataset instead of ``path`` (with ``hf_config``, ``hf_data_dir``).
+        hf_config: its configuration name.
+        hf_data_dir: its ``data_dir``.
+        split: the release's or dataset's split (default ``data.val_split`` / ``data.test_split``); a manifest
+            file is one split.
+        language: the language folder, where ``path`` holds several.
+        name: what its metrics are called: letters, digits, ``_``, ``.``, ``-``. Default: a manifest's file
+            name without its suffix (``dev.csv`` -> ``dev``), else the folder's (or dataset's) name and the
+            split (``pt_dev``).
+    """
+
+    path: str | None = None
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_data_dir: str | None = None
+    split: str | None = None
+    language: str | None = None
+    name: str | None = None
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a source's name goes into metric names: val/<name>/wer
+_NAME_GAPS = re.compile(r"[^A-Za-z0-9_.-]+")  # what a default name replaces by "_"
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def eval_source_name(spec: EvalSource, split: str) -> str:
+    """``spec.name``, or the name its metrics get by default.
+
+    >>> eval_source_name(EvalSource(path="corpora/read speech.csv"), "test")
+    'read_speech'
+    >>> eval_source_name(EvalSource(path="cv-corpus-7.0/pt"), "dev")
+    'pt_dev'
+    """
+    if spec.name is not None:
+        return spec.name
+    if spec.path is not None and is_manifest_file(spec.path):
+        return _NAME_GAPS.sub("_", Path(spec.path).stem)
+    base = Path((spec.path or spec.hf_dataset or "").rstrip("/")).name
+    for suffix in _ARCHIVE_SUFFIXES:
+        base = base.removesuffix(suffix)
+    parts = [base, spec.language or spec.hf_config, split]
+    return _NAME_GAPS.sub("_", "_".join(part for part in parts if part))
+
+
+def check_eval_sources(option: str, specs: list[EvalSource], split: str) -> list[str]:
+    """The metric name of each of ``specs`` (``data.val_sources`` or ``data.test_sources``); refuses an entry
+    without exactly one of ``path`` and ``hf_dataset``, a name unfit for a metric, and a name given twice."""
+    if not specs:
+        raise SettingError(f"data.{option} is empty: list at least one source, or leave it unset")
+    for spec in specs:
+        if (spec.path is None) == (spec.hf_dataset is None):
+            raise SettingError(f"each of data.{option} needs exactly one of path and hf_dataset; got {spec}")
+        if spec.name is not None and not _NAME.fullmatch(spec.name):
+            raise SettingError(f"data.{option} name {spec.name!r} goes into metric names (val/<name>/wer): use "
+                               f"letters, digits, '_', '.' and '-' only")
+    names = [eval_source_name(spec, spec.split or split) for spec in specs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        where = [spec.path or spec.hf_dataset for spec, name in zip(specs, names) if name in twice]
+        raise SettingError(f"data.{option} gives the name {', '.join(map(repr, twice))} to several sources "
+                           f"({', '.join(map(str, where))}): set a distinct `name` on each")
+    return names
+
+
 class CommonVoiceDataModule(pl.LightningDataModule):
     """Common Voice, your own manifest files, or several corpora at once, for CTC fine-tuning.
 
     What trains: ``sources`` (several corpora) if given, else ``train_manifest``, else ``train_splits`` of
-    ``root`` (or ``hf_dataset``). What validates and tests: ``val_manifest`` / ``test_manifest`` if given,
-    else ``val_split`` / ``test_split`` of ``root``. One vocabulary covers all of them.
+    ``root`` (or ``hf_dataset``). What validates and tests: ``val_sources`` / ``test_sources`` (several
+    corpora, each scored alone too) if given, else ``val_manifest`` / ``test_manifest``, else ``val_split`` /
+    ``test_split`` of ``root``. One vocabulary covers all of them.
 
     ``vocab``, ``vocab_size``, ``pad_token_id`` and ``normalizer`` work right after construction (LightningCLI
     links ``vocab_size`` into the model before ``setup``): the first access reads and normalises the split
@@ -90,6 +163,12 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             demo corpus, else ``root``'s ``test_split``).
         sources: several training corpora (manifests, releases, HF datasets), each with a weight; see
             :class:`TrainSource`. Replaces ``train_manifest`` and ``root``'s ``train_splits`` for training.
+        val_sources: several validation corpora (manifests, releases, HF datasets), each with an optional
+            ``name``; see :class:`EvalSource`. ``val/wer`` and ``val/cer`` pool them (word-weighted), and with
+            two or more each also gets ``val/<name>/wer`` and ``val/<name>/cer``. Replaces ``val_manifest`` and
+            ``root``'s ``val_split``.
+        test_sources: several test corpora, likewise (``test/<name>/wer``); default ``val_sources`` where
+            ``root`` is the bundled demo corpus.
         train_splits: splits trained on, concatenated (``"dev"`` also finds an HF ``"validation"`` split).
         val_split: split validated on.
         test_split: split tested on.
@@ -135,6 +214,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         val_manifest: str | None = None,
         test_manifest: str | None = None,
         sources: list[TrainSource] | None = None,
+        val_sources: list[EvalSource] | None = None,
+        test_sources: list[EvalSource] | None = None,
         train_splits: Sequence[str] = ("train", "dev"),
         val_split: str = "test",
         test_split: str = "test",
@@ -194,19 +275,29 @@ class CommonVoiceDataModule(pl.LightningDataModule):
                 raise SettingError(f"data.sources weight must be positive, got {spec.weight} for {spec}")
         self._sources_spec = list(sources) if sources is not None else None
         self._manifest_args = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
+        # "val" / "test" -> the sources and their metric names, where several are given
+        self._eval_specs = {name: list(specs) for name, specs in (("val", val_sources), ("test", test_sources))
+                            if specs is not None}
+        self._eval_names = {name: self._checked_eval_sources(name) for name in self._eval_specs}
         uses_own_data = sources is not None or train_manifest is not None
-        if uses_own_data and val_manifest is None and hf_dataset is None and root == BUNDLED_CORPUS:
+        on_demo = hf_dataset is None and root == BUNDLED_CORPUS
+        if uses_own_data and val_manifest is None and val_sources is None and on_demo:
             raise SettingError("data.val_manifest is not set, so validation would run on the bundled demo corpus: set "
                              "data.val_manifest to a manifest of held-out clips (or data.root to the release whose "
                              "data.val_split you validate on)")
-        if test_manifest is None and val_manifest is not None and hf_dataset is None and root == BUNDLED_CORPUS:
-            self._manifest_args["test"] = val_manifest
+        if test_manifest is None and test_sources is None and on_demo:
+            # your own validation data also tests, rather than the demo corpus
+            if val_manifest is not None:
+                self._manifest_args["test"] = val_manifest
+            elif val_sources is not None:
+                self._eval_specs["test"], self._eval_names["test"] = self._eval_specs["val"], self._eval_names["val"]
         self._source: Source | None = None
         self._opened: dict[str, Source] = {}  # manifest files and data.sources entries, by what names them
         self._rows: dict[tuple[int, str], Manifest] = {}  # (source, split) -> unfiltered rows with normalised text
         self._vocab: Vocabulary | None = None
         self._manifests: dict[str, Manifest] = {}  # "train" / "val" / "test" -> filtered
         self._train_weights: np.ndarray | None = None  # (N,) per training clip, where data.sources weigh them
+        self._row_sources: dict[str, np.ndarray] = {}  # "val" / "test" -> int64 (N,) source of each row, if several
         self._loaders: list[ClipLoader] = []
 
     # -- lazily built pieces -------------------------------------------------------------------------------
@@ -228,7 +319,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             self._opened[key] = make()
         return self._opened[key]
 
-    def _source_of(self, spec: TrainSource) -> Source:
+    def _source_of(self, spec: TrainSource | EvalSource) -> Source:
         a = self._source_args
         if spec.hf_dataset is not None:
             return self._open(f"hf:{spec.hf_dataset}:{spec.hf_config}:{spec.hf_data_dir}", lambda: HFDatasetSource(
@@ -239,8 +330,26 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         return self._open(f"cv:{spec.path}:{spec.language}", lambda: CommonVoiceRelease(spec.path, spec.language,
                                                                                          a["cache_dir"]))
 
+    def _checked_eval_sources(self, name: str) -> list[str]:
+        option, manifest = f"{name}_sources", self._manifest_args[name]
+        if manifest is not None:
+            raise SettingError(f"set data.{option} (several corpora) or data.{name}_manifest (one file), not both: "
+                               f"add {{path: {manifest}}} to data.{option}")
+        return check_eval_sources(option, self._eval_specs[name], self._default_split(name))
+
+    def _default_split(self, name: str) -> str:
+        return self.val_split if name == "val" else self.test_split
+
+    def source_names(self, name: str) -> list[str]:
+        """The names of what ``"val"`` or ``"test"`` reads, in the order ``batch["sources"]`` numbers them:
+        one per entry of ``data.val_sources`` / ``data.test_sources``, else ``[name]``."""
+        return list(self._eval_names.get(name, [name]))
+
     def parts(self, name: str) -> list[tuple[Source, str, float]]:
-        """What ``"train"``, ``"val"`` or ``"test"`` reads: ``(source, split, weight)`` for each piece."""
+        """What ``"train"``, ``"val"`` or ``"test"`` reads: ``(source, split, weight)`` for each piece (with
+        ``data.val_sources`` / ``data.test_sources``, one piece per source, in their order)."""
+        if name in self._eval_specs:
+            return [self._eval_part(spec, name) for spec in self._eval_specs[name]]
         manifest = self._manifest_args[name]
         if name == "train" and self._sources_spec is not None:
             parts = []
@@ -253,6 +362,10 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             return [(self._source_of(TrainSource(path=manifest)), "", 1.0)]
         splits = self.train_splits if name == "train" else [self.val_split if name == "val" else self.test_split]
         return [(self.source, split, 1.0) for split in splits]
+
+    def _eval_part(self, spec: EvalSource, name: str) -> tuple[Source, str, float]:
+        source = self._source_of(spec)
+        return source, "" if isinstance(source, ManifestFile) else spec.split or self._default_split(name), 1.0
 
     def rows(self, split: str, source: Source | None = None) -> Manifest:
         """Unfiltered rows of ``split`` of ``source`` (default ``root``'s) with normalised texts (read once)."""
@@ -301,8 +414,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         # the unfiltered rows served the vocabulary and the filters; a million-row corpus holds them twice else
         self._rows.clear()
         if stage == "fit":
-            check_leakage(self._manifests["train"], self._manifests["val"], f"validation ({self.val_split})",
-                          self.leakage)
+            for source, manifest in self._by_source("val"):
+                check_leakage(self._manifests["train"], manifest, f"validation ({source or self.val_split})",
+                              self.leakage)
             self._notice_validation_on_test()
         self._report_alphabet(wanted[0])
         self._report_unknown_chars(wanted)
@@ -316,12 +430,31 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             pieces.append(manifest)
             weights.append(weight)
         manifest = Manifest.concat(pieces)
+        if name in self._eval_specs:
+            self._row_sources[name] = self._sources_of_rows(name, pieces)
         if len(manifest) == 0:
             raise DataError(f"no {name} clips left after filtering {[p[:2] for p in self.parts(name)]}; see the "
                              f"counts above (check data.min_duration / data.max_duration and the data paths)")
         if name == "train" and any(w != 1.0 for w in weights):
             self._train_weights = np.repeat(np.array(weights), [len(m) for m in pieces])
         return manifest
+
+    def _sources_of_rows(self, name: str, pieces: list[Manifest]) -> np.ndarray:
+        """int64 (N,): which of ``data.<name>_sources`` each row of ``pieces`` (one per source) comes from."""
+        empty = [source for source, piece in zip(self._eval_names[name], pieces) if len(piece) == 0]
+        if empty:  # its WER would read 0.0 from no words at all
+            raise DataError(f"no clips of data.{name}_sources {empty} are left after filtering; see the counts "
+                            f"above (check data.min_duration / data.max_duration and the paths)")
+        return np.repeat(np.arange(len(pieces), dtype=np.int64), [len(piece) for piece in pieces])
+
+    def _by_source(self, name: str) -> list[tuple[str | None, Manifest]]:
+        """The filtered rows of ``"val"`` or ``"test"`` per source: ``(its name, rows)`` for each of several,
+        else ``[(None, all rows)]``."""
+        manifest, sources = self._manifests[name], self._row_sources.get(name)
+        if sources is None:
+            return [(None, manifest)]
+        return [(source, manifest.select(np.flatnonzero(sources == i)))
+                for i, source in enumerate(self._eval_names[name])]
 
     def _once(self, key: str, message: str) -> None:
         if key not in self._notices:
@@ -334,21 +467,32 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         self._once("alphabet", f"[data] {name} {report.table()}")
 
     def _notice_validation_on_test(self) -> None:
-        val, test = ([(id(source), split) for source, split, _ in self.parts(name)] for name in ("val", "test"))
-        if val == test:
+        # by repr (the resolved path), not identity: data.val_sources opens a release apart from data.root
+        test = {(repr(source), split) for source, split, _ in self.parts("test")}
+        val = zip(self.source_names("val"), self.parts("val"))
+        shared = [(name, source, split) for name, (source, split, _) in val if (repr(source), split) in test]
+        if not shared:
+            return
+        if "val" in self._eval_specs:
+            where = ", ".join(f"{name} ({f'{source!r} {split}'.strip()})" for name, source, split in shared)
+            where = f"validation source {where}, which is also a test set"
+        else:
             where = self._manifest_args["val"] or f"split {self.val_split!r} of {self.source!r}"
-            self._once("val-is-test", f"[data] validation runs on {where}, which is also the test set: the checkpoint "
-                                      f"chosen by val/wer is chosen on the test clips, so its test WER is optimistic. "
-                                      f"Validate on held-out clips (data.val_split: dev) to report an unbiased one")
+            where = f"validation runs on {where}, which is also the test set"
+        self._once("val-is-test", f"[data] {where}: the checkpoint chosen by val/wer is chosen on test clips, so "
+                                  f"its test WER is optimistic. Validate on held-out clips (data.val_split: dev) to "
+                                  f"report an unbiased one")
 
     def _report_unknown_chars(self, names: list[str]) -> None:
         if self._vocab_path is None:
             return  # a vocabulary built from these texts knows all their characters
         for name in names:
-            unknown = self.vocab.unknown_chars(self._manifests[name].texts)
-            if unknown:
-                rank_zero_warn(f"[data] {name}: {sum(unknown.values())} characters are not in {self._vocab_path} "
-                               f"and become [UNK]: {dict(unknown.most_common(20))}")
+            for source, manifest in self._by_source(name):
+                unknown = self.vocab.unknown_chars(manifest.texts)
+                if unknown:
+                    where = f"{name} ({source})" if source else name
+                    rank_zero_warn(f"[data] {where}: {sum(unknown.values())} characters are not in "
+                                   f"{self._vocab_path} and become [UNK]: {dict(unknown.most_common(20))}")
 
     def save_text_files(self, log_dir: Path) -> None:
         """Write ``vocab.json`` and ``normalizer.json`` into the run folder ``log_dir`` (rank 0 only).
@@ -389,7 +533,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         # persistent workers: forking a worker re-copies the manifest, so do it once, not every epoch
         # sampler by keyword: Lightning re-creates predict loaders from these arguments plus its own sampler=
         dataset = ClipDataset(manifest, self.vocab, conv_kernel=self.filters.conv_kernel,
-                              conv_stride=self.filters.conv_stride)
+                              conv_stride=self.filters.conv_stride, sources=self._row_sources.get(name))
         loader = ClipLoader(dataset, sampler=sampler, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, persistent_workers=True, pad_to_multiple=self.pad_to_multiple)
         # Its own generator: otherwise each new iterator draws the workers' base seed from the global RNG,

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,7 +30,8 @@ LABEL_PAD = -100  # the ignore index HF and our ctc_loss use for padded label po
 
 @dataclass
 class Example:
-    """One decoded clip: ``waveform`` float32 (S,) at 16 kHz, normalised; ``labels`` int64 (L,)."""
+    """One decoded clip: ``waveform`` float32 (S,) at 16 kHz, normalised; ``labels`` int64 (L,); ``source``: which
+    of several evaluation sources it comes from (0 where there is one)."""
 
     waveform: torch.Tensor
     labels: torch.Tensor
@@ -38,6 +40,7 @@ class Example:
     age: str
     gender: str
     accent: str
+    source: int = 0
 
 
 class ClipDataset(Dataset):
@@ -57,13 +60,18 @@ class ClipDataset(Dataset):
         min_decoded_fraction: shortest acceptable decoded length, as a fraction of the listed duration.
         conv_kernel: feature-encoder kernel widths, for the CTC check (must match the model's).
         conv_stride: feature-encoder strides, likewise.
+        sources: int64 (N,): the evaluation source of each row, carried into ``batch["sources"]`` so that
+            each source is scored alone as well as pooled; ``None``: all rows are source 0.
     """
 
     def __init__(self, manifest: Manifest, vocab: Vocabulary, sample_rate: int = SAMPLE_RATE,
                  min_decoded_fraction: float = 0.9, conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
-                 conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2)) -> None:
+                 conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2), sources: np.ndarray | None = None) -> None:
         if manifest.durations is None:
             raise ValueError("the manifest has no durations; build it with build_manifest()")
+        if sources is not None and len(sources) != len(manifest):
+            raise ValueError(f"sources has {len(sources)} rows, the manifest {len(manifest)}")
+        self.sources = sources
         self.manifest = manifest
         self.vocab = vocab
         self.sample_rate = sample_rate
@@ -96,8 +104,9 @@ class ClipDataset(Dataset):
                         "text needs (%d)", m.ids[index], len(waveform), frames, ctc_frames_needed(m.texts[index]))
             return None
         labels = torch.tensor(self.vocab.encode(m.texts[index]), dtype=torch.int64)
+        source = 0 if self.sources is None else int(self.sources[index])
         return Example(waveform, labels, m.texts[index], m.ids[index], m.ages[index], m.genders[index],
-                       m.accents[index])
+                       m.accents[index], source)
 
 
 def collate_clips(examples: Sequence[Example | None], pad_to_multiple: int = 1) -> dict[str, Any]:
@@ -111,7 +120,8 @@ def collate_clips(examples: Sequence[Example | None], pad_to_multiple: int = 1) 
     Returns:
         ``waveforms`` float32 (B, S) zero-padded; ``lengths`` int64 (B,) samples; ``labels`` int64 (B, L)
         padded with -100; ``label_lengths`` int64 (B,); ``texts``, ``ids``, ``age``, ``gender``, ``accent``
-        lists of B strings; ``num_skipped`` int. B may be 0 when every clip was unreadable.
+        lists of B strings; ``sources`` a list of B ints (each clip's evaluation source, see
+        :class:`ClipDataset`); ``num_skipped`` int. B may be 0 when every clip was unreadable.
     """
     kept = [e for e in examples if e is not None]
     lengths = torch.tensor([len(e.waveform) for e in kept], dtype=torch.int64)
@@ -132,6 +142,7 @@ def collate_clips(examples: Sequence[Example | None], pad_to_multiple: int = 1) 
         "age": [e.age for e in kept],
         "gender": [e.gender for e in kept],
         "accent": [e.accent for e in kept],
+        "sources": [e.source for e in kept],
         "num_skipped": len(examples) - len(kept),
     }
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ptasr.compat import should_update_logs
-from ptasr.scoring import Scored, error_rate, score_utterance, summed_counts, worst
+from ptasr.scoring import Scored, error_rate, score_utterance, worst
 
 
 class WERMetrics(L.Callback):
@@ -25,6 +25,11 @@ class WERMetrics(L.Callback):
     Never an average of per-batch WERs: long and short batches weigh by their words, as in jiwer over the
     whole set. Each evaluation also writes two TensorBoard text panels: the first ``num_samples``
     utterances (the same ones every time, so their progress is visible) and the ``num_worst`` worst.
+
+    With several validation (test) sources (``data.val_sources``), counts are kept per source, each batch
+    saying its clips' sources in ``sources``: ``val/wer`` and ``val/cer`` pool them (word-weighted, what
+    ``ModelCheckpoint`` monitors), and ``val/<name>/wer``, ``val/<name>/cer`` score each source alone, the
+    names from the data module's ``source_names``. With one source only the pooled metrics are logged.
 
     Args:
         num_samples: prediction samples to show per evaluation.
@@ -36,25 +41,39 @@ class WERMetrics(L.Callback):
         self.num_worst = num_worst
         self._reset()
 
-    def _reset(self) -> None:
-        self.counts = torch.zeros(2, 4, dtype=torch.float64)  # (S, D, I, H) of words, of characters
+    def _reset(self, names: list[str] | None = None) -> None:
+        self.names = names or [""]  # one per source, in the order batches number them
+        # (source, words/characters, S/D/I/H); float64 holds integer sums exactly, so pooling adds no rounding
+        self.source_counts = torch.zeros(len(self.names), 2, 4, dtype=torch.float64)
         self._samples: list[Scored] = []
         self._worst: list[Scored] = []  # this rank's num_worst worst so far
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(2, 4) float64: (S, D, I, H) of words, of characters, over all sources."""
+        return self.source_counts.sum(dim=0)
 
     def _update(self, outputs: dict[str, Any] | None) -> None:
         if not outputs:
             return
         scored = [score_utterance(*row) for row in
                   zip(outputs["ids"], outputs["references"], outputs["predictions"], strict=True)]
-        self.counts += torch.tensor(summed_counts(scored), dtype=torch.float64)
+        sources = outputs.get("sources") or [0] * len(scored)
+        if max(sources, default=0) >= len(self.names):
+            raise ValueError(f"a batch names evaluation source {max(sources)}, but only {len(self.names)} are known "
+                             f"({self.names}): evaluate through the data module, whose source_names() lists them")
+        per_clip = torch.tensor([(s.word_counts, s.char_counts) for s in scored], dtype=torch.float64)  # (B, 2, 4)
+        self.source_counts.index_add_(0, torch.tensor(sources, dtype=torch.int64), per_clip.view(-1, 2, 4))
         self._samples += scored[:self.num_samples - len(self._samples)]
         self._worst = worst(self._worst + scored, self.num_worst)
 
     def _finish(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        counts = trainer.strategy.reduce(self.counts.to(module.device), reduce_op="sum")
-        # The value is already global; sync_dist only makes Lightning agree (and keeps it quiet about DDP).
-        module.log(f"{stage}/wer", error_rate(counts[0].tolist()), sync_dist=True)
-        module.log(f"{stage}/cer", error_rate(counts[1].tolist()), sync_dist=True)
+        # every source in one collective: (sources, 2, 4)
+        counts = trainer.strategy.reduce(self.source_counts.to(module.device), reduce_op="sum")
+        _log_rates(module, stage, counts.sum(dim=0))
+        if len(self.names) > 1:
+            for name, source_counts in zip(self.names, counts, strict=True):
+                _log_rates(module, f"{stage}/{name}", source_counts)
         worst_overall = worst(_gather_objects(self._worst), self.num_worst)
         if trainer.is_global_zero and not trainer.sanity_checking:
             step = trainer.global_step
@@ -63,7 +82,7 @@ class WERMetrics(L.Callback):
         self._reset()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset()
+        self._reset(_source_names(trainer, "val"))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._update(outputs)
@@ -72,7 +91,7 @@ class WERMetrics(L.Callback):
         self._finish(trainer, pl_module, "val")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset()
+        self._reset(_source_names(trainer, "test"))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._update(outputs)
@@ -215,6 +234,19 @@ def ctc_infeasible(labels: torch.Tensor, label_lengths: torch.Tensor, frame_leng
     valid = torch.arange(labels.shape[1], device=labels.device) < label_lengths[:, None]  # (B, L)
     repeats = ((labels[:, 1:] == labels[:, :-1]) & valid[:, 1:]).sum(dim=1)
     return frame_lengths.to(labels.device) < label_lengths + repeats
+
+
+def _log_rates(module: L.LightningModule, prefix: str, counts: torch.Tensor) -> None:
+    """``<prefix>/wer`` and ``<prefix>/cer`` of counts (2, 4): (S, D, I, H) of words, of characters."""
+    # The value is already global; sync_dist only makes Lightning agree (and keeps it quiet about DDP).
+    module.log(f"{prefix}/wer", error_rate(counts[0].tolist()), sync_dist=True)
+    module.log(f"{prefix}/cer", error_rate(counts[1].tolist()), sync_dist=True)
+
+
+def _source_names(trainer: L.Trainer, stage: str) -> list[str]:
+    """The evaluation sources' names as the data module gives them (one unnamed source without one)."""
+    names = getattr(getattr(trainer, "datamodule", None), "source_names", None)
+    return names(stage) if callable(names) else [""]
 
 
 def _gather_objects(items: list[Any]) -> list[Any]:

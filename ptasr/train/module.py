@@ -187,7 +187,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         loss = config_ctc_loss(self.model.config, logits, frame_lengths, batch["labels"], batch["label_lengths"])
         self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True)
         return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths, "ids": batch["ids"],
-                "predictions": self.decode(logits, frame_lengths), "references": batch["texts"]}
+                "predictions": self.decode(logits, frame_lengths), "references": batch["texts"],
+                "sources": batch.get("sources")}  # which of several validation sources (WERMetrics)
 
     def decode(self, logits: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
         """Greedy CTC transcripts of a batch of logits (B, T, V)."""
