@@ -3,8 +3,8 @@ blank, and with ``patience`` a clean end of the run with last.ckpt at its final 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -12,7 +12,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ptasr.train.cli import CONFIG_DIR, cli_main
+from ptasr.train.cli import cli_main
 from helpers import SMALL_MODEL, SMALL_RUN
 
 
@@ -40,11 +40,6 @@ def _fit(save_dir: Path, bias: float, patience: int | None) -> L.Trainer:
     return cli_main(args).trainer
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-
-
 def test_a_run_stuck_on_blanks_is_warned_once_then_ended_by_the_patience(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"\[blank plateau\]") as warned:
         trainer = _fit(tmp_path, bias=100.0, patience=4)
@@ -70,10 +65,7 @@ def test_a_run_that_outputs_symbols_is_left_alone(tmp_path: Path, recwarn: pytes
     assert not [w for w in recwarn if "blank plateau" in str(w.message)]
 
 
-def test_the_recipes_watch_the_plateau_after_ctc_health(monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    for config in sorted(CONFIG_DIR.glob("*.yaml")):
-        with pytest.raises(SystemExit):
-            cli_main(["fit", "-c", str(config), "--print_config"])
-        names = [c["class_path"] for c in yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]]
-        assert names.index("ptasr.train.CTCHealth") < names.index("ptasr.train.BlankPlateauWatch"), config.name
+def test_the_recipes_watch_the_plateau_after_ctc_health(recipe_configs: dict[str, dict[str, Any]]) -> None:
+    for name, config in recipe_configs.items():
+        names = [c["class_path"] for c in config["trainer"]["callbacks"]]
+        assert names.index("ptasr.train.CTCHealth") < names.index("ptasr.train.BlankPlateauWatch"), name

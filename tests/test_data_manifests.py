@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,12 +188,11 @@ def test_several_sources_one_vocabulary_weights_and_reports(recordings, tmp_path
     assert len(loader) == len(dm.train_dataloader()) and len(counts) == 22
 
 
-def test_several_sources_from_the_command_line_train(recordings, tmp_path, monkeypatch):
+def test_several_sources_from_the_command_line_train(recordings, tmp_path):
     from helpers import SMALL_MODEL, SMALL_RUN
 
     from ptasr.train.cli import cli_main
 
-    monkeypatch.setattr(sys, "argv", ["train.py"])
     folder, recs = recordings
     paths = _own_data(folder, recs, tmp_path)
     corpus = make_corpus(tmp_path / "cv", {"train": 6, "dev": 2, "test": 2})
@@ -207,13 +205,12 @@ def test_several_sources_from_the_command_line_train(recordings, tmp_path, monke
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "vocab.json").is_file()
 
 
-def test_fit_on_a_manifest_of_own_recordings(recordings, tmp_path, monkeypatch):
+def test_fit_on_a_manifest_of_own_recordings(recordings, tmp_path):
     from helpers import SMALL_MODEL, SMALL_RUN
 
     from ptasr.cli import load_eval_set
     from ptasr.train.cli import cli_main
 
-    monkeypatch.setattr(sys, "argv", ["train.py"])
     folder, recs = recordings
     paths = _own_data(folder, recs, tmp_path)
     cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", *SMALL_MODEL, *SMALL_RUN,

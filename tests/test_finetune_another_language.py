@@ -9,7 +9,6 @@ import csv
 import logging
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -55,9 +54,7 @@ def _spanish_corpus(folder: Path) -> tuple[Path, Path]:
     return manifests[0], manifests[1]
 
 
-def test_fine_tuning_an_exported_portuguese_model_on_spanish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(sys, "argv", ["train.py"])
+def test_fine_tuning_an_exported_portuguese_model_on_spanish(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # 1. The demo, briefly (the training tests' tiny model), on the bundled Portuguese corpus.
     portuguese = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'pt'}", *SMALL_MODEL, *SMALL_RUN,
                            "--trainer.max_steps=4", "--trainer.max_time=null"])

@@ -116,8 +116,7 @@ def test_without_the_data_vocabulary_a_same_size_head_is_kept_as_before(tmp_path
     assert all(_carried(model, PORTUGUESE).values())
 
 
-def test_the_cli_builds_the_head_for_the_data_vocabulary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_the_cli_builds_the_head_for_the_data_vocabulary(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from helpers import SMALL_MODEL
 
     from ptasr.train.cli import cli_main
@@ -128,7 +127,6 @@ def test_the_cli_builds_the_head_for_the_data_vocabulary(tmp_path: Path, monkeyp
     spanish = Wav2Vec2CTC(Wav2Vec2Config.preset("tiny", vocab_size=len(SPANISH), pad_token_id=SPANISH.pad_id, **sizes))
     spanish.save_pretrained(tmp_path / "es")
     SPANISH.save(tmp_path / "es")
-    monkeypatch.setattr("sys.argv", ["train.py"])
     with caplog.at_level(logging.INFO, logger="ptasr.model.convert"):
         cli = cli_main([f"--model.pretrained={tmp_path / 'es'}", *SMALL_MODEL, "--trainer.logger=false"], run=False)
     data_vocab = cli.datamodule.vocab  # the bundled Portuguese corpus

@@ -52,11 +52,6 @@ def _args(save_dir: Path, stage: str) -> list[str]:
             f"--trainer.callbacks+={yaml.safe_dump(raiser, default_flow_style=True).strip()}"]
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-
-
 def test_a_training_batch_out_of_memory_names_the_batch_and_the_settings(tmp_path: Path) -> None:
     with pytest.raises(OutOfMemory) as caught:
         cli_main([*_args(tmp_path, "training"), "--trainer.accumulate_grad_batches=1"])

@@ -143,12 +143,11 @@ def test_ddp_layerdrop_drops_the_same_layers_on_every_rank(ddp_run: tuple[Path, 
 
 
 def test_ddp_validation_equals_a_single_process_on_the_same_weights(
-    ddp_run: tuple[Path, list[dict]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ddp_run: tuple[Path, list[dict]], tmp_path: Path
 ) -> None:
     run_dir, ddp_records = ddp_run
     ddp_clips, ddp_metrics = _validation(ddp_records, step=2 * EPOCH)
     # The validation after the last update used the weights that last.ckpt holds: validate them in one process.
-    monkeypatch.setattr(sys, "argv", ["train.py"])
     cli_main(["validate", f"--trainer.logger.init_args.save_dir={tmp_path}", *DDP_RUN,
               "--trainer.callbacks+=test_train_ddp.Recorder", f"--trainer.callbacks.folder={tmp_path}",
               f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])

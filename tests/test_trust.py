@@ -24,11 +24,6 @@ SMALL = [*SMALL_MODEL, "--data.num_workers=0", "--data.batch_size=4", "--data.ev
          "--trainer.enable_model_summary=false", "--model.schedule=linear", "--model.warmup_steps=1"]
 
 
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not the CLI's
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus"), {"train": 8, "dev": 2, "test": 4}).root
