@@ -24,7 +24,7 @@ from ptasr.data.testing import make_corpus, make_recordings, write_manifest
 from ptasr.data.text import TextNormalizer
 from ptasr.errors import SettingError
 from ptasr.scoring import edit_counts
-from ptasr.train.callbacks import WERMetrics
+from ptasr.train.callbacks import WERMetrics, _table
 from ptasr.train.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +182,16 @@ def test_wer_per_source_and_pooled_against_jiwer() -> None:
     assert (single["val/wer"], single["val/cer"]) == (logged["val/wer"], logged["val/cer"])
 
 
+def test_the_worst_clips_panel_names_their_sources() -> None:
+    metrics = WERMetrics(num_worst=2)
+    metrics.on_validation_epoch_start(_trainer(["a", "b"], None), _Module())
+    for references, predictions, sources in BATCHES:
+        metrics._update({"ids": [f"clip{i}.wav" for i in range(len(references))], "references": references,
+                         "predictions": predictions, "sources": sources})
+    assert _table(metrics._worst).splitlines()[2:] == [
+        "| b: clip1.wav | 2 / 4 | bom dia a todos | bom dia |", "| b: clip0.wav | 1 / 1 | sim | não |"]
+
+
 def test_ranks_sum_every_source_in_one_reduce() -> None:
     # two ranks, each with part of the batches: the reduce sums what both hold, as DDP's all-reduce does
     ranks = [WERMetrics(), WERMetrics()]
@@ -204,11 +214,16 @@ def test_ranks_sum_every_source_in_one_reduce() -> None:
     assert module.logged == _validate(WERMetrics(), _trainer(["a", "b"], lambda tensor, reduce_op: tensor), BATCHES)
 
 
-def test_a_source_index_without_a_name_is_refused() -> None:
+def test_clips_of_unknown_or_unsaid_sources_are_refused() -> None:
+    outputs = {"ids": ["x"], "references": ["a"], "predictions": ["a"]}
     metrics = WERMetrics()
     metrics.on_validation_epoch_start(_trainer(["val"], None), _Module())
+    metrics._update(outputs)  # one source: outputs need not say it
     with pytest.raises(ValueError, match="names evaluation source 1, but only 1 are known"):
-        metrics._update({"ids": ["x"], "references": ["a"], "predictions": ["a"], "sources": [1]})
+        metrics._update({**outputs, "sources": [1]})
+    metrics.on_validation_epoch_start(_trainer(["a", "b"], None), _Module())
+    with pytest.raises(ValueError, match=r"carry no `sources`, but the data names 2 sources \['a', 'b'\]"):
+        metrics._update(outputs)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ class WERMetrics(L.Callback):
     With several validation (test) sources (``data.val_sources``), counts are kept per source, each batch
     saying its clips' sources in ``sources``: ``val/wer`` and ``val/cer`` pool them (word-weighted, what
     ``ModelCheckpoint`` monitors), and ``val/<name>/wer``, ``val/<name>/cer`` score each source alone, the
-    names from the data module's ``source_names``. With one source only the pooled metrics are logged.
+    names from the data module's ``source_names``; the text panels then name each clip's source. With one
+    source only the pooled metrics are logged.
 
     Args:
         num_samples: prediction samples to show per evaluation.
@@ -56,16 +57,29 @@ class WERMetrics(L.Callback):
     def _update(self, outputs: dict[str, Any] | None) -> None:
         if not outputs:
             return
+        sources = self._clip_sources(outputs, len(outputs["ids"]))
+        # the text panels name each clip's source where there are several
+        groups = [{"source": self.names[i]} if len(self.names) > 1 else {} for i in sources.tolist()]
         scored = [score_utterance(*row) for row in
-                  zip(outputs["ids"], outputs["references"], outputs["predictions"], strict=True)]
-        sources = outputs.get("sources") or [0] * len(scored)
+                  zip(outputs["ids"], outputs["references"], outputs["predictions"], groups, strict=True)]
+        per_clip = torch.tensor([(s.word_counts, s.char_counts) for s in scored], dtype=torch.float64)  # (B, 2, 4)
+        self.source_counts.index_add_(0, sources, per_clip.view(-1, 2, 4))
+        self._samples += scored[:self.num_samples - len(self._samples)]
+        self._worst = worst(self._worst + scored, self.num_worst)
+
+    def _clip_sources(self, outputs: dict[str, Any], count: int) -> torch.Tensor:
+        """int64 (B,): the source of each clip, ``outputs["sources"]``, checked against the names known."""
+        sources = outputs.get("sources")
+        if sources is None and len(self.names) == 1:
+            return torch.zeros(count, dtype=torch.int64)
+        # else a source's clips would be counted as another's, or dropped: refuse rather than log wrong rates
+        if sources is None:
+            raise ValueError(f"the evaluation step's outputs carry no `sources`, but the data names {len(self.names)} "
+                             f"sources {self.names}: return the batch's `sources` with the ids and predictions")
         if max(sources, default=0) >= len(self.names):
             raise ValueError(f"a batch names evaluation source {max(sources)}, but only {len(self.names)} are known "
                              f"({self.names}): evaluate through the data module, whose source_names() lists them")
-        per_clip = torch.tensor([(s.word_counts, s.char_counts) for s in scored], dtype=torch.float64)  # (B, 2, 4)
-        self.source_counts.index_add_(0, torch.tensor(sources, dtype=torch.int64), per_clip.view(-1, 2, 4))
-        self._samples += scored[:self.num_samples - len(self._samples)]
-        self._worst = worst(self._worst + scored, self.num_worst)
+        return torch.tensor(sources, dtype=torch.int64)
 
     def _finish(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # every source in one collective: (sources, 2, 4)
@@ -262,8 +276,9 @@ def _table(rows: list[Scored]) -> str:
     """A Markdown table for TensorBoard's text panel."""
     lines = ["| id | word errors | reference | prediction |", "|---|---|---|---|"]
     for row in rows:
-        cells = [row.id.rsplit("/", 1)[-1], f"{row.word_errors} / {row.reference_words}", row.reference,
-                 row.prediction]
+        clip = row.id.rsplit("/", 1)[-1]
+        cells = [f"{row.groups['source']}: {clip}" if "source" in row.groups else clip,
+                 f"{row.word_errors} / {row.reference_words}", row.reference, row.prediction]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 
