@@ -13,6 +13,8 @@
 
 The script and style live in ``ptasr/assets/report/``: small vanilla JavaScript, no library. The table is
 virtualised (only the rows in view exist in the document), so 10 000 utterances sort and filter at once.
+``index.html#NAME`` opens the page on one utterance: NAME is its id, or its clip's file name with or without
+the extension when no other clip has that name; a NAME that fits none or several is said so above the table.
 """
 
 from __future__ import annotations
