@@ -244,10 +244,11 @@ def _reference_counts(manifest: Path) -> tuple[int, int]:
 def fitted(manifests: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """Two updates on the bundled dev split, validated after the second on both manifests."""
     save_dir = tmp_path_factory.mktemp("runs")
-    sys.argv = ["train.py"]
-    cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL_MODEL, *SMALL_RUN, *SCORED_ALONE,
-                    _sources({"path": str(manifests["read"])}, {"path": str(manifests["spoken"]), "name": "talk"}),
-                    "--trainer.max_steps=2"])
+    with pytest.MonkeyPatch.context() as patch:  # conftest's plain_argv comes after module-scoped fixtures
+        patch.setattr(sys, "argv", ["train.py"])
+        cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL_MODEL, *SMALL_RUN,
+                        *SCORED_ALONE, "--trainer.max_steps=2",
+                        _sources({"path": str(manifests["read"])}, {"path": str(manifests["spoken"]), "name": "talk"})])
     assert cli.trainer.global_step == 2
     metrics = {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
     return save_dir / "demo" / "version_0", metrics
