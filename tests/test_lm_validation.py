@@ -1,8 +1,10 @@
-"""The ``val/wer_lm`` callback in real ``Trainer.validate`` runs, on hand-made emissions where the LM helps."""
+"""The ``val/wer_lm`` callback in real ``Trainer.validate`` runs, on hand-made emissions where the LM helps, with
+one validation source and with several (``val/<name>/wer_lm``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -38,24 +40,50 @@ CAZA = spoken("caZa", {"Z": {"z": 0.55, "s": 0.45}})
 
 
 class Emitter(L.LightningModule):
-    """Returns fixed emissions as its validation logits, as ptasr's module returns the model's."""
+    """Returns fixed emissions as its validation logits, as ptasr's module returns the model's.
 
-    def __init__(self) -> None:
+    ``clips``: (emission (1, T, V), reference, source) per batch of one clip; ``sources=False``: the outputs do
+    not say the source (one source)."""
+
+    def __init__(self, clips: list[tuple[torch.Tensor, str, int]] | None = None, sources: bool = False) -> None:
         super().__init__()
         self.vocab = VOCAB
         self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.clips = clips or [(CAZA_MEZA, "casa mesa", 0), (CAZA, "casa", 0)]
+        self.sources = sources
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
-        logits = [CAZA_MEZA, CAZA][batch_idx][0]  # (T, V) log-probabilities: log-softmax leaves them unchanged
-        return {"logits": logits[None], "frame_lengths": torch.tensor([logits.shape[0]]),
-                "references": [["casa mesa", "casa"][batch_idx]], "predictions": [""], "ids": [str(batch_idx)]}
+        emission, reference, source = self.clips[batch_idx]
+        logits = emission[0]  # (T, V) log-probabilities: log-softmax leaves them unchanged
+        outputs = {"logits": logits[None], "frame_lengths": torch.tensor([logits.shape[0]]),
+                   "references": [reference], "predictions": [""], "ids": [str(batch_idx)]}
+        return {**outputs, "sources": [source]} if self.sources else outputs
 
 
-def validate(callback: LMValidation, times: int) -> list[dict[str, float]]:
+class Sources(L.LightningDataModule):
+    """A data module of ``count`` one-clip validation batches from the sources ``names``."""
+
+    def __init__(self, names: list[str], count: int) -> None:
+        super().__init__()
+        self.names, self.count = names, count
+
+    def source_names(self, stage: str) -> list[str]:
+        return list(self.names)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.zeros(self.count, 1), batch_size=1)
+
+
+def validate(callback: LMValidation, times: int, module: Emitter | None = None,
+             names: list[str] | None = None) -> list[dict[str, float]]:
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[callback])
-    module, data = Emitter(), torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1)
-    return [{k: float(v) for k, v in trainer.validate(module, data, verbose=False)[0].items()} for _ in range(times)]
+    module = module or Emitter()
+    if names is None:
+        data = {"dataloaders": torch.utils.data.DataLoader(torch.zeros(len(module.clips), 1), batch_size=1)}
+    else:
+        data = {"datamodule": Sources(names, len(module.clips))}
+    return [{k: float(v) for k, v in trainer.validate(module, **data, verbose=False)[0].items()} for _ in range(times)]
 
 
 @pytest.fixture
@@ -79,3 +107,76 @@ def test_zero_weight_gives_the_acoustic_answer_and_the_subset_is_fixed(lm: Path)
 def test_a_missing_lm_stops_before_training(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no language model at .*ptasr lm build"):
         validate(LMValidation(tmp_path / "missing.arpa"), times=1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Several validation sources: val/<name>/wer_lm beside the pooled val/wer_lm
+# --------------------------------------------------------------------------------------------------------
+
+# lm_weight=0: the beam gives the acoustic answers "caza meza" and "caza", so a reference says what is wrong
+TWO_SOURCES = [(CAZA_MEZA, "casa mesa", 0),  # a: 2 of 2 words, 2 of 9 characters wrong
+               (CAZA, "caza", 1),  # b: all right (1 word, 4 characters)
+               (CAZA, "casa", 1)]  # b: 1 of 1 word, 1 of 4 characters wrong
+
+
+def test_each_source_is_scored_alone_and_pooled_by_words(lm: Path) -> None:
+    logged = validate(LMValidation(lm, lm_weight=0.0), 1, Emitter(TWO_SOURCES, sources=True), ["a", "b"])[0]
+    assert logged == pytest.approx({"val/wer_lm": 3 / 4, "val/cer_lm": 3 / 17, "val/a/wer_lm": 1.0,
+                                    "val/a/cer_lm": 2 / 9, "val/b/wer_lm": 1 / 2, "val/b/cer_lm": 1 / 8})
+    # the same clips as one source: the pooled names only, the same values
+    one = validate(LMValidation(lm, lm_weight=0.0), 1, Emitter(TWO_SOURCES), ["val"])[0]
+    assert one == {"val/wer_lm": logged["val/wer_lm"], "val/cer_lm": logged["val/cer_lm"]}
+
+
+def test_max_utterances_is_a_quota_per_source(lm: Path) -> None:
+    # the first clip of each source: a's first, b's first ("caza", right); b's second is not decoded
+    runs = validate(LMValidation(lm, max_utterances=1, lm_weight=0.0), 2, Emitter(TWO_SOURCES, sources=True),
+                    ["a", "b"])
+    assert runs[0] == pytest.approx({"val/wer_lm": 2 / 3, "val/cer_lm": 2 / 13, "val/a/wer_lm": 1.0,
+                                     "val/a/cer_lm": 2 / 9, "val/b/wer_lm": 0.0, "val/b/cer_lm": 0.0})
+    assert runs[1] == runs[0]  # the same subset every time
+
+
+def test_a_source_with_no_clip_decoded_logs_nothing_for_it(lm: Path) -> None:
+    # the data names a third source "c" of which no batch comes (as when limit_val_batches stops before it)
+    with pytest.warns(UserWarning, match="no clip of validation source 'c' was decoded, so val/c/wer_lm is not"):
+        logged = validate(LMValidation(lm, lm_weight=0.0), 1, Emitter(TWO_SOURCES, sources=True),
+                          ["a", "b", "c"])[0]
+    assert not {name for name in logged if name.startswith("val/c/")}  # no 0.0 from no words
+    assert logged == validate(LMValidation(lm, lm_weight=0.0), 1, Emitter(TWO_SOURCES, sources=True),
+                              ["a", "b"])[0]
+
+
+def test_two_ranks_sum_every_source_in_one_reduce(lm: Path) -> None:
+    # rank 0 validates clips 0 and 1, rank 1 clip 2; the reduce sums what both hold, as DDP's all-reduce does
+    ranks = [LMValidation(lm, lm_weight=0.0), LMValidation(lm, lm_weight=0.0)]
+    shapes: list[tuple[int, ...]] = []
+    packed: list[torch.Tensor] = []
+
+    def reduce(tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        assert reduce_op == "sum"
+        shapes.append(tuple(tensor.shape))
+        packed.append(tensor)
+        return sum(packed)
+
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(vocab=VOCAB, device=torch.device("cpu"),
+                             log=lambda name, value, **kwargs: logged.__setitem__(name, value))
+    trainer = SimpleNamespace(sanity_checking=False, world_size=2, strategy=SimpleNamespace(reduce=reduce),
+                              datamodule=Sources(["a", "b"], 3))
+    emitter = Emitter(TWO_SOURCES, sources=True)
+    for rank, batches in zip(ranks, [[0, 1], [2]]):
+        rank.on_validation_epoch_start(trainer, module)
+        for index in batches:
+            rank.on_validation_batch_end(trainer, module, emitter.validation_step(None, index), None, index)
+    ranks[0].on_validation_epoch_end(trainer, module)  # rank 0 reduces first: its own counts only
+    logged.clear()
+    ranks[1].on_validation_epoch_end(trainer, module)  # rank 1's reduce returns both ranks' sum
+    assert shapes == [(2, 9), (2, 9)]  # one collective per rank: both sources, words, characters, clips
+    assert logged == pytest.approx({"val/wer_lm": 3 / 4, "val/cer_lm": 3 / 17, "val/a/wer_lm": 1.0,
+                                    "val/a/cer_lm": 2 / 9, "val/b/wer_lm": 1 / 2, "val/b/cer_lm": 1 / 8})
+
+
+def test_outputs_that_do_not_say_their_source_are_refused(lm: Path) -> None:
+    with pytest.raises(ValueError, match=r"carry no `sources`, but the data names 2 sources \['a', 'b'\]"):
+        validate(LMValidation(lm, lm_weight=0.0), 1, Emitter(TWO_SOURCES), ["a", "b"])

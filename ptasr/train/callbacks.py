@@ -57,7 +57,7 @@ class WERMetrics(L.Callback):
     def _update(self, outputs: dict[str, Any] | None) -> None:
         if not outputs:
             return
-        sources = self._clip_sources(outputs, len(outputs["ids"]))
+        sources = clip_sources(outputs, self.names, len(outputs["ids"]))
         # the text panels name each clip's source where there are several
         groups = [{"source": self.names[i]} if len(self.names) > 1 else {} for i in sources.tolist()]
         scored = [score_utterance(*row) for row in
@@ -66,20 +66,6 @@ class WERMetrics(L.Callback):
         self.source_counts.index_add_(0, sources, per_clip.view(-1, 2, 4))
         self._samples += scored[:self.num_samples - len(self._samples)]
         self._worst = worst(self._worst + scored, self.num_worst)
-
-    def _clip_sources(self, outputs: dict[str, Any], count: int) -> torch.Tensor:
-        """int64 (B,): the source of each clip, ``outputs["sources"]``, checked against the names known."""
-        sources = outputs.get("sources")
-        if sources is None and len(self.names) == 1:
-            return torch.zeros(count, dtype=torch.int64)
-        # else a source's clips would be counted as another's, or dropped: refuse rather than log wrong rates
-        if sources is None:
-            raise ValueError(f"the evaluation step's outputs carry no `sources`, but the data names {len(self.names)} "
-                             f"sources {self.names}: return the batch's `sources` with the ids and predictions")
-        if max(sources, default=0) >= len(self.names):
-            raise ValueError(f"a batch names evaluation source {max(sources)}, but only {len(self.names)} are known "
-                             f"({self.names}): evaluate through the data module, whose source_names() lists them")
-        return torch.tensor(sources, dtype=torch.int64)
 
     def _finish(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # every source in one collective: (sources, 2, 4)
@@ -96,7 +82,7 @@ class WERMetrics(L.Callback):
         self._reset()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset(_source_names(trainer, "val"))
+        self._reset(source_names(trainer, "val"))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._update(outputs)
@@ -105,7 +91,7 @@ class WERMetrics(L.Callback):
         self._finish(trainer, pl_module, "val")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset(_source_names(trainer, "test"))
+        self._reset(source_names(trainer, "test"))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._update(outputs)
@@ -257,7 +243,23 @@ def _log_rates(module: L.LightningModule, prefix: str, counts: torch.Tensor) -> 
     module.log(f"{prefix}/cer", error_rate(counts[1].tolist()), sync_dist=True)
 
 
-def _source_names(trainer: L.Trainer, stage: str) -> list[str]:
+def clip_sources(outputs: dict[str, Any], names: list[str], count: int) -> torch.Tensor:
+    """int64 (B,): the source of each of an evaluation step's ``count`` clips, ``outputs["sources"]``, checked
+    against the ``names`` of the sources known (all 0 where there is one source and outputs do not say it)."""
+    sources = outputs.get("sources")
+    if sources is None and len(names) == 1:
+        return torch.zeros(count, dtype=torch.int64)
+    # else a source's clips would be counted as another's, or dropped: refuse rather than log wrong rates
+    if sources is None:
+        raise ValueError(f"the evaluation step's outputs carry no `sources`, but the data names {len(names)} "
+                         f"sources {names}: return the batch's `sources` with the ids and predictions")
+    if max(sources, default=0) >= len(names):
+        raise ValueError(f"a batch names evaluation source {max(sources)}, but only {len(names)} are known "
+                         f"({names}): evaluate through the data module, whose source_names() lists them")
+    return torch.tensor(sources, dtype=torch.int64)
+
+
+def source_names(trainer: L.Trainer, stage: str) -> list[str]:
     """The evaluation sources' names as the data module gives them (one unnamed source without one)."""
     names = getattr(getattr(trainer, "datamodule", None), "source_names", None)
     return names(stage) if callable(names) else [""]
