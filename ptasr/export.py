@@ -10,7 +10,8 @@ The folder is what transformers' ``run_speech_recognition_ctc.py`` leaves behind
 - ``normalizer.json`` (ptasr's transcript normaliser, so ``ptasr evaluate`` scores an export as it scored the
   checkpoint),
 - ``README.md``: a model card with the training-results table (Training Loss, Epoch, Step, Validation Loss,
-  Wer) read from the run's TensorBoard event files, and the hyperparameters.
+  Wer) read from the run's TensorBoard event files, and the hyperparameters. A run validated on several
+  sources (``data.val_sources``, which log ``val/<name>/wer``) also gets each source's Wer and Cer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,12 @@ class ResultRow:
     validation_loss: float | None
     wer: float | None
     cer: float | None
+    # each validation source's (Wer, Cer), scored alone (val/<name>/wer); empty where the run had one source
+    sources: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+
+# what WERMetrics logs per source; a name holds no "/" (the data module refuses one)
+_SOURCE_WER = re.compile(r"val/([^/]+)/wer")
 
 
 def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
@@ -118,13 +126,17 @@ def training_results(scalars: dict[str, dict[int, float]]) -> list[ResultRow]:
 
     Training Loss is the last ``train/loss`` logged at or before that step, Epoch the logged epoch there.
     Lightning logs at the index of the update just done, counting from 0: the evaluation after 250 updates is
-    at TensorBoard step 249, and its row says 250, like the reference card's Step column.
+    at TensorBoard step 249, and its row says 250, like the reference card's Step column. Sources are the
+    names of ``val/<name>/wer``, in name order (the event files do not keep the data module's order).
 
     >>> training_results({"train/loss": {0: 9.0, 5: 3.0}, "val/wer": {4: 0.5}, "epoch": {4: 1.0}})
-    [ResultRow(step=5, epoch=1.0, training_loss=9.0, validation_loss=None, wer=0.5, cer=None)]
+    [ResultRow(step=5, epoch=1.0, training_loss=9.0, validation_loss=None, wer=0.5, cer=None, sources={})]
+    >>> training_results({"val/wer": {4: 0.5}, "val/b/wer": {4: 0.75}, "val/a/wer": {4: 0.25}})[0].sources
+    {'a': (0.25, None), 'b': (0.75, None)}
     """
     train = sorted(scalars.get("train/loss", {}).items())
     steps = sorted(set(scalars.get("val/loss", {})) | set(scalars.get("val/wer", {})))
+    names = sorted(match[1] for match in map(_SOURCE_WER.fullmatch, scalars) if match)
     rows = []
     for step in steps:
         before = [value for s, value in train if s <= step]
@@ -135,6 +147,8 @@ def training_results(scalars: dict[str, dict[int, float]]) -> list[ResultRow]:
             validation_loss=scalars.get("val/loss", {}).get(step),
             wer=scalars.get("val/wer", {}).get(step),
             cer=scalars.get("val/cer", {}).get(step),
+            sources={name: (scalars.get(f"val/{name}/wer", {}).get(step), scalars.get(f"val/{name}/cer", {}).get(step))
+                     for name in names},
         ))
     return rows
 
@@ -142,16 +156,45 @@ def training_results(scalars: dict[str, dict[int, float]]) -> list[ResultRow]:
 def results_table(rows: list[ResultRow]) -> str:
     """The markdown table of the reference model card (plus Cer), "No log" where a value is missing."""
 
-    def cell(value: float | None, digits: int = 4) -> str:
-        return "No log" if value is None else f"{value:.{digits}f}"
-
     lines = ["| Training Loss | Epoch | Step | Validation Loss | Wer | Cer |",
              "|:-------------:|:-----:|:----:|:---------------:|:---:|:---:|"]
     for row in rows:
         epoch = "" if row.epoch is None else f"{row.epoch:g}"
-        lines.append(f"| {cell(row.training_loss)} | {epoch} | {row.step} | {cell(row.validation_loss)} | "
-                     f"{cell(row.wer)} | {cell(row.cer)} |")
+        lines.append(f"| {_cell(row.training_loss)} | {epoch} | {row.step} | {_cell(row.validation_loss)} | "
+                     f"{_cell(row.wer)} | {_cell(row.cer)} |")
     return "\n".join(lines)
+
+
+def sources_table(rows: list[ResultRow]) -> str:
+    """Each validation source's Wer and Cer per evaluation step, as a markdown table ("" with one source).
+
+    >>> print(sources_table([ResultRow(2, None, None, None, 0.5, 0.25, {"read": (0.25, 0.125), "talk": (1.0, None)})]))
+    | Step | read Wer | read Cer | talk Wer | talk Cer |
+    |:----:|:---:|:---:|:---:|:---:|
+    | 2 | 0.2500 | 0.1250 | 1.0000 | No log |
+    """
+    names = sorted({name for row in rows for name in row.sources})
+    if not names:
+        return ""
+    lines = ["| Step | " + " | ".join(f"{name} Wer | {name} Cer" for name in names) + " |",
+             "|:----:|" + ":---:|" * (2 * len(names))]
+    for row in rows:
+        rates = [row.sources.get(name, (None, None)) for name in names]
+        lines.append(f"| {row.step} | " + " | ".join(f"{_cell(wer)} | {_cell(cer)}" for wer, cer in rates) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "No log" if value is None else f"{value:.4f}"
+
+
+def training_tables(rows: list[ResultRow]) -> str:
+    """The card's "Training results": the results table, then each source's rates where there are several."""
+    per_source = sources_table(rows)
+    if not per_source:
+        return results_table(rows)
+    return (results_table(rows) + "\n\nEach validation source scored alone (Wer and Cer above pool them, weighted "
+            "by reference words and characters):\n\n" + per_source)
 
 
 # --- hyperparameters -----------------------------------------------------------------------------------------
@@ -219,17 +262,25 @@ def _front_matter(name: str, language: str | None, dataset: str | None, rows: li
                  "tags": ["automatic-speech-recognition", "wav2vec2", "ctc", "ptasr"]})
     last = next((row for row in reversed(rows) if row.wer is not None), None)
     if last is not None:
-        metrics = [{"type": "wer", "value": round(last.wer, 4), "name": "Validation WER"}]
-        if last.cer is not None:
-            metrics.append({"type": "cer", "value": round(last.cer, 4), "name": "Validation CER"})
-        meta["model-index"] = [{"name": name, "results": [{
-            "task": {"type": "automatic-speech-recognition", "name": "Automatic Speech Recognition"},
-            "dataset": {"name": dataset or "validation set", "type": dataset or "validation"},
-            "metrics": metrics,
-        }]}]
+        pooled = (dataset or "validation set", dataset or "validation")
+        if last.sources:  # the pooled rates are of the validation sources, not of the training data's release
+            pooled = ("validation sources " + ", ".join(last.sources), "validation")
+        results = [_model_index_result(*pooled, last.wer, last.cer)]
+        # each validation source as a dataset of its own, as the hub lists a model's results on several
+        results += [_model_index_result(source, source, wer, cer)
+                    for source, (wer, cer) in last.sources.items() if wer is not None]
+        meta["model-index"] = [{"name": name, "results": results}]
     elif (carried or {}).get("model-index"):
         meta["model-index"] = [{**entry, "name": name} for entry in carried["model-index"]]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _model_index_result(dataset: str, kind: str, wer: float, cer: float | None) -> dict[str, Any]:
+    metrics = [{"type": "wer", "value": round(wer, 4), "name": "Validation WER"}]
+    if cer is not None:
+        metrics.append({"type": "cer", "value": round(cer, 4), "name": "Validation CER"})
+    return {"task": {"type": "automatic-speech-recognition", "name": "Automatic Speech Recognition"},
+            "dataset": {"name": dataset, "type": kind}, "metrics": metrics}
 
 
 def model_card(
@@ -254,6 +305,8 @@ def model_card(
     if last is not None and last.validation_loss is not None:
         results = ("It achieves the following results on the evaluation set:\n"
                    f"- Loss: {last.validation_loss:.4f}\n- Wer: {last.wer:.4f}\n")
+        results += "".join(f"- Wer on {source}: {wer:.4f}\n" for source, (wer, _) in last.sources.items()
+                           if wer is not None)
     intro = (f"This model is {origin} ({config.num_hidden_layers} layers, hidden size {config.hidden_size}, a CTC "
              f"head over {len(recognizer.vocab)} characters), trained with ptasr{f' on {dataset}' if dataset else ''}.\n")
     if not trained and carried.get("intro"):
@@ -263,7 +316,7 @@ def model_card(
     hparams_text = "\n".join(f"- {key}: {value}" for key, value in hparams.items())
     if not hparams and carried.get("hyperparameters"):
         hparams_text = carried["hyperparameters"].strip()
-    table = results_table(rows) if rows else carried.get("training results", "").strip()
+    table = training_tables(rows) if rows else carried.get("training results", "").strip()
     sections = [
         _front_matter(name, language, dataset, rows, carried),
         f"# {name}\n",

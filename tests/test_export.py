@@ -161,6 +161,64 @@ def test_results_table_from_known_events(tmp_path: Path) -> None:
     assert results_table(rows).splitlines()[2] == "| 9.0000 | 0 | 6 | 7.5000 | 0.9000 | No log |"
 
 
+def _write_events(folder: Path, per_source: dict[str, dict[int, tuple[float, float]]]) -> Path:
+    """Two evaluations (after updates 2 and 4) of a run, with ``per_source`` {name: {step: (wer, cer)}} beside
+    the pooled rates; every value a binary fraction, which float32 and ``:.4f`` keep exactly."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    for step, (loss, val_loss, wer, cer) in {1: (4.0, 3.0, 0.75, 0.5), 3: (2.0, 1.5, 0.5, 0.25)}.items():
+        for tag, value in {"train/loss": loss, "val/loss": val_loss, "val/wer": wer, "val/cer": cer,
+                           "epoch": 0.0}.items():
+            writer.add_scalar(tag, value, step)
+    for name, rates in per_source.items():
+        for step, (wer, cer) in rates.items():
+            writer.add_scalar(f"val/{name}/wer", wer, step)
+            writer.add_scalar(f"val/{name}/cer", cer, step)
+            writer.add_scalar(f"val/{name}/wer_lm", 0.125, step)  # LMValidation's: not a source of its own
+    writer.close()
+    return folder
+
+
+def _front_matter_and_body(card: str) -> tuple[dict, str]:
+    import yaml
+
+    _, front, body = card.split("---\n", 2)
+    return yaml.safe_load(front), body
+
+
+def test_card_lists_each_validation_source(run: Run, tmp_path: Path) -> None:
+    # "talk" was not validated at the first evaluation (a source added on resume): "No log" there
+    per_source = {"talk": {3: (0.75, 0.375)}, "read": {1: (0.625, 0.5), 3: (0.25, 0.125)}}
+    cards = {}
+    for kind, sources in (("pooled", {}), ("sources", per_source)):
+        logs = _write_events(tmp_path / f"{kind}-logs", sources)
+        assert main(["export", str(run.checkpoint), str(tmp_path / kind), "--logs", str(logs), "--name", "m"]) == 0
+        cards[kind] = (tmp_path / kind / "README.md").read_text(encoding="utf-8")
+    table = ("Each validation source scored alone (Wer and Cer above pool them, weighted by reference words and "
+             "characters):\n\n"
+             "| Step | read Wer | read Cer | talk Wer | talk Cer |\n"
+             "|:----:|:---:|:---:|:---:|:---:|\n"
+             "| 2 | 0.6250 | 0.5000 | No log | No log |\n"
+             "| 4 | 0.2500 | 0.1250 | 0.7500 | 0.3750 |\n")
+    summary = "- Wer: 0.5000\n- Wer on read: 0.2500\n- Wer on talk: 0.7500\n"
+    meta, body = _front_matter_and_body(cards["sources"])
+    assert table in body and summary in body
+    results = meta["model-index"][0]["results"]
+    assert [(r["dataset"]["name"], [m["value"] for m in r["metrics"]]) for r in results] == [
+        ("validation sources read, talk", [0.5, 0.25]), ("read", [0.25, 0.125]), ("talk", [0.75, 0.375])]
+    # without per-source scalars the card is the one-source card: the same, less what names the sources
+    pooled_meta, pooled_body = _front_matter_and_body(cards["pooled"])
+    assert "validation source" not in pooled_body and len(pooled_meta["model-index"][0]["results"]) == 1
+    assert pooled_meta["model-index"][0]["results"][0]["dataset"] == {"name": "corpus", "type": "corpus"}
+    meta["model-index"][0]["results"] = pooled_meta["model-index"][0]["results"]
+    assert meta == pooled_meta
+    assert body.replace("\n\n" + table, "\n").replace(summary, "- Wer: 0.5000\n") == pooled_body
+    # a re-export of the folder (no event files) keeps the per-source rows with the rest of the training sections
+    assert main(["export", str(tmp_path / "sources"), str(tmp_path / "again"), "--name", "m"]) == 0
+    assert (tmp_path / "again" / "README.md").read_text(encoding="utf-8") == cards["sources"]
+
+
 def test_group_norm_models_get_no_attention_mask() -> None:
     assert preprocessor_config(Wav2Vec2Config.preset("wav2vec2-base"))["return_attention_mask"] is False
     assert preprocessor_config(Wav2Vec2Config.preset("xls-r-300m"))["return_attention_mask"] is True
