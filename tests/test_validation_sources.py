@@ -182,6 +182,14 @@ def test_wer_per_source_and_pooled_against_jiwer() -> None:
     assert (single["val/wer"], single["val/cer"]) == (logged["val/wer"], logged["val/cer"])
 
 
+def test_a_source_with_no_clip_scored_logs_no_rates() -> None:
+    # the data names a third source "c" of which no batch comes (as when limit_val_batches stops before it)
+    with pytest.warns(UserWarning, match="no word of val source 'c' was scored, so val/c/wer is not logged"):
+        logged = _validate(WERMetrics(), _trainer(["a", "b", "c"], lambda tensor, reduce_op: tensor), BATCHES)
+    assert not {name for name in logged if name.startswith("val/c/")}  # no 0.0 from no words
+    assert logged == _validate(WERMetrics(), _trainer(["a", "b"], lambda tensor, reduce_op: tensor), BATCHES)
+
+
 def test_the_worst_clips_panel_names_their_sources() -> None:
     metrics = WERMetrics(num_worst=2)
     metrics.on_validation_epoch_start(_trainer(["a", "b"], None), _Module())

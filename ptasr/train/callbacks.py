@@ -14,6 +14,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ptasr.compat import should_update_logs
 from ptasr.scoring import Scored, error_rate, score_utterance, worst
@@ -29,8 +30,10 @@ class WERMetrics(L.Callback):
     With several validation (test) sources (``data.val_sources``), counts are kept per source, each batch
     saying its clips' sources in ``sources``: ``val/wer`` and ``val/cer`` pool them (word-weighted, what
     ``ModelCheckpoint`` monitors), and ``val/<name>/wer``, ``val/<name>/cer`` score each source alone, the
-    names from the data module's ``source_names``; the text panels then name each clip's source. With one
-    source only the pooled metrics are logged.
+    names from the data module's ``source_names``; the text panels then name each clip's source. A source with
+    nothing scored (no clip of it evaluated, e.g. cut off by ``trainer.limit_val_batches``) logs no rates of its
+    own, rather than a 0.0 from no words, and a warning names it. With one source only the pooled metrics are
+    logged.
 
     Args:
         num_samples: prediction samples to show per evaluation.
@@ -73,7 +76,11 @@ class WERMetrics(L.Callback):
         _log_rates(module, stage, counts.sum(dim=0))
         if len(self.names) > 1:
             for name, source_counts in zip(self.names, counts, strict=True):
-                _log_rates(module, f"{stage}/{name}", source_counts)
+                if source_counts.any():
+                    _log_rates(module, f"{stage}/{name}", source_counts)
+                else:  # none of its clips was evaluated: a 0.0 from no words would read as a perfect score
+                    rank_zero_warn(f"WERMetrics: no word of {stage} source {name!r} was scored, so {stage}/{name}/wer "
+                                   f"is not logged; does trainer.limit_{stage}_batches stop before its clips?")
         worst_overall = worst(_gather_objects(self._worst), self.num_worst)
         if trainer.is_global_zero and not trainer.sanity_checking:
             step = trainer.global_step
