@@ -180,3 +180,39 @@ def test_two_ranks_sum_every_source_in_one_reduce(lm: Path) -> None:
 def test_outputs_that_do_not_say_their_source_are_refused(lm: Path) -> None:
     with pytest.raises(ValueError, match=r"carry no `sources`, but the data names 2 sources \['a', 'b'\]"):
         validate(LMValidation(lm, lm_weight=0.0), 1, Emitter(TWO_SOURCES), ["a", "b"])
+
+
+def test_a_fit_on_two_manifests_logs_each_source_and_the_card_lists_them(
+    lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from helpers import SMALL_MODEL, SMALL_RUN
+    from ptasr.cli import main
+    from ptasr.data.testing import make_recordings, write_manifest
+    from ptasr.export import read_scalars
+    from ptasr.train.cli import cli_main
+
+    monkeypatch.setenv("PTASR_CACHE", str(tmp_path / "cache"))
+    recordings = make_recordings(tmp_path / "mine", ["a casa é azul", "chove muito hoje", "bom dia a todos",
+                                                     "o rio corre para o mar", "as crianças brincam"])
+    sources = [{"path": str(write_manifest(tmp_path / "mine" / "read.csv", recordings[:3]))},
+               {"path": str(write_manifest(tmp_path / "mine" / "spoken.jsonl", recordings[3:])), "name": "talk"}]
+    cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", *SMALL_MODEL, *SMALL_RUN,
+                    "--trainer.max_steps=2", f"--data.val_sources={json.dumps(sources)}",
+                    "--trainer.callbacks+=ptasr.train.LMValidation", f"--trainer.callbacks.lm={lm}",
+                    "--trainer.callbacks.beam_size=4"])
+    run = Path(cli.trainer.log_dir)
+    scalars = read_scalars(run)
+    lm_tags = {tag for tag in scalars if tag.endswith("_lm")}
+    assert lm_tags == {"val/wer_lm", "val/cer_lm", "val/read/wer_lm", "val/read/cer_lm", "val/talk/wer_lm",
+                       "val/talk/cer_lm"}
+    # whatever the barely trained model says, the pooled rate weighs each source by its reference words: 11 and 9
+    (step, pooled), = scalars["val/wer_lm"].items()
+    per_source = {name: scalars[f"val/{name}/wer_lm"][step] for name in ("read", "talk")}
+    assert pooled == pytest.approx((per_source["read"] * 11 + per_source["talk"] * 9) / 20, abs=1e-6)
+    out = tmp_path / "model"
+    assert main(["export", str(run / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "| Step | read Wer | read Cer | talk Wer | talk Cer |\n|:----:|" in card
+    assert "- Wer on read: " in card and "- Wer on talk: " in card
