@@ -29,9 +29,11 @@ import torch
 import torchaudio
 
 from ptasr.data import BUNDLED_CORPUS, TextNormalizer, Vocabulary
-from ptasr.data.commonvoice import CommonVoiceRelease, FilterSettings, Manifest, build_manifest
+from ptasr.data.commonvoice import CommonVoiceRelease
 from ptasr.data.dataset import ClipDataset, ClipLoader, collate_clips
+from ptasr.data.filters import FilterSettings, build_manifest
 from ptasr.data.sampler import BucketBatchSampler
+from ptasr.data.table import Manifest
 
 
 def in_process(dataset: ClipDataset, batches: list[list[int]]) -> float:

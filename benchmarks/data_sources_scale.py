@@ -94,7 +94,7 @@ def measure(root: str) -> dict:
     """Runs in a fresh process so that ru_maxrss is this work's peak, not the generator's."""
     start = time.perf_counter()
     from ptasr.data import CommonVoiceDataModule
-    from ptasr.data.datamodule import TrainSource
+    from ptasr.data.sources import TrainSource
 
     imported = time.perf_counter()
     base = Path(root)
@@ -127,7 +127,7 @@ def measure_headers(count: int) -> dict:
     import numpy as np
     import soundfile as sf
 
-    from ptasr.data.commonvoice import FilterSettings, filter_manifest
+    from ptasr.data.filters import FilterSettings, filter_manifest
     from ptasr.data.manifests import ManifestFile
     from ptasr.data.text import TextNormalizer
 

@@ -318,7 +318,7 @@ class EvalSet:
 
     def first_rows(self) -> EvalSet:
         """Each clip once: a clip listed twice is a duplicate row, dropped and counted as training drops it."""
-        from ptasr.data.commonvoice import first_rows
+        from ptasr.data.filters import first_rows
 
         keep = first_rows(self.ids)
         return self._rows([i for i, first in enumerate(keep) if first], self.duplicates + int((~keep).sum()))
@@ -346,7 +346,7 @@ def load_eval_set(data: str, split: str, normalizer: Any, language: str | None) 
 
 def _hf_eval_set(path: Path, split: str, normalizer: Any) -> EvalSet:
     """A local Hugging Face dataset folder (parquet files), read as train.py's ``data.hf_dataset`` reads it."""
-    from ptasr.data.commonvoice import HFDatasetSource
+    from ptasr.data.huggingface import HFDatasetSource
 
     manifest = HFDatasetSource(str(path)).read_split(split, normalizer)
     return _from_manifest(f"{path.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])

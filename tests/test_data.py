@@ -17,17 +17,10 @@ import torchaudio
 
 from ptasr.data import BUNDLED_CORPUS, TextNormalizer, Vocabulary
 from ptasr.data.audio import AudioDecodeError, load_audio, resample
-from ptasr.data.commonvoice import (
-    CommonVoiceRelease,
-    FilterSettings,
-    HFDatasetSource,
-    build_manifest,
-    check_leakage,
-    ctc_feasible,
-    read_clip_durations,
-    read_tsv,
-)
+from ptasr.data.commonvoice import CommonVoiceRelease, read_clip_durations, read_tsv
 from ptasr.data.dataset import ClipDataset, ClipLoader, collate_clips
+from ptasr.data.filters import FilterSettings, build_manifest, check_leakage, ctc_feasible
+from ptasr.data.huggingface import HFDatasetSource
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.testing import make_corpus
 from ptasr.lengths import conv_output_lengths

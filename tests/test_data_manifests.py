@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from ptasr.data.commonvoice import FilterSettings, Manifest, filter_manifest
 from ptasr.data.dataset import ClipDataset, collate_clips
+from ptasr.data.filters import FilterSettings, filter_manifest
 from ptasr.data.manifests import ManifestFile
+from ptasr.data.table import Manifest
 from ptasr.data.testing import make_corpus, make_recordings, write_manifest
 from ptasr.data.text import AlphabetReport, TextNormalizer, Vocabulary
 
@@ -92,7 +93,7 @@ def test_every_format_decodes_and_header_durations_are_cached(recordings, monkey
         example = dataset.load(i)
         assert example is not None and abs(len(example.waveform) / 16000 - rec.duration) < 0.01, rec
     # the second start reads no header: the durations come from the cache
-    monkeypatch.setattr("ptasr.data.commonvoice.audio_duration", lambda _: pytest.fail("header read again"))
+    monkeypatch.setattr("ptasr.data.cache.audio_duration", lambda _: pytest.fail("header read again"))
     again, _ = filter_manifest(source, source.read_split("", TextNormalizer()), FilterSettings(), "x")
     np.testing.assert_allclose(again.durations, manifest.durations)
 
@@ -160,7 +161,7 @@ def test_leakage_guard_covers_manifests(recordings, tmp_path):
 
 def test_several_sources_one_vocabulary_weights_and_reports(recordings, tmp_path, caplog):
     from ptasr.data import CommonVoiceDataModule
-    from ptasr.data.datamodule import TrainSource
+    from ptasr.data.sources import TrainSource
 
     folder, recs = recordings
     paths = _own_data(folder, recs, tmp_path)
@@ -321,7 +322,7 @@ def test_a_clip_too_short_for_its_text_once_decoded_is_dropped_and_counted(tmp_p
     manifest = Manifest([str(tmp_path / "short.wav")] * 2, [str(tmp_path / "short.wav")] * 2, [text, "abc"],
                         ["", ""], ["", ""], ["", ""], ["", ""], reader=lambda key: key,
                         durations=np.array([0.54, 0.5]))
-    from ptasr.data.commonvoice import ctc_feasible
+    from ptasr.data.filters import ctc_feasible
 
     assert ctc_feasible(manifest.texts, manifest.durations, FilterSettings()).all()  # the listed length passes
     dataset = ClipDataset(manifest, Vocabulary.build(manifest.texts))
@@ -341,7 +342,7 @@ def test_a_hugging_face_dataset_as_one_of_several_sources(recordings, tmp_path, 
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     from ptasr.data import CommonVoiceDataModule
     from ptasr.data.commonvoice import read_tsv
-    from ptasr.data.datamodule import TrainSource
+    from ptasr.data.sources import TrainSource
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 2})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ptasr.checkpoint import checkpoint_entry
-from ptasr.data.commonvoice import FilterSettings
+from ptasr.data.filters import FilterSettings
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import DataError, SettingError, UserError
 from ptasr.model.config import Wav2Vec2Config

@@ -311,7 +311,8 @@ def test_a_clip_listed_twice_is_a_duplicate_in_training_and_in_evaluate(
     import json
 
     from ptasr.cli import main
-    from ptasr.data.commonvoice import CommonVoiceRelease, FilterSettings, filter_manifest
+    from ptasr.data.commonvoice import CommonVoiceRelease
+    from ptasr.data.filters import FilterSettings, filter_manifest
     from ptasr.data.text import TextNormalizer
 
     corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 4})

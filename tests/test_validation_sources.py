@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from helpers import SMALL_MODEL, SMALL_RUN
-from ptasr.data.datamodule import CommonVoiceDataModule, EvalSource
+from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.data.sources import EvalSource
 from ptasr.data.testing import make_corpus, make_recordings, write_manifest
 from ptasr.data.text import TextNormalizer
 from ptasr.errors import SettingError

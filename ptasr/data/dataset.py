@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptasr.data.audio import SAMPLE_RATE, AudioDecodeError, load_audio
-from ptasr.data.commonvoice import Manifest, ctc_frames_needed
+from ptasr.data.filters import ctc_frames_needed
 from ptasr.data.sampler import BucketBatchSampler
+from ptasr.data.table import Manifest
 from ptasr.data.text import Vocabulary
 from ptasr.errors import SettingError
 from ptasr.lengths import conv_output_lengths
@@ -54,7 +55,7 @@ class ClipDataset(Dataset):
     A bad clip costs one warning and its place in the batch, never the run.
 
     Args:
-        manifest: clips with durations (from :func:`ptasr.data.commonvoice.build_manifest`).
+        manifest: clips with durations (from :func:`ptasr.data.filters.build_manifest`).
         vocab: encodes the normalised texts into labels.
         sample_rate: rate the waveforms are resampled to.
         min_decoded_fraction: shortest acceptable decoded length, as a fraction of the listed duration.

@@ -7,7 +7,7 @@ the audio header where absent or empty, and cached like a release's) and ``speak
 soundfile reads works: WAV, FLAC, Ogg Vorbis/Opus, MP3, at any rate, mono or stereo.
 
 A :class:`ManifestFile` is a source like :class:`ptasr.data.commonvoice.CommonVoiceRelease`: it gives a
-:class:`~ptasr.data.commonvoice.Manifest`, and :func:`~ptasr.data.commonvoice.filter_manifest` applies the
+:class:`~ptasr.data.table.Manifest`, and :func:`~ptasr.data.filters.filter_manifest` applies the
 same filters to it. It has one split, the whole file.
 
 >>> import tempfile, pathlib
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ptasr.data.commonvoice import (ClipFiles, HeaderDurationCache, Manifest, default_cache_dir,
-                                   save_array_atomically)
+from ptasr.data.cache import HeaderDurationCache, default_cache_dir, save_array_atomically
+from ptasr.data.table import ClipFiles, Manifest
 from ptasr.errors import DataError, MissingPathError, SettingError
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -58,7 +58,7 @@ class ManifestFile:
     Args:
         path: the ``.csv``/``.tsv``/``.jsonl`` file.
         cache_dir: where durations read from audio headers are cached (default
-            :func:`ptasr.data.commonvoice.default_cache_dir`).
+            :func:`ptasr.data.cache.default_cache_dir`).
     """
 
     def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:

@@ -13,7 +13,7 @@ import re
 import sys
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -125,6 +125,12 @@ class TextNormalizer:
     def __repr__(self) -> str:
         return (f"TextNormalizer(chars_to_ignore={self.chars_to_ignore!r}, lowercase={self.lowercase}, "
                 f"strip_accents={self.strip_accents}, strip_punctuation={self.strip_punctuation})")
+
+
+def normalize_texts(normalizer: Callable[[str], str], texts: list[str]) -> list[str]:
+    """Normalised ``texts``: in chunks where the normaliser can (:meth:`TextNormalizer.many`), else one by one."""
+    many = getattr(normalizer, "many", None)
+    return many(texts) if many is not None else [normalizer(t) for t in texts]
 
 
 @lru_cache(maxsize=1)
