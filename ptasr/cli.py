@@ -7,6 +7,9 @@ A wrong path, a checkpoint that does not fit, or unreadable data ends the comman
 saying what and where, and exit status 1; ``PTASR_TRACEBACK=1`` shows the traceback (see ``ptasr/errors.py``).
 ``evaluate`` writes its results files before it prints, so a reader that leaves early (``| head``) costs
 nothing; output to a closed pipe ends quietly with status 141.
+
+This module turns arguments into calls: reading, scoring and summarising an evaluation set (and the LM weight
+search of ``evaluate --tune``) live in ``ptasr/evaluation.py``, which Python code calls without the command.
 """
 
 from __future__ import annotations
@@ -17,19 +20,15 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 
 from ptasr import __version__
-from ptasr.data.audio import AudioDecodeError
 from ptasr.errors import TRACEBACK_VARIABLE, DataError, MissingPathError, SettingError, UserError, exit_status
 
 log = logging.getLogger("ptasr")
-
-BREAKDOWN_COLUMNS = ("gender", "age", "accent")
 
 
 # --- argument parsing ----------------------------------------------------------------------------------------
@@ -216,7 +215,6 @@ def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
     from ptasr.lm import BeamSearchDecoder
 
     lm_weight, word_score = _lm_weights(args)
-    args.lm_weight, args.word_score = lm_weight, word_score  # the pair used, for the results file
     return BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
                              beam_size=args.beam_size, beam_size_token=args.beam_size_token or None,
                              lm_weight=lm_weight, word_score=word_score)
@@ -233,11 +231,10 @@ def _lm_weights(args: argparse.Namespace) -> tuple[float, float]:
     return lm_weight, word_score
 
 
-def _options(args: argparse.Namespace, recognizer: Any, word_timestamps: bool = False) -> dict[str, Any]:
+def _chunking(args: argparse.Namespace) -> Any:
     from ptasr.inference import Chunking
 
-    return {"batch_size": args.batch_size, "chunking": Chunking(args.chunk_length_s or None, args.stride_length_s),
-            "word_timestamps": word_timestamps, "decoder": _decoder(args, recognizer)}
+    return Chunking(args.chunk_length_s or None, args.stride_length_s)
 
 
 def _open_output(path: str | None) -> TextIO:
@@ -255,7 +252,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
     if not files:
         raise MissingPathError(f"no audio files in {', '.join(args.audio)}")
     recognizer = _recognizer(args)
-    options = _options(args, recognizer, word_timestamps=args.word_timestamps)
+    options = {"batch_size": args.batch_size, "chunking": _chunking(args), "word_timestamps": args.word_timestamps,
+               "decoder": _decoder(args, recognizer)}
     failed = 0
     out = _open_output(args.output)
     try:
@@ -300,118 +298,27 @@ def _format(transcript: Any, fmt: str, with_source: bool) -> str:
 # --- evaluate ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class EvalSet:
-    """The utterances to score: ids, audio (paths), normalised references and metadata, row for row."""
-
-    name: str
-    ids: list[str]
-    audio: list[str]
-    references: list[str]
-    groups: list[dict[str, str]]
-    duplicates: int = 0  # rows dropped as repeats of an earlier row's clip
-
-    def take(self, limit: int | None) -> EvalSet:
-        """Rows with a non-empty reference (an empty one has no word to get wrong), the first ``limit`` of them."""
-        rows = [i for i, text in enumerate(self.references) if text][:limit]
-        return self._rows(rows, self.duplicates)
-
-    def first_rows(self) -> EvalSet:
-        """Each clip once: a clip listed twice is a duplicate row, dropped and counted as training drops it."""
-        from ptasr.data.filters import first_rows
-
-        keep = first_rows(self.ids)
-        return self._rows([i for i, first in enumerate(keep) if first], self.duplicates + int((~keep).sum()))
-
-    def _rows(self, rows: list[int], duplicates: int) -> EvalSet:
-        return EvalSet(self.name, *([column[i] for i in rows] for column in
-                                    (self.ids, self.audio, self.references, self.groups)), duplicates=duplicates)
-
-
-def load_eval_set(data: str, split: str, normalizer: Any, language: str | None) -> EvalSet:
-    """A release folder's split (or archive), one split TSV whose clips are in ``clips/`` beside it, a
-    manifest file (.csv, .tsv, .jsonl), or a folder of a Hugging Face dataset's parquet files (as
-    ``data.hf_dataset``); each clip once (:meth:`EvalSet.first_rows`)."""
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise MissingPathError(f"no Common Voice release folder, archive, TSV, manifest or parquet folder at {path}")
-    if path.is_file() and path.suffix == ".tsv" and (path.parent / "clips").is_dir():
-        return _tsv_eval_set(path, normalizer).first_rows()
-    if path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl"):
-        return _manifest_eval_set(path, normalizer).first_rows()
-    if path.is_dir() and not any(path.glob("*.tsv")) and any(path.rglob("*.parquet")):
-        return _hf_eval_set(path, split, normalizer).first_rows()
-    return _release_eval_set(path, split, normalizer, language).first_rows()
-
-
-def _hf_eval_set(path: Path, split: str, normalizer: Any) -> EvalSet:
-    """A local Hugging Face dataset folder (parquet files), read as train.py's ``data.hf_dataset`` reads it."""
-    from ptasr.data.huggingface import HFDatasetSource
-
-    manifest = HFDatasetSource(str(path)).read_split(split, normalizer)
-    return _from_manifest(f"{path.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
-
-
-def _manifest_eval_set(path: Path, normalizer: Any) -> EvalSet:
-    """A manifest file of your own recordings (see ptasr.data.manifests); ``--split`` does not apply."""
-    from ptasr.data.manifests import ManifestFile
-
-    manifest = ManifestFile(path).read_split("", normalizer)
-    return _from_manifest(path.stem, manifest, list(manifest.keys))
-
-
-def _from_manifest(name: str, manifest: Any, audio: list[Any]) -> EvalSet:
-    """An evaluation set from the rows of a data-side ``Manifest`` (texts already normalised)."""
-    columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
-    groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return EvalSet(name, list(manifest.ids), audio, list(manifest.texts), groups)
-
-
-def _tsv_eval_set(path: Path, normalizer: Any) -> EvalSet:
-    from ptasr.data.commonvoice import read_tsv
-
-    table = read_tsv(path)
-    clips = path.parent / "clips" if (path.parent / "clips").is_dir() else path.parent
-    groups = [dict(zip(BREAKDOWN_COLUMNS, values)) for values in zip(*(table[c] for c in BREAKDOWN_COLUMNS))]
-    return EvalSet(f"{path.parent.name}_{path.stem}", table["path"], [str(clips / clip) for clip in table["path"]],
-                   [normalizer(sentence) for sentence in table["sentence"]], groups)
-
-
-def _release_eval_set(path: Path, split: str, normalizer: Any, language: str | None) -> EvalSet:
-    from ptasr.data.commonvoice import CommonVoiceRelease
-
-    try:
-        release = CommonVoiceRelease(path, language=language)
-    except SettingError as error:  # the data module's wording names its own setting; here the flag is --language
-        raise SettingError(str(error).replace("data.language", "--language")) from error
-    manifest = release.read_split(split, normalizer)  # texts come back normalised
-    return _from_manifest(f"{release.root.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ptasr.evaluation import evaluate, format_results, load_eval_set, summarise, write_results
+
     if args.tune:
         return run_tune(args)
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
-    if not data.ids:
-        raise DataError(f"{args.data} ({args.split}) has no utterances with a non-empty transcript")
     page = _evaluation_report(args.report, recognizer)  # checks the folder before the long part
-    started = time.perf_counter()
-    options = {**_options(args, recognizer), "keep_log_probs": page is not None}
-    scored, skipped, seconds = score_eval_set(recognizer, data, options, observe=page)
-    if not scored:
-        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read; first: {skipped[0]}")
-    results = summarise(args, recognizer, scored, skipped, seconds, time.perf_counter() - started)
-    results["duplicates"] = data.duplicates
+    decoder = _decoder(args, recognizer)
+    evaluation = evaluate(recognizer, data, batch_size=args.batch_size, chunking=_chunking(args), decoder=decoder,
+                          observe=page)
+    results = {**summarise(evaluation, recognizer, args.model, decoder, args.worst), "duplicates": data.duplicates}
     if data.duplicates:
         print(f"ptasr evaluate: {data.duplicates} duplicate rows (a clip listed again) scored once", file=sys.stderr)
-    for line in skipped[:5]:
+    for line in evaluation.skipped[:5]:
         print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
     # The files first: a reader that leaves early (`| head -5`) must not cost the results.
-    written = [write_results(Path(args.output_dir), data.name, results, scored)]
+    written = [write_results(Path(args.output_dir), data.name, results, evaluation.scored)]
     if page is not None:
-        written.append(f"report written to {page.write(results, scored, data.audio)}")
-    print(report(results))
+        written.append(f"report written to {page.write(results, evaluation.scored, data.audio)}")
+    print(format_results(results))
     print("\n" + "\n".join(written), file=sys.stderr)
     return 0
 
@@ -423,81 +330,6 @@ def _evaluation_report(directory: str | None, recognizer: Any) -> Any:
     from ptasr.report import EvaluationReport
 
     return EvaluationReport(directory, recognizer)
-
-
-def score_eval_set(recognizer: Any, data: EvalSet, options: dict[str, Any],
-                   observe: Callable[[int, Any], None] | None = None) -> tuple[list[Any], list[str], float]:
-    """Transcribe and score every row: (scored utterances, "id: reason" of skipped ones, audio seconds scored).
-
-    ``observe(row, transcript)`` sees every scored row's transcript, in the order of the scored utterances.
-    """
-    from ptasr.scoring import score_utterance
-
-    scored, skipped, seconds = [], [], 0.0
-    for i, transcript in enumerate(recognizer.transcribe_iter(data.audio, **options)):
-        if transcript.error is not None:
-            skipped.append(f"{data.ids[i]}: {transcript.error}")
-            continue
-        seconds += transcript.duration
-        if observe is not None:
-            observe(i, transcript)
-        prediction = recognizer.normalizer(transcript.text)  # the same normalisation on both sides
-        scored.append(score_utterance(data.ids[i], data.references[i], prediction, data.groups[i]))
-    return scored, skipped, seconds
-
-
-def summarise(args: argparse.Namespace, recognizer: Any, scored: list[Any], skipped: list[str], seconds: float,
-              elapsed: float) -> dict[str, Any]:
-    """Everything the results files hold: corpus rates, breakdowns, worst utterances, settings and speed."""
-    from ptasr.scoring import breakdown, error_rates, worst
-
-    return {
-        "model": args.model, "data": args.data, "split": args.split,
-        "decoder": "beam+lm" if args.lm else ("beam" if args.beam else "greedy"),
-        **({"lm": {"path": args.lm, "lm_weight": args.lm_weight, "word_score": args.word_score}} if args.lm else {}),
-        "device": str(recognizer.device), "dtype": str(recognizer.dtype).removeprefix("torch."),
-        **error_rates(scored),
-        "skipped": len(skipped),
-        "audio_hours": round(seconds / 3600, 4),
-        "real_time_factor": round(elapsed / max(seconds, 1e-9), 4),
-        "by": {column: breakdown(scored, column) for column in BREAKDOWN_COLUMNS},
-        "worst": [{"id": s.id, "errors": s.word_errors, "reference": s.reference, "prediction": s.prediction}
-                  for s in worst(scored, args.worst)],
-    }
-
-
-def report(results: dict[str, Any]) -> str:
-    """The human-readable summary: totals, the breakdown tables, the worst utterances."""
-    lines = [f"{results['model']} on {results['data']} ({results['split']}), {results['decoder']} decoding, "
-             f"{results['dtype']} on {results['device']}",
-             f"WER: {results['wer']:.4f}", f"CER: {results['cer']:.4f}",
-             f"utterances: {results['utterances']} ({results['skipped']} skipped), words: {results['words']}, "
-             f"audio: {results['audio_hours'] * 60:.1f} min, real-time factor: {results['real_time_factor']:.3f}"]
-    for column, table in results["by"].items():
-        if set(table) == {"(unknown)"}:
-            continue  # the data has no such metadata
-        lines += ["", f"| {column} | utterances | words | WER | CER |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {value} | {r['utterances']} | {r['words']} | {r['wer']:.4f} | {r['cer']:.4f} |"
-                  for value, r in table.items()]
-    if results["worst"]:
-        lines += ["", "| worst utterances | word errors | reference | prediction |", "|---|---:|---|---|"]
-        lines += [f"| {w['id']} | {w['errors']} | {w['reference']} | {w['prediction']} |" for w in results["worst"]]
-    return "\n".join(lines)
-
-
-def write_results(directory: Path, name: str, results: dict[str, Any], scored: Sequence[Any]) -> str:
-    """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions.
-
-    Returns the line that says where they are."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / name
-    Path(f"{stem}_eval_results.txt").write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")
-    Path(f"{stem}_eval_results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n",
-                                                 encoding="utf-8")
-    with open(f"{stem}_predictions.tsv", "w", encoding="utf-8") as f:
-        f.write("id\tword_errors\treference_words\treference\tprediction\n")
-        f.writelines(f"{s.id}\t{s.word_errors}\t{s.reference_words}\t{s.reference}\t{s.prediction}\n" for s in scored)
-    return f"results written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv"
 
 
 # --- export --------------------------------------------------------------------------------------------------
@@ -547,61 +379,39 @@ def _floats(text: str) -> list[float]:
 def run_tune(args: argparse.Namespace) -> int:
     """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
-    from ptasr.inference import Chunking
-    from ptasr.scoring import error_rates, score_utterance
-    from ptasr.lm import (DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, best_trial, can_choose,
-                          save_weights, search_weights)
+    from ptasr.evaluation import format_results, load_eval_set, summarise, transcribe_once, tune, write_results
+    from ptasr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, can_choose, save_weights
 
     if args.lm is None:
         raise SettingError("--tune searches the weights of an n-gram LM: give one with --lm LM")
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
-    started = time.perf_counter()
-    transcripts = list(recognizer.transcribe_iter(data.audio, batch_size=args.batch_size, keep_log_probs=True,
-                                                  chunking=Chunking(args.chunk_length_s or None, args.stride_length_s)))
-    rows = [i for i, t in enumerate(transcripts) if t.error is None]
-    if not rows:
-        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {args.data} could be read")
-    references = [data.references[i] for i in rows]
-
-    def score(predictions: list[str]) -> list[Any]:
-        return [score_utterance(data.ids[i], ref, recognizer.normalizer(p), data.groups[i])
-                for i, ref, p in zip(rows, references, predictions)]
-
+    emissions = transcribe_once(recognizer, data, batch_size=args.batch_size, chunking=_chunking(args))
     decoder = BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
                                 beam_size=args.beam_size, beam_size_token=args.beam_size_token or None)
     print("| LM weight | word score | WER | CER |\n|---:|---:|---:|---:|", flush=True)
-    trials = search_weights(decoder, [transcripts[i].log_probs for i in rows],
-                            lambda predictions: error_rates(score(predictions)),
-                            args.lm_weights or DEFAULT_LM_WEIGHTS, args.word_scores or DEFAULT_WORD_SCORES,
-                            on_trial=lambda t: print(f"| {t.lm_weight:g} | {t.word_score:g} | {t.wer:.4f} | "
-                                                     f"{t.cer:.4f} |", flush=True))
-    best, greedy = best_trial(trials), error_rates(score([transcripts[i].text for i in rows]))
+    tuning = tune(emissions, decoder, args.lm_weights or DEFAULT_LM_WEIGHTS, args.word_scores or DEFAULT_WORD_SCORES,
+                  on_trial=lambda t: print(f"| {t.lm_weight:g} | {t.word_score:g} | {t.wer:.4f} | {t.cer:.4f} |",
+                                           flush=True))
+    best, greedy, rows = tuning.best, tuning.greedy, len(emissions.rows)
     print(f"\nbest: LM weight {best.lm_weight:g}, word score {best.word_score:g} (WER {best.wer:.4f}, CER {best.cer:.4f}) "
-          f"on {len(rows)} utterances of {args.data} ({args.split}); greedy: WER {greedy['wer']:.4f}, "
+          f"on {rows} utterances of {args.data} ({args.split}); greedy: WER {greedy['wer']:.4f}, "
           f"CER {greedy['cer']:.4f}")
-    if not can_choose(trials):
+    if not can_choose(tuning.trials):
         # Saving the tie-break's pair (LM weight 0: no LM at all) would silently change later decoding.
         raise DataError(f"every LM weight and word score scores WER {best.wer:.4f} / CER {best.cer:.4f} on {args.data} "
                         f"({args.split}) (greedy: WER {greedy['wer']:.4f}), so this split cannot choose them: nothing saved. "
                         f"A model decodes clips it trained on alike under any weights; tune on held-out clips")
-    weights, scores = sorted({t.lm_weight for t in trials}), sorted({t.word_score for t in trials})
-    edges = [f"{name} {value:g}" for name, value, grid in (("LM weight", best.lm_weight, weights),
-                                                           ("word score", best.word_score, scores))
-             if len(grid) > 2 and value in (grid[0], grid[-1]) and value != 0]
-    if edges:
+    if edges := tuning.edges():
         print(f"the best {' and '.join(edges)} lie(s) on the grid's edge: a wider --lm-weights/--word-scores may "
               f"do better")
-    saved = save_weights(args.lm, best, model=args.model, data=args.data, split=args.split, utterances=len(rows),
+    saved = save_weights(args.lm, best, model=args.model, data=args.data, split=args.split, utterances=rows,
                          beam_size=args.beam_size, lm_unit=args.lm_unit)
     print(f"saved to {saved}\n")
-    args.lm_weight, args.word_score = best.lm_weight, best.word_score
-    scored = score(best.predictions)
-    seconds = sum(transcripts[i].duration for i in rows)
-    skipped = [f"{data.ids[i]}: {t.error}" for i, t in enumerate(transcripts) if t.error is not None]
-    results = summarise(args, recognizer, scored, skipped, seconds, time.perf_counter() - started)
+    decoded = decoder.with_weights(best.lm_weight, best.word_score)  # the pair the results describe
+    results = summarise(tuning.evaluation, recognizer, args.model, decoded, args.worst)
     results["tuning"] = [{"lm_weight": t.lm_weight, "word_score": t.word_score, "wer": t.wer, "cer": t.cer}
-                         for t in trials]
-    print(report(results))
-    write_results(Path(args.output_dir), data.name, results, scored)
+                         for t in tuning.trials]
+    print(format_results(results))
+    write_results(Path(args.output_dir), data.name, results, tuning.evaluation.scored)
     return 0

@@ -256,6 +256,7 @@ class BeamSearchDecoder:
     ) -> None:
         self._flashlight = _flashlight()
         self.vocab = vocab
+        self.lm_path = None if lm is None else str(lm)  # as given: the results files name the LM by it
         self.settings = {"beam_size": beam_size, "beam_size_token": beam_size_token, "beam_threshold": beam_threshold,
                          "log_add": log_add}
         self.unk_score = unk_score

@@ -1,0 +1,346 @@
+"""Evaluating a trained model on a test set: read the set, transcribe and score every clip, summarise, write.
+
+``ptasr evaluate`` is this module behind its arguments; from Python the same run reads::
+
+    from pathlib import Path
+    from ptasr.evaluation import evaluate, format_results, load_eval_set, summarise, write_results
+    from ptasr.inference import Recognizer
+
+    recognizer = Recognizer.load("runs/best.ckpt", device="auto")
+    data = load_eval_set("cv-corpus-21.0/pt", "test", recognizer.normalizer).take(None)
+    evaluation = evaluate(recognizer, data)  # decoder=ptasr.lm.BeamSearchDecoder(...) for beam search
+    results = summarise(evaluation, recognizer, model="runs/best.ckpt")
+    write_results(Path("results"), data.name, results, evaluation.scored)
+    print(format_results(results))
+
+:func:`transcribe_once` and :func:`tune` are ``evaluate --tune``: the network runs once, every (LM weight,
+word score) pair of a grid decodes its log-probabilities. Rates come from ``ptasr.scoring``, the one WER/CER;
+the browsable page of ``--report`` from ``ptasr.report``.
+
+An evaluation set need not come from files (a random tiny model here, so only the counts are known):
+
+>>> import torch
+>>> from ptasr.data.text import TextNormalizer, Vocabulary
+>>> from ptasr.inference import Recognizer
+>>> from ptasr.model.config import Wav2Vec2Config
+>>> from ptasr.model.wav2vec2 import Wav2Vec2CTC
+>>> vocab = Vocabulary.build(["ab"])
+>>> model = Wav2Vec2CTC(Wav2Vec2Config.preset("tiny", vocab_size=len(vocab), pad_token_id=vocab.pad_id))
+>>> recognizer = Recognizer(model, vocab, TextNormalizer())
+>>> data = EvalSet("zeros", ["a", "b"], [torch.zeros(8000), torch.zeros(4000)], ["a b", "b"], [{}, {}])
+>>> results = summarise(evaluate(recognizer, data), recognizer, model="tiny")
+>>> results["decoder"], results["utterances"], results["words"]
+('greedy', 2, 3)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ptasr.data.audio import AudioDecodeError
+from ptasr.errors import DataError, MissingPathError, SettingError
+from ptasr.scoring import Scored, breakdown, error_rates, score_utterance, worst
+
+if TYPE_CHECKING:
+    from ptasr.audio_input import AudioInput
+    from ptasr.data.text import TextNormalizer
+    from ptasr.inference import Chunking, Recognizer
+    from ptasr.lm import BeamSearchDecoder, Trial
+    from ptasr.transcript import Transcript
+
+BREAKDOWN_COLUMNS = ("gender", "age", "accent")
+
+
+# --- the evaluation set --------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSet:
+    """The utterances to score: ids, audio (paths or waveforms), normalised references and metadata, row for row.
+
+    ``source`` and ``split`` say where it was read from, as the results files name it.
+    """
+
+    name: str
+    ids: list[str]
+    audio: list[AudioInput]
+    references: list[str]
+    groups: list[dict[str, str]]
+    duplicates: int = 0  # rows dropped as repeats of an earlier row's clip
+    source: str = ""
+    split: str = ""
+
+    def take(self, limit: int | None) -> EvalSet:
+        """Rows with a non-empty reference (an empty one has no word to get wrong), the first ``limit`` of them."""
+        rows = [i for i, text in enumerate(self.references) if text][:limit]
+        return self._rows(rows, self.duplicates)
+
+    def first_rows(self) -> EvalSet:
+        """Each clip once: a clip listed twice is a duplicate row, dropped and counted as training drops it."""
+        from ptasr.data.filters import first_rows
+
+        keep = first_rows(self.ids)
+        return self._rows([i for i, first in enumerate(keep) if first], self.duplicates + int((~keep).sum()))
+
+    def _rows(self, rows: list[int], duplicates: int) -> EvalSet:
+        ids, audio, references, groups = ([column[i] for i in rows] for column in
+                                          (self.ids, self.audio, self.references, self.groups))
+        return replace(self, ids=ids, audio=audio, references=references, groups=groups, duplicates=duplicates)
+
+
+def load_eval_set(data: str, split: str, normalizer: TextNormalizer, language: str | None = None) -> EvalSet:
+    """A release folder's split (or archive), one split TSV whose clips are in ``clips/`` beside it, a
+    manifest file (.csv, .tsv, .jsonl), or a folder of a Hugging Face dataset's parquet files (as
+    ``data.hf_dataset``); each clip once (:meth:`EvalSet.first_rows`)."""
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise MissingPathError(f"no Common Voice release folder, archive, TSV, manifest or parquet folder at {path}")
+    if path.is_file() and path.suffix == ".tsv" and (path.parent / "clips").is_dir():
+        rows = _tsv_eval_set(path, normalizer)
+    elif path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl"):
+        rows = _manifest_eval_set(path, normalizer)
+    elif path.is_dir() and not any(path.glob("*.tsv")) and any(path.rglob("*.parquet")):
+        rows = _hf_eval_set(path, split, normalizer)
+    else:
+        rows = _release_eval_set(path, split, normalizer, language)
+    return replace(rows, source=data, split=split).first_rows()
+
+
+def _hf_eval_set(path: Path, split: str, normalizer: TextNormalizer) -> EvalSet:
+    """A local Hugging Face dataset folder (parquet files), read as train.py's ``data.hf_dataset`` reads it."""
+    from ptasr.data.huggingface import HFDatasetSource
+
+    manifest = HFDatasetSource(str(path)).read_split(split, normalizer)
+    return _from_manifest(f"{path.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
+
+
+def _manifest_eval_set(path: Path, normalizer: TextNormalizer) -> EvalSet:
+    """A manifest file of your own recordings (see ptasr.data.manifests); ``--split`` does not apply."""
+    from ptasr.data.manifests import ManifestFile
+
+    manifest = ManifestFile(path).read_split("", normalizer)
+    return _from_manifest(path.stem, manifest, list(manifest.keys))
+
+
+def _from_manifest(name: str, manifest: Any, audio: list[Any]) -> EvalSet:
+    """An evaluation set from the rows of a data-side ``Manifest`` (texts already normalised)."""
+    columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
+    groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return EvalSet(name, list(manifest.ids), audio, list(manifest.texts), groups)
+
+
+def _tsv_eval_set(path: Path, normalizer: TextNormalizer) -> EvalSet:
+    from ptasr.data.commonvoice import read_tsv
+
+    table = read_tsv(path)
+    clips = path.parent / "clips" if (path.parent / "clips").is_dir() else path.parent
+    groups = [dict(zip(BREAKDOWN_COLUMNS, values)) for values in zip(*(table[c] for c in BREAKDOWN_COLUMNS))]
+    return EvalSet(f"{path.parent.name}_{path.stem}", table["path"], [str(clips / clip) for clip in table["path"]],
+                   [normalizer(sentence) for sentence in table["sentence"]], groups)
+
+
+def _release_eval_set(path: Path, split: str, normalizer: TextNormalizer, language: str | None) -> EvalSet:
+    from ptasr.data.commonvoice import CommonVoiceRelease
+
+    try:
+        release = CommonVoiceRelease(path, language=language)
+    except SettingError as error:  # the data module's wording names its own setting; here the flag is --language
+        raise SettingError(str(error).replace("data.language", "--language")) from error
+    manifest = release.read_split(split, normalizer)  # texts come back normalised
+    return _from_manifest(f"{release.root.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
+
+
+# --- transcribing and scoring --------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    """An evaluation set scored: the utterances, the clips that could not be read, the audio and time it took."""
+
+    data: EvalSet
+    scored: list[Scored]
+    skipped: list[str]  # "id: reason" of each clip that could not be read
+    seconds: float  # audio scored
+    elapsed: float  # seconds spent transcribing and scoring
+
+
+def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunking: Chunking | None = None,
+             decoder: BeamSearchDecoder | None = None,
+             observe: Callable[[int, Transcript], None] | None = None) -> Evaluation:
+    """Transcribe and score every row of ``data``, greedy or with ``decoder``.
+
+    ``observe(row, transcript)`` sees every scored row's transcript, in the order of the scored utterances,
+    with its log-probabilities (for ``ptasr.report.EvaluationReport``). Raises when ``data`` is empty or
+    none of its clips can be read: a rate of 0 over no utterance would read as perfect.
+    """
+    from ptasr.inference import Chunking
+
+    if not data.ids:
+        raise DataError(f"{data.source} ({data.split}) has no utterances with a non-empty transcript")
+    started = time.perf_counter()
+    transcripts = recognizer.transcribe_iter(data.audio, batch_size=batch_size, chunking=chunking or Chunking(),
+                                             decoder=decoder, keep_log_probs=observe is not None)
+    scored, skipped, seconds = [], [], 0.0
+    for row, transcript in enumerate(transcripts):
+        if transcript.error is not None:
+            skipped.append(f"{data.ids[row]}: {transcript.error}")
+            continue
+        seconds += transcript.duration
+        if observe is not None:
+            observe(row, transcript)
+        scored.append(_score_row(data, recognizer.normalizer, row, transcript.text))
+    if not scored:
+        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {data.source} could be read; first: {skipped[0]}")
+    return Evaluation(data, scored, skipped, seconds, time.perf_counter() - started)
+
+
+def _score_row(data: EvalSet, normalizer: TextNormalizer, row: int, prediction: str) -> Scored:
+    # the reference was normalised on reading: the same normalisation on both sides
+    return score_utterance(data.ids[row], data.references[row], normalizer(prediction), data.groups[row])
+
+
+def describe_decoder(decoder: BeamSearchDecoder | None) -> dict[str, Any]:
+    """The results' ``decoder`` entry, and ``lm`` with the weights it ran with when there is one."""
+    if decoder is None:
+        return {"decoder": "greedy"}
+    if decoder.lm_path is None:
+        return {"decoder": "beam"}
+    return {"decoder": "beam+lm",
+            "lm": {"path": decoder.lm_path, "lm_weight": decoder.lm_weight, "word_score": decoder.word_score}}
+
+
+def summarise(evaluation: Evaluation, recognizer: Recognizer, model: str, decoder: BeamSearchDecoder | None = None,
+              worst_count: int = 10) -> dict[str, Any]:
+    """Everything the results files hold: corpus rates, breakdowns, worst utterances, settings and speed.
+
+    ``model`` names the model as the user gave it; ``decoder`` is the one the transcripts came from.
+    """
+    scored, seconds = evaluation.scored, evaluation.seconds
+    return {
+        "model": model, "data": evaluation.data.source, "split": evaluation.data.split,
+        **describe_decoder(decoder),
+        "device": str(recognizer.device), "dtype": str(recognizer.dtype).removeprefix("torch."),
+        **error_rates(scored),
+        "skipped": len(evaluation.skipped),
+        "audio_hours": round(seconds / 3600, 4),
+        "real_time_factor": round(evaluation.elapsed / max(seconds, 1e-9), 4),
+        "by": {column: breakdown(scored, column) for column in BREAKDOWN_COLUMNS},
+        "worst": [{"id": s.id, "errors": s.word_errors, "reference": s.reference, "prediction": s.prediction}
+                  for s in worst(scored, worst_count)],
+    }
+
+
+# --- the results files and the printed summary ---------------------------------------------------------------
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The human-readable summary: totals, the breakdown tables, the worst utterances."""
+    lines = [f"{results['model']} on {results['data']} ({results['split']}), {results['decoder']} decoding, "
+             f"{results['dtype']} on {results['device']}",
+             f"WER: {results['wer']:.4f}", f"CER: {results['cer']:.4f}",
+             f"utterances: {results['utterances']} ({results['skipped']} skipped), words: {results['words']}, "
+             f"audio: {results['audio_hours'] * 60:.1f} min, real-time factor: {results['real_time_factor']:.3f}"]
+    for column, table in results["by"].items():
+        if set(table) == {"(unknown)"}:
+            continue  # the data has no such metadata
+        lines += ["", f"| {column} | utterances | words | WER | CER |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {value} | {r['utterances']} | {r['words']} | {r['wer']:.4f} | {r['cer']:.4f} |"
+                  for value, r in table.items()]
+    if results["worst"]:
+        lines += ["", "| worst utterances | word errors | reference | prediction |", "|---|---:|---|---|"]
+        lines += [f"| {w['id']} | {w['errors']} | {w['reference']} | {w['prediction']} |" for w in results["worst"]]
+    return "\n".join(lines)
+
+
+def write_results(directory: Path, name: str, results: dict[str, Any], scored: Sequence[Scored]) -> str:
+    """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions.
+
+    Returns the line that says where they are."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / name
+    Path(f"{stem}_eval_results.txt").write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")
+    Path(f"{stem}_eval_results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n",
+                                                 encoding="utf-8")
+    with open(f"{stem}_predictions.tsv", "w", encoding="utf-8") as f:
+        f.write("id\tword_errors\treference_words\treference\tprediction\n")
+        f.writelines(f"{s.id}\t{s.word_errors}\t{s.reference_words}\t{s.reference}\t{s.prediction}\n" for s in scored)
+    return f"results written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv"
+
+
+# --- the LM weight search (evaluate --tune) ------------------------------------------------------------------
+
+
+@dataclass
+class Emissions:
+    """An evaluation set transcribed once, greedy, its log-probabilities kept for decoding under other weights."""
+
+    data: EvalSet
+    normalizer: TextNormalizer
+    transcripts: list[Transcript]
+    rows: list[int]  # the rows whose clip could be read
+    elapsed: float  # seconds the network took
+
+    def score(self, predictions: Sequence[str]) -> list[Scored]:
+        """The readable rows scored against one prediction each, in the order of ``rows``."""
+        return [_score_row(self.data, self.normalizer, row, prediction)
+                for row, prediction in zip(self.rows, predictions)]
+
+    def evaluation(self, predictions: Sequence[str], elapsed: float) -> Evaluation:
+        """The readable rows scored as if decoded to ``predictions``; ``elapsed`` adds to the network's time."""
+        skipped = [f"{self.data.ids[i]}: {t.error}" for i, t in enumerate(self.transcripts) if t.error is not None]
+        seconds = sum(self.transcripts[i].duration for i in self.rows)
+        return Evaluation(self.data, self.score(predictions), skipped, seconds, self.elapsed + elapsed)
+
+
+def transcribe_once(recognizer: Recognizer, data: EvalSet, batch_size: int = 8,
+                    chunking: Chunking | None = None) -> Emissions:
+    """Run the network over ``data`` once, keeping each clip's (T, V) log-probabilities."""
+    from ptasr.inference import Chunking
+
+    started = time.perf_counter()
+    transcripts = list(recognizer.transcribe_iter(data.audio, batch_size=batch_size, keep_log_probs=True,
+                                                  chunking=chunking or Chunking()))
+    rows = [i for i, t in enumerate(transcripts) if t.error is None]
+    if not rows:
+        raise AudioDecodeError(f"none of the {len(data.ids)} clips of {data.source} could be read")
+    return Emissions(data, recognizer.normalizer, transcripts, rows, time.perf_counter() - started)
+
+
+@dataclass
+class Tuning:
+    """A weight search: every trial, the best one, greedy decoding's rates, and the best pair's evaluation."""
+
+    trials: list[Trial]
+    best: Trial
+    greedy: dict[str, float | int]
+    evaluation: Evaluation
+
+    def edges(self) -> list[str]:
+        """The best values (as ``LM weight 4``) on the edge of a grid of more than two values, where a wider grid
+        may do better; 0 is never an edge (no LM, no bonus: a natural end)."""
+        weights = sorted({t.lm_weight for t in self.trials})
+        scores = sorted({t.word_score for t in self.trials})
+        return [f"{name} {value:g}" for name, value, grid in (("LM weight", self.best.lm_weight, weights),
+                                                              ("word score", self.best.word_score, scores))
+                if len(grid) > 2 and value in (grid[0], grid[-1]) and value != 0]
+
+
+def tune(emissions: Emissions, decoder: BeamSearchDecoder, lm_weights: Sequence[float],
+         word_scores: Sequence[float], on_trial: Callable[[Trial], None] | None = None) -> Tuning:
+    """Decode ``emissions`` with every (LM weight, word score) pair and score each; ``on_trial`` sees each trial
+    as it finishes. Whether the trials can choose at all is ``ptasr.lm.can_choose(tuning.trials)``."""
+    from ptasr.lm import best_trial, search_weights
+
+    started = time.perf_counter()
+    transcripts = emissions.transcripts
+    trials = search_weights(decoder, [transcripts[i].log_probs for i in emissions.rows],
+                            lambda predictions: error_rates(emissions.score(predictions)),
+                            lm_weights, word_scores, on_trial=on_trial)
+    best = best_trial(trials)
+    greedy = error_rates(emissions.score([transcripts[i].text for i in emissions.rows]))
+    return Tuning(trials, best, greedy, emissions.evaluation(best.predictions, time.perf_counter() - started))
