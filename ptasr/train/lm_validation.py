@@ -28,8 +28,9 @@ from ptasr.train.callbacks import clip_sources, source_names
 class LMValidation(L.Callback):
     """Beam search with an n-gram LM over the validation logits; edit counts summed over batches and ranks.
 
-    The subset decoded is fixed: of each validation source, the first ``max_utterances`` clips of the
-    validation order (longest first), each rank taking its share of them from the batches it validates. A
+    The subset decoded is fixed: of each validation source, up to ``max_utterances`` clips; each rank decodes
+    the first ``max_utterances / world size`` (rounded up) of that source's clips in the batches it validates
+    (longest first), so the subset is the same every time but depends on the number of ranks. A
     quota per source, not one over all: the pooled order is by duration, so one overall cap could take every
     clip from the source of the longest clips and none from another. ``val/wer_lm`` and ``val/cer_lm`` pool
     the subset (word- and character-weighted, as ``val/wer`` pools the whole set); with several sources,
