@@ -253,6 +253,32 @@ def _versions() -> str:
     return "\n".join(lines)
 
 
+def data_name(data: dict[str, Any], name: str) -> str | None:
+    """What a run trained (``"train"``) or validated (``"val"``) on, by name, from the data module's settings:
+    its ``data.sources`` or manifest where it read those, else its dataset or release folder.
+
+    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "train_manifest": "/data/mine/train.csv"}, "train")
+    'train.csv'
+    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "sources": [{"path": "/data/cv-corpus-17.0/pt"},
+    ...           {"path": "/data/coraa/train.csv"}]}, "train")
+    'pt, train.csv'
+    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "train_manifest": "/data/mine/train.csv"}, "val")
+    'pt'
+    """
+    sources = data.get("sources") if name == "train" else None
+    if sources:
+        return ", ".join(filter(None, map(_source_name, sources))) or None
+    if data.get(f"{name}_manifest"):
+        return Path(data[f"{name}_manifest"]).name
+    return data.get("hf_dataset") or (Path(data["root"]).name if data.get("root") else None)
+
+
+def _source_name(entry: Any) -> str | None:
+    """A ``data.sources`` entry's file or dataset name; the checkpoint holds it as a mapping or a TrainSource."""
+    fields = entry if isinstance(entry, dict) else vars(entry)
+    return Path(fields["path"]).name if fields.get("path") else fields.get("hf_dataset")
+
+
 def _front_matter(name: str, language: str | None, dataset: str | None, rows: list[ResultRow],
                   carried: dict[str, Any] | None = None) -> str:
     meta: dict[str, Any] = {}
@@ -286,8 +312,12 @@ def _model_index_result(dataset: str, kind: str, wer: float, cer: float | None) 
 def model_card(
     name: str, recognizer: Recognizer, rows: list[ResultRow], hparams: dict[str, Any],
     language: str | None = None, dataset: str | None = None, carried: dict[str, Any] | None = None,
+    validation: str | None = None,
 ) -> str:
     """README.md text in the layout of transformers' Trainer cards, which the reference model card uses.
+
+    ``dataset``: what the model trained on (the intro); ``validation``: what its results are on (the
+    model-index), ``dataset`` where not given.
 
     ``carried``: the training sections of the card of the folder being re-exported (:func:`previous_card`),
     used where this export has no training information of its own (no event files, no checkpoint metadata).
@@ -318,7 +348,7 @@ def model_card(
         hparams_text = carried["hyperparameters"].strip()
     table = training_tables(rows) if rows else carried.get("training results", "").strip()
     sections = [
-        _front_matter(name, language, dataset, rows, carried),
+        _front_matter(name, language, validation or dataset, rows, carried),
         f"# {name}\n",
         intro,
         results,
@@ -460,10 +490,10 @@ def export(
         write_processor_with_lm(out_dir, recognizer.vocab, lm, lm_weight, word_score)
     rows = training_results(read_scalars(log_dir)) if log_dir is not None else []
     data = recognizer.metadata.get("datamodule_hyper_parameters") or {}
-    dataset = data.get("hf_dataset") or (Path(data["root"]).name if data.get("root") else None)
     card = model_card(name or push_to_hub or out_dir.resolve().name, recognizer, rows,
                       hyperparameters(recognizer.metadata, run_config(log_dir)),
-                      language=language or data.get("language"), dataset=dataset, carried=carried)
+                      language=language or data.get("language"), dataset=data_name(data, "train"),
+                      validation=data_name(data, "val"), carried=carried)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
     if onnx:
         from ptasr.onnx import ONNX_FILE, export_onnx

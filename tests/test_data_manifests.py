@@ -222,6 +222,13 @@ def test_fit_on_a_manifest_of_own_recordings(recordings, tmp_path):
     data = load_eval_set(paths["val"], "test", TextNormalizer(), None)
     assert data.audio == [str(folder / r.path) for r in recs[12:]]
     assert data.references == [TextNormalizer()(r.text) for r in recs[12:]]
+    # the model card names the manifests it trained and validated on, not the bundled corpus data.root names
+    from ptasr.cli import main
+
+    assert main(["export", str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"), str(tmp_path / "hf")]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert f"trained with ptasr on {Path(paths['train']).name}." in card
+    assert f"    dataset:\n      name: {Path(paths['val']).name}\n" in card and "cv-tiny-pt" not in card
 
 
 # --------------------------------------------------------------------------------------------------------
