@@ -31,6 +31,7 @@ import numpy as np
 
 from ptasr.data.cache import HeaderDurationCache, default_cache_dir, save_array_atomically
 from ptasr.data.table import ClipFiles, Manifest
+from ptasr.data.text import normalize_texts
 from ptasr.errors import DataError, MissingPathError, SettingError
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -95,9 +96,7 @@ class ManifestFile:
             if len(cached) == len(durations):
                 durations = np.where(np.isnan(durations), cached, durations)
         self._keys = keys
-        many = getattr(normalizer, "many", None)
-        texts = many(table["text"]) if many is not None else [normalizer(t) for t in table["text"]]
-        return Manifest(ids=keys, keys=keys, texts=texts, client_ids=table["speaker"], ages=table["age"],
+        return Manifest(ids=keys, keys=keys, texts=normalize_texts(normalizer, table["text"]), client_ids=table["speaker"], ages=table["age"],
                         genders=table["gender"], accents=table["accent"], reader=self.reader, durations=durations)
 
     def _cache_path(self) -> Path:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from ptasr.data.commonvoice import CommonVoiceRelease
 from ptasr.data.huggingface import HFDatasetSource
-from ptasr.data.manifests import is_manifest_file
+from ptasr.data.manifests import ManifestFile, is_manifest_file
 from ptasr.errors import SettingError
 
-Source = CommonVoiceRelease | HFDatasetSource
+Source = CommonVoiceRelease | HFDatasetSource | ManifestFile
 
 
 @dataclass
