@@ -132,6 +132,21 @@ def test_resume_from_last_continues_in_the_same_run_folder(run: tuple[Path, L.Tr
     assert max(steps) == STEPS + 1 and steps.count(STEPS) == 1
 
 
+def test_resuming_last_with_nothing_to_resume_starts_a_new_run_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
+    # a scheduler's job script resubmits the same command: its first run has no last.ckpt yet
+    with caplog.at_level("INFO"):
+        cli = cli_main(_args(tmp_path, "fit", "--ckpt_path=last", "--trainer.max_steps=1",
+                             "--trainer.limit_val_batches=0"))
+    assert cli.trainer.global_step == 1 and Path(cli.trainer.log_dir) == tmp_path / "demo" / "version_0"
+    looked = str(tmp_path / "demo" / "*" / "checkpoints" / "last*.ckpt")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[run] --ckpt_path last")]
+    assert said == [f"[run] --ckpt_path last: no last checkpoint at {looked} yet, so this fit starts a new run"]
+    assert not [w for w in recwarn if "save_last" in str(w.message)]  # Lightning's hint does not apply here
+    assert (tmp_path / "demo" / "version_0" / "checkpoints" / "last.ckpt").is_file()  # the next submission resumes
+
+
 def test_a_fresh_fit_gets_a_new_run_folder(tmp_path: Path) -> None:
     (tmp_path / "demo" / "version_0" / "checkpoints").mkdir(parents=True)
     cli = cli_main(_args(tmp_path, "fit", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"))

@@ -76,6 +76,8 @@ class PtasrCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand in EVALUATIONS:
             _require_trained_model(self.subcommand, config)
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            _start_when_nothing_to_resume(config)
         if config.get("ckpt_path"):
             _log_into_checkpoint_run(config.trainer, config.ckpt_path, self.subcommand)
         if self.subcommand == "fit":
@@ -236,11 +238,12 @@ def _log_into_checkpoint_run(trainer_config: Any, ckpt_path: str, subcommand: st
     curves, checkpoints and configs together; anything else (``best``, other paths) is left to Lightning.
 
     An evaluation (``subcommand`` other than fit) with ``last`` and no ``last.ckpt`` where Lightning would look
-    is an error naming that place (Lightning would warn and evaluate the random model); ``fit`` starts afresh.
+    is an error naming that place (Lightning would warn and evaluate the random model); ``fit`` starts afresh
+    (:func:`_start_when_nothing_to_resume`).
     """
     args = _tensorboard_args(trainer_config)
     if ckpt_path == "last" and subcommand in EVALUATIONS:
-        _require_last_checkpoint(trainer_config, args)
+        _require_last_checkpoint(trainer_config)
     if args is None or args.get("version") is not None:
         return
     runs = _runs_folder(args)
@@ -255,8 +258,10 @@ def _log_into_checkpoint_run(trainer_config: Any, ckpt_path: str, subcommand: st
         args.version = run.name
 
 
-def _require_last_checkpoint(trainer_config: Any, args: Any | None) -> None:
-    """Raise naming where ``--ckpt_path last`` looked when no ``last*.ckpt`` is there."""
+def _last_checkpoint_patterns(trainer_config: Any) -> list[str] | None:
+    """Where ``--ckpt_path last`` finds a ``last*.ckpt`` (glob patterns); ``None``: another logger, whose
+    checkpoint folder only Lightning knows."""
+    args = _tensorboard_args(trainer_config)
     folders = [Path(callback.init_args.dirpath) for callback in trainer_config.get("callbacks") or []
                if getattr(callback, "class_path", "").endswith(("ModelCheckpoint", "LastCheckpoint"))
                and callback.init_args.get("dirpath")]
@@ -266,12 +271,35 @@ def _require_last_checkpoint(trainer_config: Any, args: Any | None) -> None:
     elif trainer_config.get("logger") in (None, False):
         patterns = [str(Path(trainer_config.get("default_root_dir") or ".") / "checkpoints" / "last*.ckpt")]
     else:
-        return  # another logger: Lightning's own lookup
-    patterns += [str(folder / "last*.ckpt") for folder in folders]
-    if not any(glob.glob(pattern) for pattern in patterns):
-        raise MissingPathError(f"--ckpt_path last: no last checkpoint at {' or '.join(patterns)}; check "
+        return None
+    return patterns + [str(folder / "last*.ckpt") for folder in folders]
+
+
+def _no_last_checkpoint(trainer_config: Any) -> str | None:
+    """Where ``--ckpt_path last`` looked, when it finds nothing there (else ``None``)."""
+    patterns = _last_checkpoint_patterns(trainer_config)
+    if patterns is None or any(glob.glob(pattern) for pattern in patterns):
+        return None
+    return " or ".join(patterns)
+
+
+def _require_last_checkpoint(trainer_config: Any) -> None:
+    """Raise naming where ``--ckpt_path last`` looked when no ``last*.ckpt`` is there."""
+    looked = _no_last_checkpoint(trainer_config)
+    if looked is not None:
+        raise MissingPathError(f"--ckpt_path last: no last checkpoint at {looked}; check "
                                f"--trainer.logger.init_args.save_dir/name/version (and the working directory), "
                                f"or pass the checkpoint's path")
+
+
+def _start_when_nothing_to_resume(config: Any) -> None:
+    """``fit --ckpt_path last`` with no last checkpoint yet starts a new run, as a scheduler's first submission of
+    a job that is resubmitted with the same command needs; one line says so and where it looked (Lightning's
+    own warning would suggest ``save_last``, which ``LastCheckpoint`` already does)."""
+    looked = _no_last_checkpoint(config.trainer)
+    if looked is not None:
+        rank_zero_info(f"[run] --ckpt_path last: no last checkpoint at {looked} yet, so this fit starts a new run")
+        config.ckpt_path = None
 
 
 def _refuse_an_occupied_run(trainer_config: Any, ckpt_path: str | None) -> None:
