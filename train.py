@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from ptasr.errors import UserError, exit_status
 from ptasr.train.cli import cli_main
 from ptasr.train.module import TrainingDiverged
+from ptasr.train.rank_failure import prog_of_rank
 
 
 def _run() -> None:
@@ -30,7 +31,12 @@ def _other_rank_of_divergence(error: BaseException) -> bool:
     return isinstance(error, TrainingDiverged) and rank_zero_only.rank != 0
 
 
+def _prog(error: BaseException) -> str:
+    # Under DDP each rank prints its own error, so the line names its rank; a divergence is every rank's.
+    return "train.py" if isinstance(error, TrainingDiverged) else prog_of_rank("train.py")
+
+
 if __name__ == "__main__":
     # Lightning's MisconfigurationException names Trainer settings that contradict each other: the user's to fix.
-    sys.exit(exit_status(_run, "train.py", (UserError, MisconfigurationException),
+    sys.exit(exit_status(_run, _prog, (UserError, MisconfigurationException),
                          silent=_other_rank_of_divergence))

@@ -63,7 +63,7 @@ def one_line(prog: str, error: BaseException) -> str:
 
 def exit_status(
     run: Callable[[], int | None],
-    prog: str,
+    prog: str | Callable[[BaseException], str],
     user_errors: tuple[type[BaseException], ...] = (UserError,),
     silent: Callable[[BaseException], bool] = lambda error: False,
 ) -> int:
@@ -71,7 +71,8 @@ def exit_status(
 
     Args:
         run: the command; its return value is the exit status (None: 0).
-        prog: the program name that starts the line (``train.py``, ``ptasr evaluate``).
+        prog: the program name that starts the line (``train.py``, ``ptasr evaluate``), or a function of the error
+            that gives it when the line is printed (a DDP rank knows its rank only once training started).
         user_errors: the types reported in one line: :class:`UserError`, plus any a library raises for
             settings the user gave (Lightning's ``MisconfigurationException``).
         silent: errors for which nothing is printed (the other DDP ranks of an error every rank raises).
@@ -84,5 +85,5 @@ def exit_status(
         if os.environ.get(TRACEBACK_VARIABLE):
             raise
         if not silent(error):
-            print(one_line(prog, error), file=sys.stderr)
+            print(one_line(prog(error) if callable(prog) else prog, error), file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ from ptasr.model.config import PRESETS, Wav2Vec2Config
 from ptasr.model.convert import damaged_file_message, is_hub_id
 from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
+from ptasr.train.rank_failure import ranks_end_together
 
 # The repository's configs/ (train.py sits beside it); absent in an installed wheel, where -c is needed.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -88,14 +89,23 @@ class PtasrCLI(LightningCLI):
     def before_predict(self) -> None:
         self.trainer.callbacks.append(TranscriptWriter())
 
-    # LightningCLI runs a method of this name instead of the Trainer's: an out-of-memory batch becomes one line.
+    # LightningCLI runs a method of this name instead of the Trainer's: an out-of-memory batch becomes one line,
+    # and under DDP a failure of rank 0 ends the other ranks too.
     def fit(self, **kwargs: Any) -> None:
-        with out_of_memory_explained(self.trainer, self.datamodule, self.model):
+        with ranks_end_together(self.trainer), out_of_memory_explained(self.trainer, self.datamodule, self.model):
             self.trainer.fit(**kwargs)
 
     def validate(self, **kwargs: Any) -> None:
-        with out_of_memory_explained(self.trainer, self.datamodule, self.model):
+        with ranks_end_together(self.trainer), out_of_memory_explained(self.trainer, self.datamodule, self.model):
             self.trainer.validate(**kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        with ranks_end_together(self.trainer):
+            self.trainer.test(**kwargs)
+
+    def predict(self, **kwargs: Any) -> None:
+        with ranks_end_together(self.trainer):
+            self.trainer.predict(**kwargs)
 
 
 class RunConfigSaver(SaveConfigCallback):
