@@ -68,3 +68,23 @@ def save_checkpoint_now(callback: ModelCheckpoint, trainer: L.Trainer) -> None:
 def last_saved_step(callback: ModelCheckpoint) -> int:
     """The update at which a ``ModelCheckpoint`` last saved (0 before it ever did)."""
     return callback._last_global_step_saved
+
+
+def take_launched_ranks(trainer: L.Trainer) -> list[Any]:
+    """The ``subprocess.Popen`` of each rank Lightning's DDP launcher started from this process (ranks 1..N-1 of
+    a plain ``--trainer.strategy=ddp``), taken over from the launcher; ``[]`` under torchrun or SLURM, or on a
+    rank the launcher started.
+
+    Rank 0 ends them when it fails (they would wait in their next collective until the timeout). Lightning
+    exposes neither the launcher's class nor its process list; its watcher thread reads that same list, and
+    must stop reading it so that it does not kill rank 0 before rank 0 has printed its line.
+    """
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    if not isinstance(launcher, _SubprocessScriptLauncher):
+        return []
+    processes = list(launcher.procs)
+    launcher.procs.clear()
+    return processes
+

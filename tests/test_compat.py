@@ -58,3 +58,13 @@ def test_save_checkpoint_now_saves_as_model_checkpoint_does(tmp_path) -> None:
     compat.save_checkpoint_now(callback, trainer)  # again, now, under the same name
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
     assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_take_launched_ranks_takes_the_ddp_launchers_processes() -> None:
+    trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, enable_progress_bar=False)
+    started = object()  # what the launcher holds per rank it started: a subprocess.Popen
+    trainer.strategy.launcher.procs.append(started)
+    assert compat.take_launched_ranks(trainer) == [started]
+    assert compat.take_launched_ranks(trainer) == []  # taken: the launcher's watcher no longer sees it
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    assert compat.take_launched_ranks(single) == []

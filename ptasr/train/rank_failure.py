@@ -22,8 +22,8 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
+from ptasr.compat import take_launched_ranks
 from ptasr.errors import TRACEBACK_VARIABLE, UserError
 
 # How long rank 0 lets the other ranks end on their own (an error every rank raises, a signal's coordinated stop)
@@ -73,14 +73,8 @@ def ranks_end_together(trainer: L.Trainer) -> Iterator[None]:
 def _child_ranks(trainer: L.Trainer) -> dict[int, subprocess.Popen]:
     """The processes Lightning's launcher started from this one, by global rank: none on the ranks it started,
     nor under torchrun (which ends the other workers itself) or SLURM (``srun --kill-on-bad-exit=1`` does)."""
-    launcher = trainer.strategy.launcher
-    if not isinstance(launcher, _SubprocessScriptLauncher):
-        return {}
-    children = {trainer.global_rank + local_rank: process for local_rank, process in enumerate(launcher.procs, 1)}
-    # Taken over from Lightning's watcher thread, which reads this same list: once rank 0 ends the children, a
-    # child's exit must not make that thread kill rank 0 before it has printed its line.
-    launcher.procs.clear()
-    return children
+    processes = take_launched_ranks(trainer)
+    return {trainer.global_rank + local_rank: process for local_rank, process in enumerate(processes, 1)}
 
 
 def _end(children: dict[int, subprocess.Popen]) -> list[tuple[int, int]]:
