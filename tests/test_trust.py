@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ptasr.data.testing import make_corpus
-from ptasr.export import read_scalars, training_results
+from ptasr.run_log import read_scalars, training_results
 from ptasr.train.cli import cli_main
 from helpers import SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
@@ -183,7 +183,7 @@ def test_export_refuses_a_non_empty_folder_unless_overwrite(trained: Path, tmp_p
 
 def test_re_exporting_a_folder_keeps_its_training_sections(trained: Path, tmp_path: Path) -> None:
     from ptasr.cli import main
-    from ptasr.export import previous_card
+    from ptasr.model_card import previous_card
 
     first = tmp_path / "first"
     assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(first), "--language", "pt"]) == 0

@@ -1,0 +1,285 @@
+"""The model card (``README.md`` of an exported folder) in the layout of transformers' Trainer cards: the
+training-results tables (each validation source's rows where there are several), the hyperparameters, the
+front matter with its model-index, what the run trained on, and the training sections a re-export carries
+over from the card it replaces.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptasr.inference import Recognizer
+from ptasr.run_log import ResultRow
+
+
+# --- the training results tables -----------------------------------------------------------------------------
+
+
+def results_table(rows: list[ResultRow]) -> str:
+    """The markdown table of the reference model card (plus Cer), "No log" where a value is missing."""
+
+    lines = ["| Training Loss | Epoch | Step | Validation Loss | Wer | Cer |",
+             "|:-------------:|:-----:|:----:|:---------------:|:---:|:---:|"]
+    for row in rows:
+        epoch = "" if row.epoch is None else f"{row.epoch:g}"
+        lines.append(f"| {_cell(row.training_loss)} | {epoch} | {row.step} | {_cell(row.validation_loss)} | "
+                     f"{_cell(row.wer)} | {_cell(row.cer)} |")
+    return "\n".join(lines)
+
+
+def sources_table(rows: list[ResultRow]) -> str:
+    """Each validation source's Wer and Cer per evaluation step, as a markdown table ("" with one source).
+
+    >>> print(sources_table([ResultRow(2, None, None, None, 0.5, 0.25, {"read": (0.25, 0.125), "talk": (1.0, None)})]))
+    | Step | read Wer | read Cer | talk Wer | talk Cer |
+    |:----:|:---:|:---:|:---:|:---:|
+    | 2 | 0.2500 | 0.1250 | 1.0000 | No log |
+    """
+    names = sorted({name for row in rows for name in row.sources})
+    if not names:
+        return ""
+    lines = ["| Step | " + " | ".join(f"{name} Wer | {name} Cer" for name in names) + " |",
+             "|:----:|" + ":---:|" * (2 * len(names))]
+    for row in rows:
+        rates = [row.sources.get(name, (None, None)) for name in names]
+        lines.append(f"| {row.step} | " + " | ".join(f"{_cell(wer)} | {_cell(cer)}" for wer, cer in rates) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "No log" if value is None else f"{value:.4f}"
+
+
+def training_tables(rows: list[ResultRow]) -> str:
+    """The card's "Training results": the results table, then each source's rates where there are several."""
+    per_source = sources_table(rows)
+    if not per_source:
+        return results_table(rows)
+    return (results_table(rows) + "\n\nEach validation source scored alone (Wer and Cer above pool them, weighted "
+            "by reference words and characters):\n\n" + per_source)
+
+
+# --- hyperparameters -----------------------------------------------------------------------------------------
+
+
+def hyperparameters(metadata: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The reference card's hyperparameter list, from the checkpoint and the run's config.yaml."""
+    model = metadata.get("hyper_parameters") or {}
+    data = metadata.get("datamodule_hyper_parameters") or {}
+    trainer = config.get("trainer") or {}
+    accumulate = trainer.get("accumulate_grad_batches") or 1
+    devices = trainer.get("devices") if isinstance(trainer.get("devices"), int) else 1
+    values = {
+        "learning_rate": model.get("lr"),
+        "train_batch_size": data.get("batch_size"),
+        "eval_batch_size": data.get("eval_batch_size"),
+        "seed": config.get("seed_everything", data.get("seed")),
+        "gradient_accumulation_steps": accumulate if accumulate != 1 else None,
+        "total_train_batch_size": (data["batch_size"] * accumulate * devices
+                                   if data.get("batch_size") and (accumulate != 1 or devices != 1) else None),
+        "optimizer": _optimizer(model) if model else None,
+        "lr_scheduler_type": model.get("schedule"),
+        "lr_scheduler_warmup_steps": model.get("warmup_steps"),
+        "training_steps": trainer.get("max_steps") if (trainer.get("max_steps") or -1) > 0 else None,
+        "checkpoint_step": metadata.get("global_step"),
+        "mixed_precision_training": trainer.get("precision"),
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _optimizer(model: dict[str, Any]) -> str:
+    betas = tuple(model.get("betas") or (0.9, 0.999))
+    name = {"adamw": "AdamW", "adam": "Adam"}.get(model.get("optimizer", "adamw"), model.get("optimizer"))
+    eps, decay = model.get("eps", 1e-8), model.get("weight_decay", 0.0)
+    return f"{name} with betas={betas} and epsilon={eps}, weight decay {decay}"
+
+
+# --- the model card ------------------------------------------------------------------------------------------
+
+
+def _versions() -> str:
+    lines = []
+    for package, label in (("ptasr", "ptasr"), ("torch", "PyTorch"), ("lightning", "Lightning"),
+                           ("torchaudio", "torchaudio")):
+        try:
+            lines.append(f"- {label} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return "\n".join(lines)
+
+
+def data_name(data: dict[str, Any], name: str) -> str | None:
+    """What a run trained (``"train"``) or validated (``"val"``) on, by name, from the data module's settings:
+    its ``data.sources`` or manifest where it read those, else its dataset or release folder.
+
+    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "train_manifest": "/data/mine/train.csv"}, "train")
+    'train.csv'
+    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "sources": [{"path": "/data/cv-corpus-17.0/pt"},
+    ...           {"path": "/data/coraa/train.csv"}]}, "train")
+    'pt, train.csv'
+    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "train_manifest": "/data/mine/train.csv"}, "val")
+    'pt'
+    """
+    sources = data.get("sources") if name == "train" else None
+    if sources:
+        return ", ".join(filter(None, map(_source_name, sources))) or None
+    if data.get(f"{name}_manifest"):
+        return Path(data[f"{name}_manifest"]).name
+    return data.get("hf_dataset") or (Path(data["root"]).name if data.get("root") else None)
+
+
+def _source_name(entry: Any) -> str | None:
+    """A ``data.sources`` entry's file or dataset name; the checkpoint holds it as a mapping or a TrainSource."""
+    fields = entry if isinstance(entry, dict) else vars(entry)
+    return Path(fields["path"]).name if fields.get("path") else fields.get("hf_dataset")
+
+
+def _front_matter(name: str, language: str | None, dataset: str | None, rows: list[ResultRow],
+                  carried: dict[str, Any] | None = None) -> str:
+    meta: dict[str, Any] = {}
+    if language:
+        meta["language"] = [language]
+    meta.update({"library_name": "transformers", "pipeline_tag": "automatic-speech-recognition",
+                 "tags": ["automatic-speech-recognition", "wav2vec2", "ctc", "ptasr"]})
+    last = next((row for row in reversed(rows) if row.wer is not None), None)
+    if last is not None:
+        pooled = (dataset or "validation set", dataset or "validation")
+        if last.sources:  # the pooled rates are of the validation sources, not of the training data's release
+            pooled = ("validation sources " + ", ".join(last.sources), "validation")
+        results = [_model_index_result(*pooled, last.wer, last.cer)]
+        # each validation source as a dataset of its own, as the hub lists a model's results on several
+        results += [_model_index_result(source, source, wer, cer)
+                    for source, (wer, cer) in last.sources.items() if wer is not None]
+        meta["model-index"] = [{"name": name, "results": results}]
+    elif (carried or {}).get("model-index"):
+        meta["model-index"] = [{**entry, "name": name} for entry in carried["model-index"]]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _model_index_result(dataset: str, kind: str, wer: float, cer: float | None) -> dict[str, Any]:
+    metrics = [{"type": "wer", "value": round(wer, 4), "name": "Validation WER"}]
+    if cer is not None:
+        metrics.append({"type": "cer", "value": round(cer, 4), "name": "Validation CER"})
+    return {"task": {"type": "automatic-speech-recognition", "name": "Automatic Speech Recognition"},
+            "dataset": {"name": dataset, "type": kind}, "metrics": metrics}
+
+
+def model_card(
+    name: str, recognizer: Recognizer, rows: list[ResultRow], hparams: dict[str, Any],
+    language: str | None = None, dataset: str | None = None, carried: dict[str, Any] | None = None,
+    validation: str | None = None,
+) -> str:
+    """README.md text in the layout of transformers' Trainer cards, which the reference model card uses.
+
+    ``dataset``: what the model trained on (the intro); ``validation``: what its results are on (the
+    model-index), ``dataset`` where not given.
+
+    ``carried``: the training sections of the card of the folder being re-exported (:func:`previous_card`),
+    used where this export has no training information of its own (no event files, no checkpoint metadata).
+    """
+    carried = carried or {}
+    config = recognizer.model.config
+    trained = recognizer.metadata.get("hyper_parameters") or {}
+    if trained.get("pretrained"):
+        base = trained["pretrained"]
+        origin = f"a fine-tuned version of [{base}](https://huggingface.co/{base})"
+    else:
+        origin = f"a wav2vec2 model (\"{trained.get('preset', 'custom')}\" architecture) trained from scratch"
+    last = next((row for row in reversed(rows) if row.wer is not None), None)
+    results = ""
+    if last is not None and last.validation_loss is not None:
+        results = ("It achieves the following results on the evaluation set:\n"
+                   f"- Loss: {last.validation_loss:.4f}\n- Wer: {last.wer:.4f}\n")
+        results += "".join(f"- Wer on {source}: {wer:.4f}\n" for source, (wer, _) in last.sources.items()
+                           if wer is not None)
+    intro = (f"This model is {origin} ({config.num_hidden_layers} layers, hidden size {config.hidden_size}, a CTC "
+             f"head over {len(recognizer.vocab)} characters), trained with ptasr{f' on {dataset}' if dataset else ''}.\n")
+    if not trained and carried.get("intro"):
+        intro = carried["intro"]
+    if not rows and carried.get("results"):
+        results = carried["results"]
+    hparams_text = "\n".join(f"- {key}: {value}" for key, value in hparams.items())
+    if not hparams and carried.get("hyperparameters"):
+        hparams_text = carried["hyperparameters"].strip()
+    table = training_tables(rows) if rows else carried.get("training results", "").strip()
+    sections = [
+        _front_matter(name, language, validation or dataset, rows, carried),
+        f"# {name}\n",
+        intro,
+        results,
+        "## Usage\n",
+        "```bash\nptasr transcribe " + name + " audio.mp3\n```\n",
+        "```python\nfrom transformers import pipeline\n\n"
+        f"asr = pipeline(\"automatic-speech-recognition\", model=\"{name}\")\n"
+        "print(asr(\"audio.flac\", chunk_length_s=20)[\"text\"])\n```\n",
+        "Transcripts were normalised before training: " + _describe_normalizer(recognizer) + "\n",
+        "## Training hyperparameters\n",
+        "The following hyperparameters were used during training:\n" + (hparams_text or "- (not recorded)") + "\n",
+        "### Training results\n",
+        (table or "No TensorBoard event files were found for this run.") + "\n",
+        "### Framework versions\n",
+        _versions() + "\n",
+    ]
+    return "\n".join(section for section in sections if section)
+
+
+def _describe_normalizer(recognizer: Recognizer) -> str:
+    settings = recognizer.normalizer.to_dict()
+    parts = [f"characters `{settings['chars_to_ignore']}` removed" if settings["chars_to_ignore"] else "",
+             "lower-cased" if settings["lowercase"] else "", "accents stripped" if settings["strip_accents"] else ""]
+    return ", ".join(part for part in parts if part) + " (see normalizer.json)."
+
+
+# --- re-exporting a folder ----------------------------------------------------------------------------------
+
+
+def previous_card(folder: Path) -> dict[str, Any]:
+    """The training sections of the ptasr model card in ``folder`` (empty if there is none).
+
+    A folder holds no event files and no training metadata, so re-exporting it (in place, or elsewhere) would
+    otherwise replace its hyperparameters and results with "not recorded". Keys: ``model-index`` (front
+    matter), ``intro`` (the "This model is ..." paragraph), ``results`` (the "It achieves ..." lines),
+    ``hyperparameters`` (the list) and ``training results`` (the table).
+    """
+    path = folder / "README.md"
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("---\n") or text.count("---\n") < 2:
+        return {}
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front) or {}
+    if not isinstance(meta, dict) or "ptasr" not in (meta.get("tags") or []):
+        return {}  # not ours: its layout is unknown
+    paragraphs = body.split("\n\n")
+    carried: dict[str, Any] = {"model-index": meta.get("model-index")}
+    for paragraph in paragraphs:
+        if paragraph.startswith("This model is "):
+            carried["intro"] = paragraph.strip() + "\n"
+        elif paragraph.startswith("It achieves the following results"):
+            carried["results"] = paragraph.strip() + "\n"
+    sections = _sections(body)
+    hyperparameters = sections.get("## Training hyperparameters", "")
+    carried["hyperparameters"] = "\n".join(line for line in hyperparameters.splitlines() if line.startswith("- "))
+    table = sections.get("### Training results", "").strip()
+    if table.startswith("|"):
+        carried["training results"] = table
+    return {key: value for key, value in carried.items() if value}
+
+
+def _sections(markdown: str) -> dict[str, str]:
+    """``{heading line: text under it}`` of a markdown text; ``#`` lines inside code fences are not headings."""
+    sections: dict[str, str] = {}
+    heading, fenced = "", False
+    for line in markdown.splitlines(keepends=True):
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced:
+            heading = line.strip()
+            sections[heading] = ""
+        elif heading:
+            sections[heading] += line
+    return sections
