@@ -323,6 +323,20 @@ def test_frozen_feature_encoder_gets_no_gradient() -> None:
     assert model.lm_head.weight.grad is not None
 
 
+@pytest.mark.parametrize("layout", ["xls-r", "base"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_every_gradient_has_its_parameters_strides(layout: str, autocast: bool) -> None:
+    # DDP lays each gradient bucket out with its parameter's strides and warns at a gradient with other
+    # strides, although autograd's layout contract only asks them to agree in axes longer than one.
+    model = Wav2Vec2CTC(small_config(layout)).train()  # the conv stack trains too, as in configs/demo.yaml
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        logits, frame_lengths = model(*batch([4000, 3000]))
+    ctc_loss(logits, frame_lengths, torch.tensor([[1, 2], [3, 4]]), torch.tensor([2, 2]), blank=11).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert {name: (p.grad.stride(), p.stride()) for name, p in model.named_parameters()
+            if p.grad.stride() != p.stride()} == {}
+
+
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     torch.manual_seed(0)
     model = Wav2Vec2CTC(small_config("xls-r")).train()

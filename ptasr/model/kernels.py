@@ -48,7 +48,13 @@ def channels_last_conv(conv: nn.Conv1d, features: torch.Tensor) -> torch.Tensor:
     the layout oneDNN and cuDNN prefer, and its output is again (B, S', C) in memory.
     """
     image = features.transpose(1, 2).unsqueeze(2)  # (B, C_in, 1, S), channels-last strides
-    weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (C_out, C_in, 1, k)
+    # A reshape, not an unsqueeze: its backward gives the weight's gradient the weight's own strides. The
+    # conv's weight gradient is channels-last; for C_in = 1 (the first layer) that is the parameter's memory
+    # with another stride in the size-1 C_in axis, which squeeze (unsqueeze's backward) would keep. Autograd
+    # accepts that; DDP, whose gradient buckets have the parameters' strides, warns at it on every run.
+    out_channels, in_channels, kernel = conv.weight.shape
+    weight = conv.weight.reshape(out_channels, in_channels, 1, kernel)  # (C_out, C_in/groups, 1, k)
+    weight = weight.contiguous(memory_format=torch.channels_last)
     padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
     out = F.conv2d(image, weight, conv.bias, stride=(1, conv.stride[0]), padding=padding, groups=conv.groups)
     return out.squeeze(2).transpose(1, 2).contiguous()  # (B, S', C_out): a view, unless a backend chose another layout
