@@ -242,7 +242,8 @@ def fit_config(args: argparse.Namespace, corpus: Path, run_dir: Path, num_bucket
                    accumulate_grad_batches=1, max_time={"seconds": seconds})
     trainer["logger"]["init_args"].update(save_dir=str(run_dir), name="fit_throughput")
     if not args.checkpoint:
-        trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("ModelCheckpoint")]
+        trainer["callbacks"] = [c for c in trainer["callbacks"]
+                                if not c["class_path"].endswith(("ModelCheckpoint", "LastCheckpoint"))]
         trainer["enable_checkpointing"] = False
     preset = Wav2Vec2Config.preset("xls-r-300m")
     wanted = bare.model_config(args.preset)  # the bare step's model, field by field
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="timed batches; default 60 (GPU), 30 (CPU)")
     parser.add_argument("--workers", type=int, help="DataLoader workers; default 8 (GPU, the recipe's), 1 (CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (model.compile)")
-    parser.add_argument("--checkpoint", action="store_true", help="keep the recipe's ModelCheckpoint (temp dir)")
+    parser.add_argument("--checkpoint", action="store_true", help="keep the recipe's ModelCheckpoint and LastCheckpoint (temp dir)")
     parser.add_argument("--compare-step", action="store_true",
                         help="time the bare step before and after the fit, in this process")
     parser.add_argument("--bare-steps", type=int, help="timed bare steps per round; default 10 (GPU), 4 (CPU)")

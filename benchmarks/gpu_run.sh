@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU session: sanity checks, the Lightning fit loop (fit_throughput.py, with the bare step of
 # ptasr in the same process), then the training-step comparison against the peers (train_throughput.py). Each
-# section has its own time share and a hard limit (checks 60 s, fit 170 s, peers 210 s), so that by default the
+# section has its own time share and a hard limit (checks 60 s, the GPU tests 120 s, fit 170 s, peers 210 s), so that by default the
 # script ends within 8 minutes of wall time (not yet timed on a GPU): a session has 15 minutes of device time, the
 # machine's start-up included. JSON is written as results come; $OUT gets at most 8 files (8 come back), the last
 # being profiles.txt: torch.profiler tables of two ptasr steps (eager and compiled) per batch size.
@@ -48,6 +48,9 @@ fi
 "$PYTHON" -c "import torch, transformers, torchaudio; print(torch.__version__, transformers.__version__, torchaudio.__version__)"
 if [ "$DEVICE" = cuda ]; then
   timeout -k 10 60 "$PYTHON" benchmarks/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
+  # the CUDA-only tests (skipped everywhere else), into the same log: $OUT brings back 8 files at most
+  timeout -k 10 ${GPU_TESTS_S:-120} "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_train_gpu.py 2>&1 \
+    | grep -v -E -e "[0-9](it/s|s/it)" | tail -60 | tee -a "$OUT/gpu_check.log"
 fi
 
 if [ "$FIT" = 1 ]; then
