@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +27,8 @@ def test_fit_on_gpu(tmp_path: Path, precision: str) -> None:
     optimizer = trainer.optimizers[0]
     # Fused AdamW except under fp16 loss scaling, where Lightning must unscale before clipping.
     assert bool(optimizer.defaults["fused"]) == (precision == "bf16-mixed")
-    assert next(cli.model.parameters()).is_cuda
+    # (Lightning moves the module back to the CPU when fit ends, so its parameters do not say where it trained.)
+    assert trainer.strategy.root_device.type == "cuda"
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and float(metrics["train/audio_seconds_per_second"]) > 0
     if precision == "16-mixed":
@@ -42,7 +44,11 @@ def test_nonfinite_loss_skips_the_update_on_gpu(precision: str) -> None:
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=1.0, callbacks=[MixedPrecisionHealth()])
     trainer.fit(module, datamodule=data)
-    assert int(module.skipped_steps) == 1
+    # fp16: the GradScaler also skips the updates whose scaled gradients overflow (its first ones, at the initial
+    # scale 2**16), halving the scale for each; every skipped update, the poisoned one included, is counted.
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    expected = 1 if scaler is None else round(math.log2(2.0**16 / scaler.get_scale()))
+    assert expected >= 1 and int(module.skipped_steps) == expected
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
