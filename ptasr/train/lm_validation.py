@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning as L
 import torch
-
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ptasr.errors import MissingPathError, SettingError
