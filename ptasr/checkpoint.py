@@ -119,13 +119,15 @@ def load_folder_vocabulary(folder: Path) -> Vocabulary:
 def load_folder(folder: Path) -> TrainedModel:
     """Model, vocabulary and normaliser of an exported (or any HF wav2vec2 CTC) folder."""
     model = Wav2Vec2CTC.from_pretrained(folder)
-    vocab = load_folder_vocabulary(folder)
+    return TrainedModel(model, load_folder_vocabulary(folder), load_folder_normalizer(folder), {"folder": str(folder)})
+
+
+def load_folder_normalizer(folder: Path) -> TextNormalizer:
+    """``normalizer.json`` of a model folder, else the default normaliser (an HF folder has none)."""
     if (folder / "normalizer.json").is_file():
-        normalizer = TextNormalizer.load(folder / "normalizer.json")
-    else:
-        log.info("%s has no normalizer.json; references will be normalised with the default", folder)
-        normalizer = TextNormalizer()
-    return TrainedModel(model, vocab, normalizer, {"folder": str(folder)})
+        return TextNormalizer.load(folder / "normalizer.json")
+    log.info("%s has no normalizer.json; references will be normalised with the default", folder)
+    return TextNormalizer()
 
 
 def load_any(source: str | Path) -> TrainedModel:

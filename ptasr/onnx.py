@@ -134,15 +134,20 @@ def onnx_recognizer(source: str | Path, threads: int | None = None) -> Recognize
     The folder is what ``ptasr export ... --onnx`` writes: the vocabulary and normaliser come from its HF files,
     the network from ``model.onnx``.
     """
+    from ptasr.checkpoint import load_folder_normalizer, load_folder_vocabulary
     from ptasr.inference import Recognizer
 
-    path = Path(source) / ONNX_FILE
+    folder = Path(source)
+    path = folder / ONNX_FILE
     if not path.is_file():
         raise MissingPathError(f"no {ONNX_FILE} in {source}; write it with `ptasr export MODEL {source} --onnx`, "
                                f"or drop --backend onnx")
-    recognizer = Recognizer.load(source, device="cpu", dtype="float32")
-    recognizer.model = OnnxCTC(path, recognizer.model.config, threads)
-    return recognizer
+    if not (folder / "config.json").is_file():
+        raise MissingPathError(f"no config.json in {source}: an ONNX model folder needs the config it was exported with")
+    # The PyTorch weights beside it are not read: the network is the ONNX graph, its shapes from config.json.
+    model = OnnxCTC(path, Wav2Vec2Config.from_json(folder / "config.json"), threads)
+    return Recognizer(model, load_folder_vocabulary(folder), load_folder_normalizer(folder),
+                      {"folder": str(folder), "source": str(source)})
 
 
 @contextmanager
