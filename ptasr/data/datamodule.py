@@ -84,7 +84,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         lowercase: lower-case transcripts.
         strip_accents: remove diacritics (``"ação"`` -> ``"acao"``).
         strip_punctuation: replace every Unicode punctuation character by a space (apostrophes and hyphens
-            between two letters stay), for languages whose punctuation ``chars_to_ignore`` does not list.
+            between two word characters stay), for languages whose punctuation ``chars_to_ignore`` does not list.
         rare_symbol_count: the alphabet table printed at setup flags symbols seen fewer times than this.
         vocab_path: an existing ``vocab.json`` (e.g. of a checkpoint being fine-tuned further) instead of
             building one; characters it lacks map to ``[UNK]`` and are counted at setup.

@@ -29,7 +29,7 @@ DEFAULT_CHARS_TO_IGNORE = ',?.!-;:"“%‘”�—’…–'
 WORD_DELIMITER = "|"
 UNK_TOKEN = "[UNK]"
 PAD_TOKEN = "[PAD]"
-# kept by strip_punctuation between two letters ("d'água", "guarda-chuva"): apostrophes and hyphens
+# kept by strip_punctuation between two word characters ("d'água", "guarda-chuva"): apostrophes and hyphens
 WORD_INTERNAL_PUNCTUATION = "'’‐‑-"
 
 
@@ -39,8 +39,8 @@ class TextNormalizer:
     Steps, in order: Unicode NFC (so "ã" typed as "a" + combining tilde is one character), remove every
     character of ``chars_to_ignore`` (replaced by nothing, as in the reference: "guarda-chuva" ->
     "guardachuva"), optionally replace every Unicode punctuation character by a space (``strip_punctuation``;
-    apostrophes and hyphens between two letters stay), lower-case, optionally strip accents, collapse runs of
-    whitespace and trim.
+    apostrophes and hyphens between two word characters stay), lower-case, optionally strip accents, collapse
+    runs of whitespace and trim.
 
     >>> TextNormalizer()('  "Olá,  João!" — disse a mãe… ')
     'olá joão disse a mãe'
@@ -141,14 +141,21 @@ def _punctuation_pattern() -> re.Pattern[str]:
 
 
 def _space_unless_word_internal(match: re.Match[str]) -> str:
-    """A space for a punctuation match, except an apostrophe or hyphen between two letters, which stays.
+    """A space for a punctuation match, except an apostrophe or hyphen between two word characters (``\\w``:
+    letters, digits, ``_``), which stays: ``l'eau``, ``covid-19``.
 
     (A class pattern with this check scans ten times faster than a look-behind alternation would.)
     """
     char, text, i = match.group(), match.string, match.start()
-    if char in WORD_INTERNAL_PUNCTUATION and 0 < i < len(text) - 1 and text[i - 1].isalpha() and text[i + 1].isalpha():
+    if char in WORD_INTERNAL_PUNCTUATION and 0 < i < len(text) - 1 and _is_word_char(text[i - 1]) \
+            and _is_word_char(text[i + 1]):
         return char
     return " "
+
+
+def _is_word_char(char: str) -> bool:
+    """What the regex class ``\\w`` matches (letters, digits, ``_``), without a regex per character."""
+    return char.isalnum() or char == "_"
 
 
 def _strip_accents(text: str) -> str:
