@@ -183,7 +183,7 @@ class TranscriptWriter(Callback):
         self._file.close()
         self._file = None
         # Every rank wrote its own share: the line counts them all (every rank takes part in the sum).
-        total = int(trainer.strategy.reduce(torch.tensor(self._count), reduce_op="sum"))
+        total = int(trainer.strategy.reduce(torch.tensor(self._count, device=pl_module.device), reduce_op="sum"))
         where = self.path if trainer.world_size == 1 else self.path.with_name("predictions_rank*.jsonl")
         rank_zero_info(f"[predict] {total} transcripts written to {where}")
 
