@@ -325,3 +325,16 @@ def test_two_ddp_processes_log_each_source_over_both_ranks(fitted, manifests, tm
     for logged in ranks:  # each rank half the clips, both the values of all of them
         for name in ("wer", "cer", "read/wer", "read/cer", "talk/wer", "talk/cer"):
             assert logged[f"val/{name}"] == pytest.approx(metrics[f"val/{name}"], abs=1e-6), name
+
+
+def test_testing_on_the_validation_sources_names_each_after_the_split_it_reads() -> None:
+    # On the demo root, test falls back to data.val_sources; a release without its own split tests on test_split.
+    from ptasr.data import BUNDLED_CORPUS
+
+    data = CommonVoiceDataModule(val_sources=[EvalSource(path=BUNDLED_CORPUS), EvalSource(path=BUNDLED_CORPUS,
+                                                                                          split="train", name="tr")],
+                                 val_split="dev", test_split="test")
+    assert [split for _, split, _ in data.parts("val")] == ["dev", "train"]
+    assert data.source_names("val") == ["cv-tiny-pt_dev", "tr"]
+    assert [split for _, split, _ in data.parts("test")] == ["test", "train"]
+    assert data.source_names("test") == ["cv-tiny-pt_test", "tr"]

@@ -175,7 +175,6 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         # "val" / "test" -> the sources and their metric names, where several are given
         self._eval_specs = {name: list(specs) for name, specs in (("val", val_sources), ("test", test_sources))
                             if specs is not None}
-        self._eval_names = {name: self._checked_eval_sources(name) for name in self._eval_specs}
         uses_own_data = sources is not None or train_manifest is not None
         on_demo = hf_dataset is None and root == BUNDLED_CORPUS
         if uses_own_data and val_manifest is None and val_sources is None and on_demo:
@@ -187,7 +186,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
             if val_manifest is not None:
                 self._manifest_args["test"] = val_manifest
             elif val_sources is not None:
-                self._eval_specs["test"], self._eval_names["test"] = self._eval_specs["val"], self._eval_names["val"]
+                self._eval_specs["test"] = self._eval_specs["val"]
+        # named after the split each reads: a release source without its own split tests on data.test_split
+        self._eval_names = {name: self._checked_eval_sources(name) for name in self._eval_specs}
         self._source: Source | None = None
         self._opened: dict[str, Source] = {}  # manifest files and data.sources entries, by what names them
         self._rows: dict[tuple[int, str], Manifest] = {}  # (source, split) -> unfiltered rows with normalised text
