@@ -299,7 +299,7 @@ def _format(transcript: Any, fmt: str, with_source: bool) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ptasr.evaluation import evaluate, format_results, load_eval_set, summarise, write_results
+    from ptasr.evaluation import evaluate, load_eval_set, summarise
 
     if args.tune:
         return run_tune(args)
@@ -309,7 +309,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     decoder = _decoder(args, recognizer)
     evaluation = evaluate(recognizer, data, batch_size=args.batch_size, chunking=_chunking(args), decoder=decoder,
                           observe=page)
-    results = {**summarise(evaluation, recognizer, args.model, decoder, args.worst), "duplicates": data.duplicates}
+    results = summarise(evaluation, recognizer, args.model, decoder, args.worst)
+    return _finish_evaluation(args, data, evaluation, results, page)
+
+
+def _finish_evaluation(args: argparse.Namespace, data: Any, evaluation: Any, results: dict[str, Any],
+                       page: Any = None) -> int:
+    """What every evaluation ends with: the notes on duplicate and skipped rows, the results files (and the
+    ``--report`` page), then the printed results."""
+    from ptasr.evaluation import format_results, write_results
+
+    results["duplicates"] = data.duplicates
     if data.duplicates:
         print(f"ptasr evaluate: {data.duplicates} duplicate rows (a clip listed again) scored once", file=sys.stderr)
     for line in evaluation.skipped[:5]:
@@ -379,11 +389,14 @@ def _floats(text: str) -> list[float]:
 def run_tune(args: argparse.Namespace) -> int:
     """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
-    from ptasr.evaluation import format_results, load_eval_set, summarise, transcribe_once, tune, write_results
+    from ptasr.evaluation import load_eval_set, summarise, transcribe_once, tune
     from ptasr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, can_choose, save_weights
 
     if args.lm is None:
         raise SettingError("--tune searches the weights of an n-gram LM: give one with --lm LM")
+    if args.report is not None:
+        raise SettingError("--report is not written by --tune: tune first, then `ptasr evaluate MODEL --lm LM "
+                           "--report DIR` reports with the tuned weights")
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     emissions = transcribe_once(recognizer, data, batch_size=args.batch_size, chunking=_chunking(args))
@@ -412,6 +425,4 @@ def run_tune(args: argparse.Namespace) -> int:
     results = summarise(tuning.evaluation, recognizer, args.model, decoded, args.worst)
     results["tuning"] = [{"lm_weight": t.lm_weight, "word_score": t.word_score, "wer": t.wer, "cer": t.cer}
                          for t in tuning.trials]
-    print(format_results(results))
-    write_results(Path(args.output_dir), data.name, results, tuning.evaluation.scored)
-    return 0
+    return _finish_evaluation(args, data, tuning.evaluation, results)

@@ -177,3 +177,18 @@ def test_export_with_lm_loads_in_transformers_and_decodes_like_ptasr(tmp_path: P
     assert wer(greedy_texts) > 0.5  # the noise misspells most words
     assert wer(ptasr_texts) < 0.1 and wer(hf_texts) < 0.1  # both LM decoders repair them
     assert agreement >= 0.9  # 100 % when measured; beam pruning differs (pyctcdecode prunes by score, per word)
+
+
+def test_tune_refuses_report_and_the_results_carry_duplicates(checkpoint: Path, corpus: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    lm = tmp_path / "lm.arpa"
+    assert main(["lm", "build", str(corpus / "train.tsv"), "-o", str(lm), "--order", "2"]) == 0
+    capsys.readouterr()
+    base = ["evaluate", str(checkpoint), "--data", str(corpus), "--split", "dev", "--lm", str(lm), "--tune",
+            "--lm-weights", "0,4", "--word-scores=-5,5"]
+    assert main([*base, "--report", str(tmp_path / "report"), "--output-dir", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--report is not written by --tune" in err[0] and not (tmp_path / "a").exists()
+    assert main([*base, "--output-dir", str(tmp_path / "b")]) == 0
+    results = json.loads((tmp_path / "b" / f"{corpus.name}_dev_eval_results.json").read_text(encoding="utf-8"))
+    assert results["duplicates"] == 0 and len(results["tuning"]) == 4
