@@ -104,11 +104,17 @@ def load_eval_set(data: str, split: str, normalizer: TextNormalizer, language: s
         rows = _tsv_eval_set(path, normalizer)
     elif path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl"):
         rows = _manifest_eval_set(path, normalizer)
-    elif path.is_dir() and not any(path.glob("*.tsv")) and any(path.rglob("*.parquet")):
+    elif path.is_dir() and not _holds_split_tsvs(path) and any(path.rglob("*.parquet")):
         rows = _hf_eval_set(path, split, normalizer)
     else:
         rows = _release_eval_set(path, split, normalizer, language)
     return replace(rows, source=data, split=split).first_rows()
+
+
+def _holds_split_tsvs(path: Path) -> bool:
+    """A release's language folder, or a release root above its language folders: its TSVs are here or one level
+    down. (Checked before any search for parquet files, which would walk every clip of a release.)"""
+    return any(path.glob("*.tsv")) or any(path.glob("*/*.tsv"))
 
 
 def _hf_eval_set(path: Path, split: str, normalizer: TextNormalizer) -> EvalSet:
