@@ -44,11 +44,12 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
     Raises:
         AudioDecodeError: the data is not audio soundfile can decode, or holds no samples.
     """
-    if isinstance(source, (str, Path)) and not os.path.isfile(source):
-        raise AudioDecodeError(f"missing file {source}")  # libsndfile would say "System error"
     try:
         samples, sample_rate = sf.read(_as_file(source), dtype="float32")
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        # asked only on failure (no extra file-system call per clip): libsndfile says "System error" for a missing file
+        if isinstance(source, (str, Path)) and not os.path.isfile(source):
+            raise AudioDecodeError(f"missing file {source}") from error
         raise AudioDecodeError(f"cannot decode {_describe(source)}: {error}") from error
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
