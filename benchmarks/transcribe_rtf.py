@@ -43,6 +43,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from ptasr.compat import cpu_has_native_bf16
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.export import write_hf_folder
@@ -87,7 +88,7 @@ def make_utterances(seconds: float, directory: Path) -> tuple[list[Path], list[n
 
 def cpu_description() -> str:
     """The CPU's model name and whether it has native bf16 (what ``--dtype auto`` looks at)."""
-    bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    bf16 = cpu_has_native_bf16()
     return f"{cpu_name()} ({'native' if bf16 else 'no native'} bf16)"
 
 
