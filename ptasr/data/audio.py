@@ -47,10 +47,7 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
     try:
         samples, sample_rate = sf.read(_as_file(source), dtype="float32")
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
-        # asked only on failure (no extra file-system call per clip): libsndfile says "System error" for a missing file
-        if isinstance(source, (str, Path)) and not os.path.isfile(source):
-            raise AudioDecodeError(f"missing file {source}") from error
-        raise AudioDecodeError(f"cannot decode {_describe(source)}: {error}") from error
+        raise _unreadable("cannot decode", source, error) from error
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
     if samples.shape[0] == 0:
@@ -63,8 +60,20 @@ def audio_duration(source: AudioSource) -> float:
     try:
         info = sf.info(_as_file(source))
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
-        raise AudioDecodeError(f"cannot read the header of {_describe(source)}: {error}") from error
+        raise _unreadable("cannot read the header of", source, error) from error
     return info.frames / info.samplerate
+
+
+def _unreadable(what: str, source: AudioSource, error: Exception) -> AudioDecodeError:
+    """Why ``source`` could not be read, in words: a missing file and a folder are told apart from undecodable
+    data. Asked only on failure (no file-system call per clip): libsndfile says "System error" for a missing
+    file and "Format not recognised" for a folder."""
+    if isinstance(source, (str, Path)):
+        if os.path.isdir(source):
+            return AudioDecodeError(f"{source} is a directory, not an audio file")
+        if not os.path.isfile(source):
+            return AudioDecodeError(f"missing file {source}")
+    return AudioDecodeError(f"{what} {_describe(source)}: {error}")
 
 
 @lru_cache(maxsize=16)
