@@ -77,10 +77,10 @@ def _add_lm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lm-words", default=None,
                        help="word list of a binary word-level LM (default: unigrams.txt beside it)")
     group.add_argument("--lm-weight", type=float, default=None,
-                       help="weight of the LM's log10 probability (default: the tuned one in LM.json beside the "
-                            "LM, else 2)")
+                       help="weight of the LM's log10 probability (default: the tuned one saved beside the LM, "
+                            "lm.arpa -> lm.arpa.json, else 2)")
     group.add_argument("--word-score", type=float, default=None,
-                       help="score added per word (default: the tuned one in LM.json, else 0)")
+                       help="score added per word (default: the tuned one beside the LM, else 0)")
     group.add_argument("--beam-size", type=positive_int, default=50, help="hypotheses kept per frame (default: 50)")
     group.add_argument("--beam-size-token", type=int, default=10,
                        help="most probable tokens tried per frame; 0: all (default: 10)")
@@ -105,15 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm_arguments(transcribe)
     transcribe.set_defaults(run=run_transcribe)
 
-    evaluate = commands.add_parser("evaluate", help="WER and CER on a Common Voice split or TSV")
+    evaluate = commands.add_parser("evaluate", help="WER and CER on a Common Voice release, a manifest of your own "
+                                                       "recordings or a parquet folder")
     _add_model_arguments(evaluate)
     _add_backend_argument(evaluate)
     evaluate.add_argument("--data", required=True,
-                          help="a Common Voice release folder (or .tar.gz), a split TSV with clips/ beside it, "
-                               "a manifest of your own recordings (.csv/.tsv/.jsonl: path,text[,duration]), or a "
-                               "folder of a Hugging Face dataset's parquet files (audio and sentence columns)")
+                          help="a Common Voice release folder (or .tar.gz); a .csv/.tsv/.jsonl file read as "
+                               "train.py reads data.*_manifest: a manifest of your own recordings (audio column "
+                               "path/audio/file, text column text/sentence/transcript, optional duration; paths "
+                               "from its folder), or a Common Voice split TSV (recognised by its client_id, path, "
+                               "sentence, up_votes, down_votes columns; clips in clips/ beside it); or a folder of "
+                               "a Hugging Face dataset's parquet files (audio and sentence columns)")
     evaluate.add_argument("--split", default="test",
-                          help="split of a release or parquet folder (default: test)")
+                          help="split of a release or parquet folder; a file is one split (default: test)")
     evaluate.add_argument("--language", default=None, help="language folder, when --data holds several")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     evaluate.add_argument("--worst", type=int, default=10, help="worst utterances to show (default: 10)")
@@ -125,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = evaluate.add_argument_group("LM weight search (with --lm)")
     tune.add_argument("--tune", action="store_true",
                       help="search the LM weight and word score on this split (network run once) and save the best "
-                           "pair in LM.json beside the LM, where transcribe, evaluate and export read it")
+                           "pair beside the LM (lm.arpa -> lm.arpa.json), where transcribe, evaluate and export "
+                           "read it")
     tune.add_argument("--lm-weights", type=_floats, default=None,
                       help="LM weights to try, comma-separated (default: 0,0.5,1,1.5,2,3,4)")
     tune.add_argument("--word-scores", type=_floats, default=None,
@@ -143,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload to this hub repo")
     export.add_argument("--private", action="store_true", help="create the hub repo as private")
     export.add_argument("--lm", default=None,
-                        help="ship this KenLM model (.arpa or .bin) with its tuned weights (LM.json) in the layout "
-                             "of transformers' Wav2Vec2ProcessorWithLM")
+                        help="ship this KenLM model (.arpa or .bin) with its tuned weights (lm.arpa.json) in the "
+                             "layout of transformers' Wav2Vec2ProcessorWithLM")
     export.add_argument("--overwrite", action="store_true",
                         help="write into OUT_DIR even if it is not empty (replacing its files of the same names)")
     export.add_argument("--onnx", action="store_true",
@@ -299,12 +304,13 @@ def _format(transcript: Any, fmt: str, with_source: bool) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ptasr.evaluation import evaluate, load_eval_set, summarise
+    from ptasr.evaluation import check_results_free, evaluate, load_eval_set, summarise
 
     if args.tune:
         return run_tune(args)
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
+    check_results_free(Path(args.output_dir), data.name, data.origin)  # before the long part
     page = _evaluation_report(args.report, recognizer)  # checks the folder before the long part
     decoder = _decoder(args, recognizer)
     evaluation = evaluate(recognizer, data, batch_size=args.batch_size, chunking=_chunking(args), decoder=decoder,
@@ -389,7 +395,7 @@ def _floats(text: str) -> list[float]:
 def run_tune(args: argparse.Namespace) -> int:
     """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
-    from ptasr.evaluation import load_eval_set, summarise, transcribe_once, tune
+    from ptasr.evaluation import check_results_free, load_eval_set, summarise, transcribe_once, tune
     from ptasr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, can_choose, save_weights
 
     if args.lm is None:
@@ -399,6 +405,7 @@ def run_tune(args: argparse.Namespace) -> int:
                            "--report DIR` reports with the tuned weights")
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
+    check_results_free(Path(args.output_dir), data.name, data.origin)  # before the long part
     emissions = transcribe_once(recognizer, data, batch_size=args.batch_size, chunking=_chunking(args))
     decoder = BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
                                 beam_size=args.beam_size, beam_size_token=args.beam_size_token or None)

@@ -74,6 +74,7 @@ class EvalSet:
     duplicates: int = 0  # rows dropped as repeats of an earlier row's clip
     source: str = ""
     split: str = ""
+    origin: str = ""  # the input resolved (file, or folder and split): results files of two origins never mix
 
     def take(self, limit: int | None) -> EvalSet:
         """Rows with a non-empty reference (an empty one has no word to get wrong), the first ``limit`` of them."""
@@ -94,16 +95,19 @@ class EvalSet:
 
 
 def load_eval_set(data: str, split: str, normalizer: TextNormalizer, language: str | None = None) -> EvalSet:
-    """A release folder's split (or archive), one split TSV whose clips are in ``clips/`` beside it, a
-    manifest file (.csv, .tsv, .jsonl), or a folder of a Hugging Face dataset's parquet files (as
-    ``data.hf_dataset``); each clip once (:meth:`EvalSet.first_rows`)."""
+    """A release folder's split (or archive), a ``.csv``/``.tsv``/``.jsonl`` file read by the rules training
+    reads it by (:func:`ptasr.data.sources.open_file`: a Common Voice split TSV, recognised by its columns, with
+    its clips in ``clips/`` beside it; any other file a manifest, paths from its folder; ``split`` does not apply
+    to a file), or a folder of a Hugging Face dataset's parquet files (as ``data.hf_dataset``); each clip once
+    (:meth:`EvalSet.first_rows`)."""
+    from ptasr.data.manifests import is_manifest_file
+
     path = Path(data).expanduser()
     if not path.exists():
         raise MissingPathError(f"no Common Voice release folder, archive, TSV, manifest or parquet folder at {path}")
-    if path.is_file() and path.suffix == ".tsv" and (path.parent / "clips").is_dir():
-        rows = _tsv_eval_set(path, normalizer)
-    elif path.is_file() and path.suffix in (".csv", ".tsv", ".jsonl"):
-        rows = _manifest_eval_set(path, normalizer)
+    if path.is_file() and is_manifest_file(path):
+        rows = _file_eval_set(path, normalizer)
+        split = rows.split or split
     elif path.is_dir() and not _holds_split_tsvs(path) and any(path.rglob("*.parquet")):
         rows = _hf_eval_set(path, split, normalizer)
     else:
@@ -122,15 +126,25 @@ def _hf_eval_set(path: Path, split: str, normalizer: TextNormalizer) -> EvalSet:
     from ptasr.data.huggingface import HFDatasetSource
 
     manifest = HFDatasetSource(str(path)).read_split(split, normalizer)
-    return _from_manifest(f"{path.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
+    evaluation_set = _from_manifest(f"{path.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
+    return replace(evaluation_set, origin=f"{path.resolve()} {split}")
 
 
-def _manifest_eval_set(path: Path, normalizer: TextNormalizer) -> EvalSet:
-    """A manifest file of your own recordings (see ptasr.data.manifests); ``--split`` does not apply."""
-    from ptasr.data.manifests import ManifestFile
+def _file_eval_set(path: Path, normalizer: TextNormalizer) -> EvalSet:
+    """One file, as training reads it: a Common Voice split TSV (``split`` is its name) or a manifest of your
+    own recordings (its name, extension included, names the results files: ``a.csv`` and ``a.jsonl`` do not
+    share them)."""
+    from ptasr.data.commonvoice import CommonVoiceRelease
+    from ptasr.data.sources import open_file
 
-    manifest = ManifestFile(path).read_split("", normalizer)
-    return _from_manifest(path.stem, manifest, list(manifest.keys))
+    source, split = open_file(path)
+    manifest = source.read_split(split, normalizer)  # texts come back normalised, durations checked
+    if isinstance(source, CommonVoiceRelease):
+        name, origin = f"{source.root.name}_{split}", f"{source.root} {split}"
+    else:
+        name, origin = path.name.replace(".", "_"), str(path.resolve())
+    evaluation_set = _from_manifest(name, manifest, [manifest.reader(key) for key in manifest.keys])
+    return replace(evaluation_set, split=split, origin=origin)
 
 
 def _from_manifest(name: str, manifest: Any, audio: list[Any]) -> EvalSet:
@@ -138,16 +152,6 @@ def _from_manifest(name: str, manifest: Any, audio: list[Any]) -> EvalSet:
     columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
     groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
     return EvalSet(name, list(manifest.ids), audio, list(manifest.texts), groups)
-
-
-def _tsv_eval_set(path: Path, normalizer: TextNormalizer) -> EvalSet:
-    from ptasr.data.commonvoice import read_tsv
-
-    table = read_tsv(path)
-    clips = path.parent / "clips" if (path.parent / "clips").is_dir() else path.parent
-    groups = [dict(zip(BREAKDOWN_COLUMNS, values)) for values in zip(*(table[c] for c in BREAKDOWN_COLUMNS))]
-    return EvalSet(f"{path.parent.name}_{path.stem}", table["path"], [str(clips / clip) for clip in table["path"]],
-                   [normalizer(sentence) for sentence in table["sentence"]], groups)
 
 
 def _release_eval_set(path: Path, split: str, normalizer: TextNormalizer, language: str | None) -> EvalSet:
@@ -158,7 +162,9 @@ def _release_eval_set(path: Path, split: str, normalizer: TextNormalizer, langua
     except SettingError as error:  # the data module's wording names its own setting; here the flag is --language
         raise SettingError(str(error).replace("data.language", "--language")) from error
     manifest = release.read_split(split, normalizer)  # texts come back normalised
-    return _from_manifest(f"{release.root.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
+    evaluation_set = _from_manifest(f"{release.root.name}_{split}", manifest,
+                                    [manifest.reader(key) for key in manifest.keys])
+    return replace(evaluation_set, origin=f"{release.root.resolve()} {split}")
 
 
 # --- transcribing and scoring --------------------------------------------------------------------------------
@@ -229,6 +235,7 @@ def summarise(evaluation: Evaluation, recognizer: Recognizer, model: str, decode
     scored, seconds = evaluation.scored, evaluation.seconds
     return {
         "model": model, "data": evaluation.data.source, "split": evaluation.data.split,
+        "origin": evaluation.data.origin,
         **describe_decoder(decoder),
         "device": str(recognizer.device), "dtype": str(recognizer.dtype).removeprefix("torch."),
         **error_rates(scored),
@@ -263,10 +270,28 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_results_free(directory: Path, name: str, origin: str) -> None:
+    """Refuse results files named ``name`` in ``directory`` that hold another input's results (their JSON's
+    ``origin`` differs): two inputs never share results files, so one run cannot silently replace another's.
+    The same input evaluated again (another model, another decoder) replaces its own files, as before."""
+    path = directory / f"{name}_eval_results.json"
+    if not origin or not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")).get("origin")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable or not ours: nothing to protect, it is replaced
+    if earlier and earlier != origin:
+        raise SettingError(f"{path} holds the results of {earlier}, not of {origin}: pass another --output-dir "
+                           f"(or move those files away) so that neither replaces the other")
+
+
 def write_results(directory: Path, name: str, results: dict[str, Any], scored: Sequence[Scored]) -> str:
-    """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions.
+    """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions;
+    refused where they would replace another input's (:func:`check_results_free`).
 
     Returns the line that says where they are."""
+    check_results_free(directory, name, results.get("origin", ""))
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / name
     Path(f"{stem}_eval_results.txt").write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ptasr.data.cache import HeaderDurationCache, default_cache_dir
-from ptasr.data.table import ClipFiles, Manifest
+from ptasr.data.table import ClipFiles, Manifest, not_utf8
 from ptasr.data.text import TextNormalizer, normalize_texts
 from ptasr.errors import DataError, MissingPathError, SettingError
 
@@ -54,6 +54,16 @@ def read_tsv(path: str | Path, columns: dict[str, tuple[str, ...]] = COLUMN_ALIA
         ``{canonical name: list of values}`` for every key of ``columns``.
     """
     path = Path(path)
+    try:
+        out, bad_rows, fields = _read_tsv(path, columns)
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from error
+    if bad_rows:
+        log.warning("%s: skipped %d rows whose field count differs from the header's %d", path, bad_rows, fields)
+    return out
+
+
+def _read_tsv(path: Path, columns: dict[str, tuple[str, ...]]) -> tuple[dict[str, list[str]], int, int]:
     # newline="" lets csv see "\r\n" as one line end instead of leaving "\r" in the last field; QUOTE_NONE
     # because Common Voice sentences carry unmatched quotes, and the default dialect would read from such a
     # quote across tabs and line ends up to the next quote, merging rows
@@ -75,9 +85,7 @@ def read_tsv(path: str | Path, columns: dict[str, tuple[str, ...]] = COLUMN_ALIA
             for name, position in where.items():
                 value = row[position] if position is not None else ""
                 out[name].append(shared[name].setdefault(value, value) if name in shared else value)
-    if bad_rows:
-        log.warning("%s: skipped %d rows whose field count differs from the header's %d", path, bad_rows, len(header))
-    return out
+    return out, bad_rows, len(header)
 
 
 def _column_positions(path: Path, header: list[str], columns: dict[str, tuple[str, ...]]) -> dict[str, int | None]:
@@ -137,8 +145,21 @@ class CommonVoiceRelease:
                                     f"(cv-corpus-<ver>/<lang>) or the release .tar.gz as data.root")
         if root.is_file():
             root = extract_release(root, self.cache_dir / "releases")
-        self.root = find_language_dir(root, language)
-        self.clips_dir = self.root / "clips"
+        self._place(find_language_dir(root, language), clips_dir=None)
+
+    @classmethod
+    def around(cls, split_file: str | Path, cache_dir: str | Path | None = None) -> CommonVoiceRelease:
+        """The release that one split TSV belongs to (``cv/pt/test.tsv``: split ``test``), even where the folder
+        holds that TSV alone; its clips are in ``clips/`` beside it, else beside the TSV itself."""
+        release = cls.__new__(cls)
+        release.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = Path(split_file).expanduser().resolve().parent
+        release._place(root, clips_dir=None if (root / "clips").is_dir() else root)
+        return release
+
+    def _place(self, root: Path, clips_dir: Path | None) -> None:
+        self.root = root
+        self.clips_dir = clips_dir if clips_dir is not None else root / "clips"
         self.reader = ClipFiles(self.clips_dir)
 
     def __repr__(self) -> str:

@@ -22,9 +22,9 @@ from ptasr.data.commonvoice import CommonVoiceRelease
 from ptasr.data.dataset import ClipDataset, ClipLoader
 from ptasr.data.filters import FilterSettings, check_leakage, filter_manifest
 from ptasr.data.huggingface import HFDatasetSource
-from ptasr.data.manifests import ManifestFile, is_manifest_file
+from ptasr.data.manifests import is_manifest_file
 from ptasr.data.sampler import BucketBatchSampler
-from ptasr.data.sources import EvalSource, Source, TrainSource, check_eval_sources
+from ptasr.data.sources import EvalSource, Source, TrainSource, check_eval_sources, describe, open_file
 from ptasr.data.table import Manifest
 from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, AlphabetReport, TextNormalizer, Vocabulary
 from ptasr.errors import DataError, SettingError
@@ -190,7 +190,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         # named after the split each reads: a release source without its own split tests on data.test_split
         self._eval_names = {name: self._checked_eval_sources(name) for name in self._eval_specs}
         self._source: Source | None = None
-        self._opened: dict[str, Source] = {}  # manifest files and data.sources entries, by what names them
+        # manifest files and data.sources entries, by what names them: (source, the split its file decides)
+        self._opened: dict[str, tuple[Source, str | None]] = {}
         self._rows: dict[tuple[int, str], Manifest] = {}  # (source, split) -> unfiltered rows with normalised text
         self._vocab: Vocabulary | None = None
         self._manifests: dict[str, Manifest] = {}  # "train" / "val" / "test" -> filtered
@@ -212,21 +213,24 @@ class CommonVoiceDataModule(pl.LightningDataModule):
                 self._source = CommonVoiceRelease(a["root"], a["language"], a["cache_dir"])
         return self._source
 
-    def _open(self, key: str, make: Any) -> Source:
+    def _open(self, key: str, make: Any) -> tuple[Source, str | None]:
         if key not in self._opened:
             self._opened[key] = make()
         return self._opened[key]
 
-    def _source_of(self, spec: TrainSource | EvalSource) -> Source:
+    def _source_of(self, spec: TrainSource | EvalSource) -> tuple[Source, str | None]:
+        """The source ``spec`` names, and the split where its file decides it (a manifest's ``""``, a Common
+        Voice split TSV's name; :func:`~ptasr.data.sources.open_file`, as ``ptasr evaluate --data`` reads it);
+        ``None``: the spec's or the default splits."""
         a = self._source_args
         if spec.hf_dataset is not None:
-            return self._open(f"hf:{spec.hf_dataset}:{spec.hf_config}:{spec.hf_data_dir}", lambda: HFDatasetSource(
+            return self._open(f"hf:{spec.hf_dataset}:{spec.hf_config}:{spec.hf_data_dir}", lambda: (HFDatasetSource(
                 spec.hf_dataset, spec.hf_config, spec.hf_data_dir, a["hf_audio_column"], a["hf_text_column"],
-                a["cache_dir"]))
+                a["cache_dir"]), None))
         if is_manifest_file(spec.path):
-            return self._open(f"file:{spec.path}", lambda: ManifestFile(spec.path, a["cache_dir"]))
-        return self._open(f"cv:{spec.path}:{spec.language}", lambda: CommonVoiceRelease(spec.path, spec.language,
-                                                                                         a["cache_dir"]))
+            return self._open(f"file:{spec.path}", lambda: open_file(spec.path, a["cache_dir"]))
+        return self._open(f"cv:{spec.path}:{spec.language}", lambda: (CommonVoiceRelease(
+            spec.path, spec.language, a["cache_dir"]), None))
 
     def _checked_eval_sources(self, name: str) -> list[str]:
         option, manifest = f"{name}_sources", self._manifest_args[name]
@@ -252,18 +256,19 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         if name == "train" and self._sources_spec is not None:
             parts = []
             for spec in self._sources_spec:
-                source = self._source_of(spec)
-                splits = [""] if isinstance(source, ManifestFile) else (spec.splits or self.train_splits)
+                source, split = self._source_of(spec)
+                splits = [split] if split is not None else (spec.splits or self.train_splits)
                 parts += [(source, split, spec.weight) for split in splits]
             return parts
         if manifest is not None:
-            return [(self._source_of(TrainSource(path=manifest)), "", 1.0)]
+            source, split = self._source_of(TrainSource(path=manifest))
+            return [(source, split or "", 1.0)]
         splits = self.train_splits if name == "train" else [self.val_split if name == "val" else self.test_split]
         return [(self.source, split, 1.0) for split in splits]
 
     def _eval_part(self, spec: EvalSource, name: str) -> tuple[Source, str, float]:
-        source = self._source_of(spec)
-        return source, "" if isinstance(source, ManifestFile) else spec.split or self._default_split(name), 1.0
+        source, split = self._source_of(spec)
+        return source, split if split is not None else spec.split or self._default_split(name), 1.0
 
     def rows(self, split: str, source: Source | None = None) -> Manifest:
         """Unfiltered rows of ``split`` of ``source`` (default ``root``'s) with normalised texts (read once)."""
@@ -322,7 +327,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
     def _build(self, name: str) -> Manifest:
         pieces, weights = [], []
         for source, split, weight in self.parts(name):
-            label = f"{source!r} {split}".rstrip()
+            label = describe(source, split)
             manifest, report = filter_manifest(source, self.rows(split, source), self.filters, label)
             rank_zero_info(f"[data] {name} <- {report}; {manifest.total_seconds / 3600:.2f} h")
             pieces.append(manifest)
@@ -331,8 +336,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         if name in self._eval_specs:
             self._row_sources[name] = self._sources_of_rows(name, pieces)
         if len(manifest) == 0:
-            raise DataError(f"no {name} clips left after filtering {[p[:2] for p in self.parts(name)]}; see the "
-                             f"counts above (check data.min_duration / data.max_duration and the data paths)")
+            where = ", ".join(describe(source, split) for source, split, _ in self.parts(name))
+            raise DataError(f"no {name} clips left after filtering {where}; see the counts above (check "
+                            f"data.min_duration / data.max_duration and the data paths)")
         if name == "train" and any(w != 1.0 for w in weights):
             self._train_weights = np.repeat(np.array(weights), [len(m) for m in pieces])
         return manifest
@@ -372,14 +378,19 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         if not shared:
             return
         if "val" in self._eval_specs:
-            where = ", ".join(f"{name} ({f'{source!r} {split}'.strip()})" for name, source, split in shared)
+            where = ", ".join(f"{name} ({describe(source, split)})" for name, source, split in shared)
             where = f"validation source {where}, which is also a test set"
+            # the way out fits the setting: data.val_split does nothing for manifests or data.val_sources
+            fix = "list other clips in data.test_sources (or give each release source its own split)"
+        elif self._manifest_args["val"] is not None:
+            where = f"validation runs on {self._manifest_args['val']}, which is also the test set"
+            fix = "set data.test_manifest to a manifest of other clips"
         else:
-            where = self._manifest_args["val"] or f"split {self.val_split!r} of {self.source!r}"
-            where = f"validation runs on {where}, which is also the test set"
+            where = (f"validation runs on split {self.val_split!r} of {describe(self.source, '')}, which is also the "
+                     f"test set")
+            fix = "validate on other clips of the release (data.val_split: dev)"
         self._once("val-is-test", f"[data] {where}: the checkpoint chosen by val/wer is chosen on test clips, so "
-                                  f"its test WER is optimistic. Validate on held-out clips (data.val_split: dev) to "
-                                  f"report an unbiased one")
+                                  f"its test WER is optimistic. To report an unbiased one, {fix}")
 
     def _report_unknown_chars(self, names: list[str]) -> None:
         if self._vocab_path is None:

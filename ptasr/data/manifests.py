@@ -4,7 +4,14 @@ Columns, by header name (CSV/TSV) or key (JSON lines): the audio file (``path``,
 its transcript (``text``, else ``sentence`` or ``transcript``), optionally ``duration`` (seconds; read from
 the audio header where absent or empty, and cached like a release's) and ``speaker`` (also ``age``,
 ``gender``, ``accent`` where present). Relative paths resolve against the manifest's folder. Any audio that
-soundfile reads works: WAV, FLAC, Ogg Vorbis/Opus, MP3, at any rate, mono or stereo.
+soundfile reads works: WAV, FLAC, Ogg Vorbis/Opus, MP3, at any rate, mono or stereo. The file is UTF-8 (with or
+without a byte-order mark); a duration is above 0 and at most :data:`MAX_CLIP_SECONDS`; anything else is
+refused in one line that names the file and the line.
+
+One rule tells a manifest from a Common Voice split, for training and evaluation alike
+(:func:`is_common_voice_split`): a ``.tsv`` whose header holds ``client_id``, ``path``, ``sentence``,
+``up_votes`` and ``down_votes`` is a Common Voice split (its clips in ``clips/`` beside it); every other
+``.csv``, ``.tsv`` or ``.jsonl`` is a manifest.
 
 A :class:`ManifestFile` is a source like :class:`ptasr.data.commonvoice.CommonVoiceRelease`: it gives a
 :class:`~ptasr.data.table.Manifest`, and :func:`~ptasr.data.filters.filter_manifest` applies the
@@ -30,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ptasr.data.cache import HeaderDurationCache, default_cache_dir, save_array_atomically
-from ptasr.data.table import ClipFiles, Manifest
+from ptasr.data.table import ClipFiles, Manifest, not_utf8
 from ptasr.data.text import normalize_texts
 from ptasr.errors import DataError, MissingPathError, SettingError
 
@@ -46,11 +53,43 @@ MANIFEST_COLUMNS: dict[str, tuple[str, ...]] = {
     "accent": ("accent", "accents"),
 }
 SHARED_COLUMNS = ("speaker", "age", "gender", "accent")  # values that repeat across rows: one string each
+# Columns every Common Voice release (1 to 21) writes in its split TSVs and that no manifest needs (votes)
+COMMON_VOICE_COLUMNS = ("client_id", "path", "sentence", "up_votes", "down_votes")
+# A day: a listed duration beyond it is another unit (milliseconds) or a typo, not a clip
+MAX_CLIP_SECONDS = 86_400.0
 
 
 def is_manifest_file(path: str | Path) -> bool:
-    """Whether ``path`` names a manifest file (by its suffix), as opposed to a release folder or archive."""
+    """Whether ``path`` names a manifest file (by its suffix), as opposed to a release folder or archive.
+
+    A Common Voice split TSV also ends in ``.tsv``: :func:`is_common_voice_split` tells the two apart.
+    """
     return Path(path).suffix.lower() in MANIFEST_SUFFIXES
+
+
+def is_common_voice_split(path: str | Path) -> bool:
+    """Whether ``path`` is a Common Voice split TSV (``train.tsv``, ``test.tsv``, ``validated.tsv``...) rather
+    than a manifest: a ``.tsv`` whose header holds every one of :data:`COMMON_VOICE_COLUMNS`. Recognised by its
+    columns, never by its name or a ``clips/`` folder beside it: ``path<TAB>sentence`` is a manifest whose
+    paths start at its folder, wherever it lies.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "test.tsv").write_text("client_id\\tpath\\tsentence\\tup_votes\\tdown_votes\\n")
+    >>> _ = (folder / "mine.tsv").write_text("path\\tsentence\\n")
+    >>> is_common_voice_split(folder / "test.tsv"), is_common_voice_split(folder / "mine.tsv")
+    (True, False)
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".tsv" or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        header = first.decode("utf-8-sig").rstrip("\r\n").split("\t")
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from error
+    return set(COMMON_VOICE_COLUMNS) <= {name.strip() for name in header}
 
 
 class ManifestFile:
@@ -157,27 +196,48 @@ def read_manifest_table(path: Path) -> dict[str, list[str] | np.ndarray]:
     (a transcript may start with an unmatched quote); JSON lines take one object per line.
 
     Raises:
-        DataError: no audio or text column, a duration that is not a number, or a line that is not JSON.
+        DataError: not UTF-8, no audio or text column, a line that is not JSON, or a duration that is not a
+            number of seconds above 0 and at most :data:`MAX_CLIP_SECONDS` (each naming the file and the line).
     """
-    out = _jsonl_columns(path) if path.suffix.lower() == ".jsonl" else _delimited_columns(path)
+    read = _jsonl_columns if path.suffix.lower() == ".jsonl" else _delimited_columns
+    try:
+        out, lines = read(path)
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from error
     for name in SHARED_COLUMNS:
         # speakers and the like repeat across rows: one string object per distinct value, not one per row
         shared: dict[str, str] = {}
         out[name] = [shared.setdefault(value, value) for value in out[name]]
     result: dict[str, list[str] | np.ndarray] = dict(out)
-    result["duration"] = _seconds(path, out["duration"])
+    result["duration"] = _seconds(path, out["duration"], lines)
     return result
 
 
-def _seconds(path: Path, values: list[str]) -> np.ndarray:
-    try:
-        return np.array([float(v) if v not in ("", None) else np.nan for v in values], dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{path}: the duration column holds a value that is not a number of seconds ({error}); "
-                         f"leave it empty where unknown, it is then read from the audio header") from error
+def _seconds(path: Path, values: list[str], lines: list[int]) -> np.ndarray:
+    """float64 (N,) seconds, NaN where empty; a value that is not a possible clip length is refused, not
+    filtered: 1e9 s or -3 s in every row would otherwise drop every clip as "outside duration bounds"."""
+    seconds = np.full(len(values), np.nan)
+    for row, value in enumerate(values):
+        if value in ("", None):
+            continue
+        try:
+            seconds[row] = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{path} line {lines[row]}: duration {value!r} is not a number of seconds; correct it, or "
+                            f"leave it empty where unknown (it is then read from the audio header)") from None
+    given = np.array([value not in ("", None) for value in values], dtype=bool)
+    impossible = given & ~((seconds > 0) & (seconds <= MAX_CLIP_SECONDS))  # NaN and inf fail too
+    if impossible.any():
+        row = int(np.flatnonzero(impossible)[0])
+        others = int(impossible.sum()) - 1
+        raise DataError(f"{path} line {lines[row]}: duration {values[row]!r} is not a possible clip length (above 0 "
+                        f"and at most {MAX_CLIP_SECONDS:g} s){f', nor are {others} more' if others else ''}; correct "
+                        f"the values, or drop the duration column to have every duration read from the audio headers")
+    return seconds
 
 
-def _delimited_columns(path: Path) -> dict[str, list[str]]:
+def _delimited_columns(path: Path) -> tuple[dict[str, list[str]], list[int]]:
+    """The columns, and the line (1-based) each row starts on."""
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if path.suffix.lower() == ".tsv" else (",", csv.QUOTE_MINIMAL)
     # newline="": "\r\n" is one line end; utf-8-sig: spreadsheets write a byte-order mark
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -185,17 +245,24 @@ def _delimited_columns(path: Path) -> dict[str, list[str]]:
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path} is empty: a manifest starts with a header line such as `path,text,duration`")
-        rows = [row for row in reader if row]
+        rows, lines, line = [], [], reader.line_num
+        for row in reader:
+            if row:
+                rows.append(row)
+                lines.append(line + 1)
+            line = reader.line_num  # a quoted field may span lines: the next row starts after this one's end
     bad = next((i for i, row in enumerate(rows) if len(row) != len(header)), None)
     if bad is not None:
-        raise DataError(f"{path}: data row {bad + 1} has {len(rows[bad])} fields, the header {len(header)}; quote "
+        raise DataError(f"{path} line {lines[bad]} has {len(rows[bad])} fields, the header {len(header)}; quote "
                         f"fields that contain the delimiter")
     where = _positions(path, [name.strip().lower() for name in header])
-    return {name: [row[i] for row in rows] if i is not None else [""] * len(rows) for name, i in where.items()}
+    columns = {name: [row[i] for row in rows] if i is not None else [""] * len(rows) for name, i in where.items()}
+    return columns, lines
 
 
-def _jsonl_columns(path: Path) -> dict[str, list[str]]:
-    records = []
+def _jsonl_columns(path: Path) -> tuple[dict[str, list[str]], list[int]]:
+    """The columns, and the line (1-based) of each record."""
+    records, lines = [], []
     with open(path, encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if text.strip():
@@ -203,11 +270,13 @@ def _jsonl_columns(path: Path) -> dict[str, list[str]]:
                     records.append(json.loads(text))
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path} line {line} is not JSON: {error}") from error
+                lines.append(line)
     # the first record names the columns, as a header would
     keys = list(records[0]) if records else []
     where = _positions(path, keys)
-    return {name: [_text(r.get(keys[i])) for r in records] if i is not None else [""] * len(records)
-            for name, i in where.items()}
+    columns = {name: [_text(r.get(keys[i])) for r in records] if i is not None else [""] * len(records)
+               for name, i in where.items()}
+    return columns, lines
 
 
 def _text(value: object) -> str:

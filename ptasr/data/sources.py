@@ -9,12 +9,35 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import CommonVoiceRelease
 from ptasr.data.huggingface import HFDatasetSource
-from ptasr.data.manifests import ManifestFile, is_manifest_file
+from ptasr.data.manifests import ManifestFile, is_common_voice_split, is_manifest_file
 from ptasr.errors import SettingError
 
 Source = CommonVoiceRelease | HFDatasetSource | ManifestFile
+
+
+def open_file(path: str | Path, cache_dir: str | Path | None = None) -> tuple[Source, str]:
+    """A ``.csv``/``.tsv``/``.jsonl`` file as the source that reads it and the split to read, for training
+    (``data.*_manifest``, ``data.*sources``) and ``ptasr evaluate --data`` alike: a Common Voice split TSV
+    (:func:`~ptasr.data.manifests.is_common_voice_split`, by its columns) as the release around it and its
+    split; any other file as a manifest (its one split, ``""``)."""
+    if is_common_voice_split(path):
+        return CommonVoiceRelease.around(path, cache_dir), Path(path).stem
+    return ManifestFile(path, cache_dir), ""
+
+
+def describe(source: Source, split: str) -> str:
+    """A source as messages name it: a manifest's path, a release's folder and split.
+
+    >>> describe(CommonVoiceRelease(BUNDLED_CORPUS), "dev").endswith("cv-tiny-pt dev")
+    True
+    """
+    if isinstance(source, ManifestFile):
+        return str(source.path)
+    where = source.root if isinstance(source, CommonVoiceRelease) else f"{source.name} {source.config or ''}".rstrip()
+    return f"{where} {split}".rstrip()
 
 
 @dataclass
