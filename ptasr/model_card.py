@@ -230,6 +230,8 @@ def model_card(
 def _describe_normalizer(recognizer: Recognizer) -> str:
     settings = recognizer.normalizer.to_dict()
     parts = [f"characters `{settings['chars_to_ignore']}` removed" if settings["chars_to_ignore"] else "",
+             "punctuation replaced by a space (apostrophes and hyphens within words kept)"
+             if settings.get("strip_punctuation") else "",
              "lower-cased" if settings["lowercase"] else "", "accents stripped" if settings["strip_accents"] else ""]
     return ", ".join(part for part in parts if part) + " (see normalizer.json)."
 

@@ -20,7 +20,7 @@ from ptasr.data.filters import FilterSettings, filter_manifest
 from ptasr.data.manifests import ManifestFile
 from ptasr.data.table import Manifest
 from ptasr.data.testing import make_corpus, make_recordings, write_manifest
-from ptasr.data.text import AlphabetReport, TextNormalizer, Vocabulary
+from ptasr.data.text import WORD_INTERNAL_PUNCTUATION, AlphabetReport, TextNormalizer, Vocabulary
 
 SENTENCES = [
     "o gato dorme no sofá", "a casa é azul", "chove muito hoje", "bom dia a todos", "uma frase curta",
@@ -125,11 +125,14 @@ def test_datamodule_trains_on_manifests_with_the_same_filters(recordings, tmp_pa
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
     log = caplog.text
-    assert "train <- ManifestFile(" in log and "kept 13 of 14 clips; removed: 1 missing file" in log
-    assert "val <- ManifestFile(" in log and "val.jsonl" in log
+    # sources named readably (a path, not a Python repr)
+    assert f"train <- {folder / 'train.csv'}: kept 13 of 14 clips; removed: 1 missing file" in log
+    assert f"val <- {folder / 'val.jsonl'}: kept" in log and "ManifestFile(" not in log
     assert "alphabet:" in log
-    # the test set defaults to the validation manifest here, and the notice says so once
+    # the test set defaults to the validation manifest here, and the notice says so once, with advice that fits
+    # a manifest (data.val_split does nothing for one)
     assert log.count("which is also the test set") == 1
+    assert "set data.test_manifest to a manifest of other clips" in log and "val_split" not in log
     batches = list(dm.train_dataloader())
     assert sum(b["num_skipped"] for b in batches) == 1  # the corrupt file: skipped, counted, not fatal
     assert sorted(i for b in batches for i in b["ids"]) == sorted(str(folder / r.path) for r in recs[:12])
@@ -174,8 +177,9 @@ def test_several_sources_one_vocabulary_weights_and_reports(recordings, tmp_path
     assert set("".join(cv_text + mine).replace(" ", "")) <= set(dm.vocab.tokens)
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
-    assert "train <- CommonVoiceRelease(" in caplog.text and "train <- ManifestFile(" in caplog.text
-    assert "val <- CommonVoiceRelease(" in caplog.text and " dev: kept 4 of 4" in caplog.text
+    assert f"train <- {corpus.root} train: kept" in caplog.text
+    assert f"train <- {folder / 'train.csv'}: kept" in caplog.text
+    assert f"val <- {corpus.root} dev: kept 4 of 4" in caplog.text
     counts: dict[str, int] = {}
     for epoch in range(2):
         loader = dm.train_dataloader()
@@ -239,10 +243,12 @@ def test_fit_on_a_manifest_of_own_recordings(recordings, tmp_path):
 def _report(texts, chars_to_ignore="", **kwargs):
     normalizer = TextNormalizer(chars_to_ignore, **kwargs)
     report = AlphabetReport.build([normalizer(t) for t in texts], chars_to_ignore)
-    # the suggested value really removes every flagged symbol that is not only rare
+    # the suggested value really removes every flagged punctuation mark, and nothing spoken (digits, symbols,
+    # letters of another script stay: deleting them would make labels disagree with the audio)
     cleaned = TextNormalizer(report.suggested_chars_to_ignore, **kwargs)
     left = set("".join(cleaned(t) for t in texts))
-    assert not {c for c in left if report.flags.get(c, "").replace("R", "")}
+    assert not {c for c in left if "P" in report.flags.get(c, "") and c not in WORD_INTERNAL_PUNCTUATION}
+    assert not {c for c in report.suggested_chars_to_ignore if set(report.flags.get(c.lower(), "")) & set("SDX")}
     return report
 
 
@@ -258,6 +264,9 @@ def test_alphabet_flags_latin_punctuation_and_digits():
     assert "u" not in report.suggested_chars_to_ignore and report.suggested_chars_to_ignore.startswith(",.")
     table = report.table()
     assert "data.chars_to_ignore:" in table and "strip_punctuation" in table and "«" in table
+    # "tens 12 anos" must not become "tens anos" while the audio says "doze": spell out or leave out, with a count
+    assert report.suggested_chars_to_ignore == ",.?«»¿" and report.spoken == 800
+    assert "800 transcripts hold them" in table and "spell them out" in table
 
 
 def test_alphabet_flags_latin_letters_in_a_cyrillic_corpus():
@@ -265,8 +274,9 @@ def test_alphabet_flags_latin_letters_in_a_cyrillic_corpus():
     report = _report(texts)
     assert report.script == "CYRILLIC"
     assert "X" in report.flags["o"] and "X" in report.flags["k"] and report.flags["и"] == ""
-    # the normaliser deletes before lower-casing: both cases must be listed
-    assert {"o", "O", "k", "K"} <= set(report.suggested_chars_to_ignore)
+    # "это OK" is spoken: deleting "ok" would leave a label the audio does not say; the advice counts them
+    assert report.suggested_chars_to_ignore == "" and report.spoken == 12 and '(e.g. "это ok")' in report.table()
+    assert "P" in report.flags["-"]  # "по-русски": flagged, but not advised away (that would join the words)
 
 
 def test_alphabet_flags_the_devanagari_danda():
@@ -280,6 +290,10 @@ def test_alphabet_flags_the_devanagari_danda():
 def test_alphabet_flags_nothing_rare_in_a_tiny_corpus():
     report = _report(["o gato dorme", "a casa é azul"])  # 20 characters: every symbol is "rare"
     assert report.rare_below == 0 and not report.flagged
+    # with something flagged, the legend says why nothing is rare rather than "R rare (fewer than 0)"
+    table = _report(["o gato dorme", "ele tem 20 anos"]).table()
+    assert "fewer than 0" not in table and "R rare" not in table and "none is flagged rare" in table
+    assert "D digit" in table and "1 transcripts hold them" in table
 
 
 def test_strip_punctuation_keeps_word_internal_apostrophes_and_hyphens():

@@ -26,7 +26,7 @@ from ptasr.data.manifests import is_manifest_file
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.sources import EvalSource, Source, TrainSource, check_eval_sources, describe, open_file
 from ptasr.data.table import Manifest
-from ptasr.data.text import DEFAULT_CHARS_TO_IGNORE, AlphabetReport, TextNormalizer, Vocabulary
+from ptasr.data.text import AlphabetReport, TextNormalizer, Vocabulary
 from ptasr.errors import DataError, SettingError
 
 
@@ -80,11 +80,18 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         num_buckets: duration buckets the sampler draws batches from.
         min_duration: shortest clip kept, seconds.
         max_duration: longest clip kept, seconds (``None``: no limit).
-        chars_to_ignore: characters the normaliser deletes.
+        chars_to_ignore: characters the normaliser deletes (before ``strip_punctuation``). Default none: the
+            reference's list (:data:`~ptasr.data.text.DEFAULT_CHARS_TO_IGNORE`, which configs/xls-r-300m_pt_cv7.yaml
+            and the demo set) deletes hyphens, dots and ’, which joins words: "primeiro-ministro" ->
+            "primeiroministro", "a.C." -> "ac", "l’eau" -> "leau".
         lowercase: lower-case transcripts.
         strip_accents: remove diacritics (``"ação"`` -> ``"acao"``).
-        strip_punctuation: replace every Unicode punctuation character by a space (apostrophes and hyphens
-            between two word characters stay), for languages whose punctuation ``chars_to_ignore`` does not list.
+        strip_punctuation: replace every Unicode punctuation character by a space; an apostrophe, a hyphen or
+            a Catalan middle dot between two word characters stays. The default, because it keeps words whole in
+            every language checked (pt "primeiro-ministro", "d'água"; es "¿Qué?", "EE.UU." -> "ee uu"; fr
+            "aujourd'hui", "l’eau", "peut-être"; en "don't", "U.S." -> "u s"; de "z.B." -> "z b",
+            "Baden-Württemberg"; ca "col·legi", "l'home"), as the vocabularies of the most used XLSR fine-tunes
+            on the hub (which keep ' and -) and Whisper's normaliser (punctuation becomes a space, not nothing) do.
         rare_symbol_count: the alphabet table printed at setup flags symbols seen fewer times than this.
         vocab_path: an existing ``vocab.json`` (e.g. of a checkpoint being fine-tuned further) instead of
             building one; characters it lacks map to ``[UNK]`` and are counted at setup.
@@ -123,10 +130,10 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         num_buckets: int = 10,
         min_duration: float = 0.0,
         max_duration: float | None = 20.0,
-        chars_to_ignore: str = DEFAULT_CHARS_TO_IGNORE,
+        chars_to_ignore: str = "",
         lowercase: bool = True,
         strip_accents: bool = False,
-        strip_punctuation: bool = False,
+        strip_punctuation: bool = True,
         rare_symbol_count: int = 10,
         vocab_path: str | None = None,
         conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
@@ -367,7 +374,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
 
     def _report_alphabet(self, name: str) -> None:
         report = AlphabetReport.build(self._manifests[name].texts, self.normalizer.chars_to_ignore,
-                                      self.rare_symbol_count, self.normalizer.lowercase)
+                                      self.rare_symbol_count)
         self._once("alphabet", f"[data] {name} {report.table()}")
 
     def _notice_validation_on_test(self) -> None:

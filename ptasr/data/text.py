@@ -23,14 +23,17 @@ import numpy as np
 
 from ptasr.errors import DataError, MissingPathError, SettingError
 
-# The robust-speech-event README's list (the reference model card's script uses it verbatim).
+# The robust-speech-event README's list (the reference model card's script uses it verbatim): TextNormalizer's
+# default, so that checkpoints and folders saved without a normaliser read as they were trained. The data
+# module's default keeps words whole instead (data.strip_punctuation; see CommonVoiceDataModule).
 DEFAULT_CHARS_TO_IGNORE = ',?.!-;:"“%‘”�—’…–'
 
 WORD_DELIMITER = "|"
 UNK_TOKEN = "[UNK]"
 PAD_TOKEN = "[PAD]"
-# kept by strip_punctuation between two word characters ("d'água", "guarda-chuva"): apostrophes and hyphens
-WORD_INTERNAL_PUNCTUATION = "'’‐‑-"
+# kept by strip_punctuation between two word characters ("d'água", "guarda-chuva", Catalan "col·legi"):
+# apostrophes, hyphens and the middle dot
+WORD_INTERNAL_PUNCTUATION = "'’‐‑-·"
 
 
 class TextNormalizer:
@@ -39,8 +42,8 @@ class TextNormalizer:
     Steps, in order: Unicode NFC (so "ã" typed as "a" + combining tilde is one character), remove every
     character of ``chars_to_ignore`` (replaced by nothing, as in the reference: "guarda-chuva" ->
     "guardachuva"), optionally replace every Unicode punctuation character by a space (``strip_punctuation``;
-    apostrophes and hyphens between two word characters stay), lower-case, optionally strip accents, collapse
-    runs of whitespace and trim.
+    apostrophes, hyphens and middle dots between two word characters stay), lower-case, optionally strip accents,
+    collapse runs of whitespace and trim.
 
     >>> TextNormalizer()('  "Olá,  João!" — disse a mãe… ')
     'olá joão disse a mãe'
@@ -141,8 +144,8 @@ def _punctuation_pattern() -> re.Pattern[str]:
 
 
 def _space_unless_word_internal(match: re.Match[str]) -> str:
-    """A space for a punctuation match, except an apostrophe or hyphen between two word characters (``\\w``:
-    letters, digits, ``_``), which stays: ``l'eau``, ``covid-19``.
+    """A space for a punctuation match, except an apostrophe, hyphen or middle dot between two word characters
+    (``\\w``: letters, digits, ``_``), which stays: ``l'eau``, ``covid-19``, ``col·legi``.
 
     (A class pattern with this check scans ten times faster than a look-behind alternation would.)
     """
@@ -318,11 +321,14 @@ class AlphabetReport:
     """The characters of a corpus's normalised transcripts, their counts, and flags for likely mistakes.
 
     Rare means fewer than ``rare_below`` occurrences, in corpora of at least a thousand times as many
-    characters (in smaller ones ``rare_below`` is 0: nothing is flagged rare).
+    characters (in smaller ones ``rare_below`` is 0: nothing is flagged rare, and the legend says so).
 
     ``counts`` is in descending order of count; ``flags[c]`` holds letters of :data:`FLAGS`;
-    ``suggested_chars_to_ignore`` is ``data.chars_to_ignore`` plus every character flagged other than
-    only rare (rare letters are often real ones: look at them); ``script`` is the majority script.
+    ``suggested_chars_to_ignore`` is ``data.chars_to_ignore`` plus the punctuation flagged, the one kind of
+    symbol nobody speaks, less apostrophes, hyphens and middle dots (deleting them joins words). Digits, other symbols (``%``, ``€``) and letters of another script stand for spoken
+    words: deleting them would make a label disagree with its audio ("dos 20 anos" -> "dos anos" while the
+    audio says "vinte"), so the advice is to spell them out or leave those clips out; ``spoken`` counts the
+    transcripts that hold them and ``spoken_example`` shows the first. ``script`` is the majority script.
     """
 
     counts: list[tuple[str, int]]
@@ -331,10 +337,12 @@ class AlphabetReport:
     rare_below: int
     chars_to_ignore: str
     suggested_chars_to_ignore: str
+    spoken: int = 0
+    spoken_example: str = ""
 
     @classmethod
-    def build(cls, texts: Iterable[str], chars_to_ignore: str = "", rare_below: int = 10,
-              lowercase: bool = True) -> AlphabetReport:
+    def build(cls, texts: Iterable[str], chars_to_ignore: str = "", rare_below: int = 10) -> AlphabetReport:
+        texts = texts if isinstance(texts, list) else list(texts)  # read twice: counts, then the spoken symbols
         counts = char_counts(texts)
         del counts[" "]
         scripts: Counter[str] = Counter()
@@ -352,33 +360,42 @@ class AlphabetReport:
                 ("P", category == "P"), ("S", category == "S"), ("D", category == "N"),
                 ("X", script is not None and script != majority), ("R", n < rare_below)) if hit)
         ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        added = []
-        for char, _ in ordered:
-            if flags[char].replace("R", ""):
-                # chars_to_ignore applies before lower-casing: an upper-case form would come back as this one
-                added += [c for c in dict.fromkeys([char, char.upper() if lowercase else char])
-                          if len(c) == 1 and c not in chars_to_ignore]
-        return cls(ordered, flags, majority, rare_below, chars_to_ignore, chars_to_ignore + "".join(added))
+        # apostrophes and hyphens stay out of the advice: deleting them joins words ("primeiro-ministro")
+        added = [char for char, _ in ordered if "P" in flags[char] and char not in chars_to_ignore
+                 and char not in WORD_INTERNAL_PUNCTUATION]
+        spoken_chars = {char for char, flag in flags.items() if set(flag) & set("SDX") and "P" not in flag}
+        holds = re.compile(f"[{re.escape(''.join(sorted(spoken_chars)))}]").search if spoken_chars else None
+        holding = [text for text in texts if holds(text)] if holds is not None else []
+        return cls(ordered, flags, majority, rare_below, chars_to_ignore, chars_to_ignore + "".join(added),
+                   len(holding), holding[0] if holding else "")
 
     @property
     def flagged(self) -> list[str]:
         return [char for char, _ in self.counts if self.flags[char]]
 
     def table(self, columns: int = 4) -> str:
-        """The report as a few lines of text: symbols in columns, then the legend and the suggested setting."""
+        """The report as a few lines of text: symbols in columns, then the legend and the advice."""
         cells = [f"{_shown(char):>3} {count:>10,} {self.flags[char]:<3}" for char, count in self.counts]
         lines = [f"alphabet: {len(self.counts)} symbols besides the space (majority script {self.script}); "
                  f"{len(self.flagged)} flagged"]
         lines += ["  " + " | ".join(cells[i: i + columns]) for i in range(0, len(cells), columns)]
         if self.flagged:
-            legend = ", ".join(f"{flag} {name}" for flag, name in FLAGS.items() if flag != "X")
-            lines.append(f"  flags: {legend} (fewer than {self.rare_below}), X {FLAGS['X']} than {self.script}")
+            legend = [f"{flag} {FLAGS[flag]}" for flag in "PSD"]
+            legend += [f"R {FLAGS['R']} (fewer than {self.rare_below})"] if self.rare_below else []
+            legend += [f"X {FLAGS['X']} than {self.script}"]
+            # a small corpus has no R: its legend says why rather than "fewer than 0"
+            none_rare = "" if self.rare_below else "; none is flagged rare: too few characters to tell"
+            lines.append(f"  flags: {', '.join(legend)}{none_rare}")
             if self.suggested_chars_to_ignore != self.chars_to_ignore:
-                lines.append("  to remove the flagged symbols (all but the rare-only ones, which may be real letters), "
-                             "set in the config:")
+                lines.append("  punctuation is not spoken; to remove the flagged punctuation, set in the config:")
                 lines.append(f"    data.chars_to_ignore: {json.dumps(self.suggested_chars_to_ignore, ensure_ascii=False)}")
             if any("P" in self.flags[c] for c in self.flagged):
                 lines.append("  or, for any Unicode punctuation: data.strip_punctuation: true")
+            if self.spoken:
+                lines.append(f"  digits, symbols and letters of another script are spoken as words: {self.spoken} "
+                             f"transcripts hold them (e.g. {json.dumps(self.spoken_example, ensure_ascii=False)}); "
+                             f"spell them out as the audio says them, or leave those clips out of the data. Do not "
+                             f"put them in data.chars_to_ignore: the labels would then disagree with the audio")
         return "\n".join(lines)
 
 
