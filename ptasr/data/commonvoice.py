@@ -57,7 +57,7 @@ def read_tsv(path: str | Path, columns: dict[str, tuple[str, ...]] = COLUMN_ALIA
     try:
         out, bad_rows, fields = _read_tsv(path, columns)
     except UnicodeDecodeError as error:
-        raise not_utf8(path, error) from error
+        raise not_utf8(path) from error
     if bad_rows:
         log.warning("%s: skipped %d rows whose field count differs from the header's %d", path, bad_rows, fields)
     return out

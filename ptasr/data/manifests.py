@@ -88,7 +88,7 @@ def is_common_voice_split(path: str | Path) -> bool:
     try:
         header = first.decode("utf-8-sig").rstrip("\r\n").split("\t")
     except UnicodeDecodeError as error:
-        raise not_utf8(path, error) from error
+        raise not_utf8(path) from error
     return set(COMMON_VOICE_COLUMNS) <= {name.strip() for name in header}
 
 
@@ -203,7 +203,7 @@ def read_manifest_table(path: Path) -> dict[str, list[str] | np.ndarray]:
     try:
         out, lines = read(path)
     except UnicodeDecodeError as error:
-        raise not_utf8(path, error) from error
+        raise not_utf8(path) from error
     for name in SHARED_COLUMNS:
         # speakers and the like repeat across rows: one string object per distinct value, not one per row
         shared: dict[str, str] = {}

@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import CommonVoiceRelease
 from ptasr.data.huggingface import HFDatasetSource
 from ptasr.data.manifests import ManifestFile, is_common_voice_split, is_manifest_file
@@ -31,6 +30,7 @@ def open_file(path: str | Path, cache_dir: str | Path | None = None) -> tuple[So
 def describe(source: Source, split: str) -> str:
     """A source as messages name it: a manifest's path, a release's folder and split.
 
+    >>> from ptasr.data import BUNDLED_CORPUS
     >>> describe(CommonVoiceRelease(BUNDLED_CORPUS), "dev").endswith("cv-tiny-pt dev")
     True
     """

@@ -83,21 +83,21 @@ class Manifest:
         return float(self.durations.sum()) if self.durations is not None else float("nan")
 
 
-def not_utf8(path: Path, error: UnicodeDecodeError) -> DataError:
-    """The one-line error for a text file that is not UTF-8: the first bad byte's line and offset, and the fix.
+def not_utf8(path: Path) -> DataError:
+    """The one-line error for a text file that failed to read as UTF-8: the first bad byte's line and offset in
+    the file (a decoder's own offset is within its buffer), and the fix.
 
     Not a guess at the encoding: the file is read as UTF-8 or refused (Latin-1 is the usual culprit, from
     spreadsheets on Windows, so the fix names it as the example).
     """
+    fix = f"save it as UTF-8, e.g. from Latin-1: iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}"
     data = path.read_bytes()
     try:
         data.decode("utf-8")
-        start = error.start  # not reached for a file that failed to decode; kept as the error's own offset
-    except UnicodeDecodeError as whole:
-        start = whole.start
-    line = data.count(b"\n", 0, start) + 1
-    return DataError(f"{path} line {line} (byte {start + 1}, 0x{data[start]:02x}) is not UTF-8; save it as UTF-8, "
-                     f"e.g. from Latin-1: iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return DataError(f"{path} line {line} (byte {error.start + 1}, 0x{data[error.start]:02x}) is not UTF-8; {fix}")
+    return DataError(f"{path} is not UTF-8 (it changed while being read); {fix}")
 
 
 class ClipFiles:
