@@ -277,14 +277,19 @@ def read_sentences(path: str | Path) -> list[str]:
     if not path.is_file():
         raise MissingPathError(f"no text file or manifest at {path}")
     suffix = path.suffix.lower()
-    with open(path, encoding="utf-8", newline="") as f:
-        if suffix == ".jsonl":
-            rows = [json.loads(line) for line in f if line.strip()]
-        elif suffix in (".tsv", ".csv"):
-            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv"
-                        else csv.DictReader(f))
-        else:
-            return f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if suffix == ".jsonl":
+                rows = [json.loads(line) for line in f if line.strip()]
+            elif suffix in (".tsv", ".csv"):
+                rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv"
+                            else csv.DictReader(f))
+            else:
+                return f.read().splitlines()
+    except UnicodeDecodeError as error:  # one line naming the line and the fix, as training and evaluate say it
+        from ptasr.data.table import not_utf8
+
+        raise not_utf8(path) from error
     column = next((c for c in TEXT_COLUMNS if rows and c in rows[0]), None)
     if column is None:
         found = sorted(rows[0]) if rows else "no rows"

@@ -249,3 +249,12 @@ def test_m_evaluate_help_names_what_data_takes(capsys: pytest.CaptureFixture[str
     assert main(["--help"]) == 0
     top = " ".join(capsys.readouterr().out.split())
     assert "Common Voice split or TSV" not in top and "a manifest of your own recordings" in top
+
+
+def test_b_latin1_text_for_an_lm_is_one_line(tmp_path: Path) -> None:
+    from ptasr.ngram import read_sentences
+
+    for name in ("sentences.txt", "train.csv"):
+        (tmp_path / name).write_bytes("text\no gato dorme no sofá\n".encode("latin-1"))
+        with pytest.raises(DataError, match=f"{tmp_path / name} line 2 .*iconv -f latin1 -t utf-8"):
+            read_sentences(tmp_path / name)
