@@ -40,6 +40,7 @@ from ptasr.data.text import Vocabulary
 from ptasr.errors import CheckpointError, MissingPathError, SettingError, UserError
 from ptasr.model.config import PRESETS, Wav2Vec2Config
 from ptasr.model.convert import damaged_file_message, is_hub_id
+from ptasr.train.config_errors import ConfigParser
 from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
 from ptasr.train.rank_failure import ranks_end_together
@@ -401,6 +402,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         args=args,
         run=run,
         parser_kwargs=parser_kwargs,
+        parser_class=ConfigParser,  # an unknown setting or a YAML syntax error is one line, not the usage
         save_config_callback=RunConfigSaver,
         # Resuming writes config.yaml into the same run folder again: overwrite instead of refusing (a fresh fit
         # into an occupied run folder is refused earlier, by _refuse_an_occupied_run).

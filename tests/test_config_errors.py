@@ -1,0 +1,57 @@
+"""train.py's config mistakes are one line (issue 22 c, i): an unknown setting names where it was given and its
+closest matches, a YAML syntax error its file and line, a ``--ckpt_path`` that is an exported model folder what to
+pass instead. In-process: the CLI raises the ``SettingError`` that train.py prints as ``train.py: error: ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ptasr.errors import MissingPathError, SettingError
+from ptasr.train.cli import DEFAULT_CONFIG, cli_main
+
+
+def _refused(args: list[str], capsys: pytest.CaptureFixture[str], error: type[Exception] = SettingError) -> str:
+    """The message of the error ``train.py args`` stops with; nothing else printed (no usage)."""
+    with pytest.raises(error) as refused:
+        cli_main(args)
+    streams = capsys.readouterr()
+    assert "usage:" not in streams.err + streams.out, streams.err[-2000:]
+    return str(refused.value)
+
+
+def test_an_unknown_key_in_a_config_file_names_the_file_line_and_closest_setting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = DEFAULT_CONFIG.read_text(encoding="utf-8").splitlines()
+    at = lines.index("  batch_size: 8")
+    lines[at] = "  batch_sise: 8"
+    config = tmp_path / "typo.yaml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    message = _refused(["fit", "-c", str(config)], capsys)
+    assert message.startswith(f"unknown setting data.batch_sise in {config}, line {at + 1}; did you mean "
+                              f"data.batch_size?"), message
+    assert "train.py fit --help" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("given", [["--data.batch_sise", "3"], ["--data.batch_sise=3"], ["--dat.batch_size=3"]])
+def test_an_unknown_option_on_the_command_line_names_its_closest_setting(
+        given: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    message = _refused(["fit", *given], capsys)
+    assert " on the command line; did you mean data.batch_size?" in message, message
+
+
+def test_a_setting_of_another_section_is_found_by_its_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "did you mean trainer.max_steps?" in _refused(["validate", "--max_steps=3"], capsys)
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    lines = DEFAULT_CONFIG.read_text(encoding="utf-8").splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  lr: "))
+    lines[at] = lines[at].replace("lr: ", "lr ")  # the colon forgotten
+    config = tmp_path / "broken.yaml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    message = _refused(["fit", "-c", str(config)], capsys)
+    assert message.startswith(f"{config}, line {at + 1}, column 3: not valid YAML:"), message
+    assert "<unicode string>" not in message and "\n" not in message
