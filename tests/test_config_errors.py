@@ -55,3 +55,16 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path,
     message = _refused(["fit", "-c", str(config)], capsys)
     assert message.startswith(f"{config}, line {at + 1}, column 3: not valid YAML:"), message
     assert "<unicode string>" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_an_exported_model_folder_as_ckpt_path_is_named_with_the_option_that_takes_it(
+        subcommand: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "my-model"  # what `ptasr export` writes: config.json, weights, vocab.json, no .ckpt
+    export.mkdir()
+    for name in ("config.json", "vocab.json", "model.safetensors"):
+        (export / name).write_text("{}")
+    message = _refused([subcommand, f"--ckpt_path={export}"], capsys)
+    assert f"--ckpt_path {export} is an exported model folder" in message, message
+    assert f"pass --model.pretrained {export} instead of --ckpt_path" in message
+    assert ("to fine-tune from it" if subcommand == "fit" else f"to {subcommand} it") in message

@@ -71,7 +71,7 @@ class PtasrCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("ckpt_path"):
             # before LightningCLI reads the checkpoint's hyperparameters (torch.load) right after parsing
-            _check_checkpoint_file(self.config[subcommand].ckpt_path)
+            _check_checkpoint_file(self.config[subcommand].ckpt_path, subcommand)
 
     def before_instantiate_classes(self) -> None:
         # Every refusal here comes before the data is read and before any run folder exists.
@@ -204,8 +204,9 @@ def _require_trained_model(subcommand: str, config: Any) -> None:
                    f"the head is new and random)")
 
 
-def _check_checkpoint_file(ckpt_path: str) -> None:
-    """A local checkpoint file that is missing or cut short is one line here, not a traceback from torch.load.
+def _check_checkpoint_file(ckpt_path: str, subcommand: str = "fit") -> None:
+    """A local checkpoint file that is missing or cut short is one line here, not a traceback from torch.load;
+    an exported model folder is named as one, with the option that takes it (``--model.pretrained``).
 
     Lightning (and torch.save) write zip archives, whose directory sits at the end of the file: a copy, a
     download or a save interrupted part way leaves none, and ``zipfile.is_zipfile`` reads only that end.
@@ -213,6 +214,10 @@ def _check_checkpoint_file(ckpt_path: str) -> None:
     if ckpt_path in ("last", "best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
         return  # Lightning's own names, and remote paths fsspec reads
     path = Path(ckpt_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        use = "to fine-tune from it" if subcommand == "fit" else f"to {subcommand} it as it is"
+        raise SettingError(f"--ckpt_path {ckpt_path} is an exported model folder (config.json, weights), not a "
+                           f"train.py checkpoint: {use}, pass --model.pretrained {ckpt_path} instead of --ckpt_path")
     if not path.is_file():
         raise MissingPathError(f"--ckpt_path {ckpt_path}: no such file" + ("; it is a folder, pass a .ckpt in it"
                                                                           if path.is_dir() else ""))
