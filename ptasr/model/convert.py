@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
 log = logging.getLogger(__name__)
+# How a pretrained model's CTC head was kept or rebuilt: its own logger, which train.py silences where a
+# checkpoint's head replaces that one right after (resuming, evaluating a checkpoint).
+head_log = logging.getLogger(f"{__name__}.head")
 
 StateDict = dict[str, torch.Tensor]
 
@@ -305,7 +308,7 @@ def load_pretrained(
     else:
         new_head = head is None or head.shape[0] != vocab_size
         if new_head and head is not None:
-            log.warning("%s: replacing its %d-token CTC head by a new %d-token one", source, head.shape[0], vocab_size)
+            head_log.warning("%s: replacing its %d-token CTC head by a new %d-token one", source, head.shape[0], vocab_size)
     source_head = {k: state.pop(k) for k in ("lm_head.weight", "lm_head.bias") if new_head and k in state}
     model = cls(config.replace(vocab_size=vocab_size, **overrides))
     reinitialised = {"lm_head.weight", "lm_head.bias"} if new_head else set()
@@ -338,11 +341,11 @@ def copy_head_rows(lm_head: torch.nn.Linear, source: StateDict, rows: dict[int, 
 
 def _log_head_rebuild(source: str | Path, vocab: Sequence[str], carried: dict[int, int], known: bool) -> None:
     if not known:
-        log.warning("%s: its CTC head's symbols are unknown (no vocabulary beside it): a new %d-symbol head for "
+        head_log.warning("%s: its CTC head's symbols are unknown (no vocabulary beside it): a new %d-symbol head for "
                     "the data's vocabulary", source, len(vocab))
         return
     new = [token for row, token in enumerate(vocab) if row not in carried]
-    log.warning("%s: CTC head rebuilt for the data's %d-symbol vocabulary: %d rows carried over (symbols in "
+    head_log.warning("%s: CTC head rebuilt for the data's %d-symbol vocabulary: %d rows carried over (symbols in "
                 "both, the blank included), %d new%s", source, len(vocab), len(carried), len(new),
                 f" ({' '.join(new[:20])}{' ...' if len(new) > 20 else ''})" if new else "")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -39,7 +40,7 @@ from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import Vocabulary
 from ptasr.errors import CheckpointError, MissingPathError, SettingError, UserError
 from ptasr.model.config import PRESETS, Wav2Vec2Config
-from ptasr.model.convert import damaged_file_message, is_hub_id
+from ptasr.model.convert import damaged_file_message, head_log, is_hub_id
 from ptasr.train.config_errors import ConfigParser
 from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
@@ -86,6 +87,16 @@ class PtasrCLI(LightningCLI):
             _refuse_an_occupied_run(config.trainer, config.get("ckpt_path"))
         elif self.subcommand in EVALUATIONS:
             _log_into_own_subfolder(config.trainer, self.subcommand)
+
+    def instantiate_classes(self) -> None:
+        # A checkpoint restored next (a resumed fit, an evaluated checkpoint) replaces the CTC head that
+        # model.pretrained gave: the line on how that head was rebuilt would describe a head never used.
+        restores = self.subcommand is not None and bool(self.config[self.subcommand].get("ckpt_path"))
+        head_log.disabled = restores
+        try:
+            super().instantiate_classes()
+        finally:
+            head_log.disabled = False
 
     def before_predict(self) -> None:
         self.trainer.callbacks.append(TranscriptWriter())
@@ -271,7 +282,8 @@ def _log_into_checkpoint_run(trainer_config: Any, ckpt_path: str, subcommand: st
         if Path(ckpt_path).resolve().parent.name != "checkpoints" or run.parent != runs.resolve():
             run = None
     if run is not None:
-        args.version = run.name
+        # version_3 as the number 3, as a new run's: the progress bar's v_num shows a string's last 4 characters
+        args.version = int(run.name[len("version_"):]) if re.fullmatch(r"version_\d+", run.name) else run.name
 
 
 def _last_checkpoint_patterns(trainer_config: Any) -> list[str] | None:
