@@ -100,6 +100,14 @@ def load_lightning_checkpoint(path: Path) -> TrainedModel:
     return TrainedModel(model, vocab, normalizer, {**metadata, "checkpoint": str(path)})
 
 
+def read_text_side(path: Path) -> tuple[Vocabulary | None, TextNormalizer]:
+    """The vocabulary (None if the run had none) and normaliser a ``train.py`` checkpoint carries, without
+    building its model."""
+    checkpoint = safe_torch_load(path)
+    entry = checkpoint.get(ENTRY) if isinstance(checkpoint, dict) else None
+    return text_side(entry or {})
+
+
 def load_folder_vocabulary(folder: Path) -> Vocabulary:
     """``vocab.json`` plus the tokens of ``added_tokens.json`` (HF's script adds ``<s>``/``</s>`` there)."""
     if not (folder / "vocab.json").is_file():

@@ -38,3 +38,33 @@ def test_a_resumed_run_shows_its_version_number_and_no_carry_over_line(tmp_path:
     assert trainer.global_step == 3 and trainer.log_dir == str(tmp_path / "demo" / "version_0")
     assert trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)["v_num"] == 0
     assert CARRY_OVER not in caplog.text  # the checkpoint's head was restored: nothing was carried over
+
+
+def _manifest(folder: Path, rows: int = 4) -> Path:
+    """A manifest of some bundled test clips; one text has a character the corpus never uses."""
+    from ptasr.data import BUNDLED_CORPUS
+
+    corpus = Path(BUNDLED_CORPUS)
+    lines = (corpus / "test.tsv").read_text(encoding="utf-8").splitlines()[1:rows + 1]
+    texts = [(line.split("\t")[1], line.split("\t")[2]) for line in lines]
+    texts[0] = (texts[0][0], texts[0][1] + " Ørsted")
+    manifest = folder / "mine.tsv"
+    manifest.write_text("path\ttext\n" + "".join(f"{corpus / 'clips' / path}\t{text}\n" for path, text in texts),
+                        encoding="utf-8")
+    return manifest
+
+
+def test_a_checkpoint_is_evaluated_with_its_own_vocabulary_and_normaliser(tmp_path: Path,
+                                                                         recwarn: pytest.WarningsRecorder) -> None:
+    _fit(tmp_path, "--trainer.max_steps=2", "--data.strip_accents=true")
+    run = tmp_path / "demo" / "version_0"
+    trained = Vocabulary.load(run / "vocab.json")
+    # The default config's data with another validation set: its text would build another vocabulary
+    # (accents kept, and "ø"); the checkpoint's rules, and the characters it lacks are counted.
+    cli = cli_main(["validate", f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL_MODEL,
+                    "--data.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
+                    f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    assert cli.datamodule.vocab == trained and cli.datamodule.normalizer.strip_accents
+    assert "val/wer" in cli.trainer.callback_metrics
+    unknown = [str(w.message) for w in recwarn if "become [UNK]" in str(w.message)]
+    assert len(unknown) == 1 and "'ø': 1" in unknown[0], unknown

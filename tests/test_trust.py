@@ -115,9 +115,10 @@ def test_a_pretrained_model_is_evaluated_as_it_is_and_said_so(corpus: Path, tmp_
 
 def test_a_refused_test_leaves_the_run_files_as_they_were(trained: Path, corpus: Path) -> None:
     before = _digests(trained)
-    # the same run's checkpoint with accents stripped: another vocabulary, refused
+    # the same run resumed with accents stripped: another vocabulary, refused (an evaluation takes the
+    # checkpoint's vocabulary and normaliser instead: tests/test_cli_runs.py)
     with pytest.raises(ValueError, match="the checkpoint's vocabulary"):
-        cli_main(["test", *_args(corpus, trained.parent.parent), "--data.strip_accents=true",
+        cli_main(["fit", *_args(corpus, trained.parent.parent), "--data.strip_accents=true", "--trainer.max_steps=3",
                   f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"])
     after = _digests(trained)
     assert {name: digest for name, digest in after.items() if name in before} == before

@@ -95,6 +95,9 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         rare_symbol_count: the alphabet table printed at setup flags symbols seen fewer times than this.
         vocab_path: an existing ``vocab.json`` (e.g. of a checkpoint being fine-tuned further) instead of
             building one; characters it lacks map to ``[UNK]`` and are counted at setup.
+        vocabulary: the vocabulary itself, its tokens in id order, instead of building one (train.py sets it,
+            and the text settings above, from the checkpoint that validate/test/predict evaluate); characters it
+            lacks map to ``[UNK]`` and are counted at setup.
         conv_kernel: feature-encoder kernel widths, for the CTC-feasibility filter (must match the model's).
         conv_stride: feature-encoder strides, likewise.
         leakage: what to do when evaluation clips or sentences also occur in training.
@@ -136,6 +139,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         strip_punctuation: bool = True,
         rare_symbol_count: int = 10,
         vocab_path: str | None = None,
+        vocabulary: list[str] | None = None,
         conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
         conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2),
         leakage: Literal["warn", "raise", "ignore"] = "warn",
@@ -168,7 +172,11 @@ class CommonVoiceDataModule(pl.LightningDataModule):
                                                  hf_config=hf_config, hf_data_dir=hf_data_dir,
                                                  hf_audio_column=hf_audio_column, hf_text_column=hf_text_column,
                                                  cache_dir=cache_dir)
+        if vocab_path is not None and vocabulary is not None:
+            raise SettingError("set data.vocab_path or data.vocabulary, not both: they are two ways to give the "
+                               "vocabulary")
         self._vocab_path = vocab_path
+        self._given_vocab = Vocabulary.from_tokens(vocabulary) if vocabulary is not None else None
         if sources is not None and train_manifest is not None:
             raise SettingError("set data.sources (several corpora) or data.train_manifest (one file), not both: add "
                              f"{{path: {train_manifest}}} to data.sources")
@@ -287,9 +295,12 @@ class CommonVoiceDataModule(pl.LightningDataModule):
 
     @property
     def vocab(self) -> Vocabulary:
-        """``vocab_path``'s vocabulary, else the one built from train and evaluation text like the reference."""
+        """The given ``vocabulary`` or ``vocab_path``'s, else the one built from train and evaluation text like
+        the reference."""
         if self._vocab is None:
-            if self._vocab_path is not None:
+            if self._given_vocab is not None:
+                self._vocab = self._given_vocab
+            elif self._vocab_path is not None:
                 self._vocab = Vocabulary.load(self._vocab_path)
             else:
                 parts = dict.fromkeys((id(source), split, source) for name in ("train", "val", "test")
@@ -400,7 +411,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
                                   f"its test WER is optimistic. To report an unbiased one, {fix}")
 
     def _report_unknown_chars(self, names: list[str]) -> None:
-        if self._vocab_path is None:
+        given = "data.vocabulary" if self._given_vocab is not None else self._vocab_path
+        if given is None:
             return  # a vocabulary built from these texts knows all their characters
         for name in names:
             for source, manifest in self._by_source(name):
@@ -408,7 +420,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
                 if unknown:
                     where = f"{name} ({source})" if source else name
                     rank_zero_warn(f"[data] {where}: {sum(unknown.values())} characters are not in "
-                                   f"{self._vocab_path} and become [UNK]: {dict(unknown.most_common(20))}")
+                                   f"{given} and become [UNK]: {dict(unknown.most_common(20))}")
 
     def save_text_files(self, log_dir: Path) -> None:
         """Write ``vocab.json`` and ``normalizer.json`` into the run folder ``log_dir`` (rank 0 only).

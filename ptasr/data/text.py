@@ -270,9 +270,17 @@ class Vocabulary:
         mapping: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))
         if sorted(mapping.values()) != list(range(len(mapping))):
             raise DataError(f"{path}: token ids must be 0..{len(mapping) - 1} without gaps")
-        tokens = sorted(mapping, key=mapping.__getitem__)
-        pad = PAD_TOKEN if PAD_TOKEN in mapping else "<pad>"
-        unk = UNK_TOKEN if UNK_TOKEN in mapping else "<unk>"
+        return cls.from_tokens(sorted(mapping, key=mapping.__getitem__))
+
+    @classmethod
+    def from_tokens(cls, tokens: Sequence[str]) -> Vocabulary:
+        """The vocabulary of ``tokens`` in id order; ``<pad>``/``<unk>`` are recognised as the specials' names.
+
+        >>> Vocabulary.from_tokens(["<unk>", "|", "a", "<pad>"])
+        Vocabulary(4 tokens, pad_id=3, unk_id=0)
+        """
+        pad = PAD_TOKEN if PAD_TOKEN in tokens else "<pad>"
+        unk = UNK_TOKEN if UNK_TOKEN in tokens else "<unk>"
         return cls(tokens, pad_token=pad, unk_token=unk)
 
 

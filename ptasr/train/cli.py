@@ -36,6 +36,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ptasr.checkpoint import read_text_side
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import Vocabulary
 from ptasr.errors import CheckpointError, MissingPathError, SettingError, UserError
@@ -83,6 +84,8 @@ class PtasrCLI(LightningCLI):
             _start_when_nothing_to_resume(config)
         if config.get("ckpt_path"):
             _log_into_checkpoint_run(config.trainer, config.ckpt_path, self.subcommand)
+        if self.subcommand in EVALUATIONS and config.get("ckpt_path"):
+            _use_checkpoint_text(config, self.subcommand)
         if self.subcommand == "fit":
             _refuse_an_occupied_run(config.trainer, config.get("ckpt_path"))
         elif self.subcommand in EVALUATIONS:
@@ -234,6 +237,30 @@ def _check_checkpoint_file(ckpt_path: str, subcommand: str = "fit") -> None:
                                                                           if path.is_dir() else ""))
     if not zipfile.is_zipfile(path):
         raise CheckpointError(damaged_file_message(path, ValueError("no zip directory at its end")))
+
+
+def _use_checkpoint_text(config: Any, subcommand: str) -> None:
+    """An evaluated checkpoint's vocabulary and normaliser rule: its head predicts those tokens, whatever the
+    data's own text would build (characters the data has and the vocabulary lacks are counted at setup)."""
+    path = _evaluated_checkpoint(config.trainer, config.ckpt_path)
+    vocab, normalizer = read_text_side(path) if path is not None else (None, None)
+    if vocab is None:
+        return  # a remote path, or a checkpoint saved without the data module: the data's own, checked on loading
+    config.data.vocab_path = None
+    config.data.vocabulary = list(vocab.tokens)
+    config.data.strip_punctuation = False  # saved only when set
+    for setting, value in normalizer.to_dict().items():
+        config.data[setting] = value
+    rank_zero_info(f"[data] {subcommand} uses the vocabulary ({len(vocab)} tokens) and text normaliser of {path}")
+
+
+def _evaluated_checkpoint(trainer_config: Any, ckpt_path: str) -> Path | None:
+    """The local file ``--ckpt_path`` names (``last``: the newest ``last*.ckpt`` where Lightning looks), or None."""
+    if ckpt_path == "last":
+        found = [Path(p) for pattern in _last_checkpoint_patterns(trainer_config) or [] for p in glob.glob(pattern)]
+        return max(found, key=lambda path: path.stat().st_mtime) if found else None
+    path = Path(ckpt_path).expanduser()
+    return path if path.is_file() else None
 
 
 def _tensorboard_args(trainer_config: Any) -> Any | None:
