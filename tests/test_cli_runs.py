@@ -68,3 +68,17 @@ def test_a_checkpoint_is_evaluated_with_its_own_vocabulary_and_normaliser(tmp_pa
     assert "val/wer" in cli.trainer.callback_metrics
     unknown = [str(w.message) for w in recwarn if "become [UNK]" in str(w.message)]
     assert len(unknown) == 1 and "'ø': 1" in unknown[0], unknown
+
+
+def test_a_fit_that_fails_during_setup_leaves_no_run_folder(tmp_path: Path) -> None:
+    from ptasr.errors import DataError
+
+    earlier = tmp_path / "demo" / "version_0"  # another run's folder: left as it is
+    earlier.mkdir(parents=True)
+    (earlier / "config.yaml").write_text("seed_everything: 1\n")
+    missing = tmp_path / "missing.tsv"
+    missing.write_text(f"path\ttext\n{tmp_path / 'nowhere.wav'}\tola\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no train clips left"):
+        _fit(tmp_path, f"--data.train_manifest={missing}", f"--data.val_manifest={missing}")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "demo", "demo/version_0", "demo/version_0/config.yaml", "missing.tsv"]
