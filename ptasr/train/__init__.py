@@ -6,8 +6,9 @@ The only part of ptasr that joins the model (``ptasr.model``) and the data (``pt
 from ptasr.train.blank_watch import BlankPlateauWatch
 from ptasr.train.callbacks import CTCHealth, MixedPrecisionHealth, TrainingMonitor, WERMetrics
 from ptasr.train.last_checkpoint import LastCheckpoint
+from ptasr.train.learning_watch import NotLearningWatch
 from ptasr.train.lm_validation import LMValidation
 from ptasr.train.module import Wav2Vec2CTCModule
 
 __all__ = ["BlankPlateauWatch", "CTCHealth", "LMValidation", "LastCheckpoint", "MixedPrecisionHealth",
-           "TrainingMonitor", "WERMetrics", "Wav2Vec2CTCModule"]
+           "NotLearningWatch", "TrainingMonitor", "WERMetrics", "Wav2Vec2CTCModule"]

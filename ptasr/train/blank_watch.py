@@ -76,7 +76,7 @@ class BlankPlateauWatch(L.Callback):
                 trainer.should_stop = True
 
     def _warn(self, trainer: L.Trainer, pl_module: L.LightningModule, share: float) -> None:
-        text = plateau_advice(share, trainer.global_step, self.threshold, _settings(trainer, pl_module))
+        text = plateau_advice(share, trainer.global_step, self.threshold, run_settings(trainer, pl_module))
         rank_zero_warn(text)
         if trainer.is_global_zero:
             add_text(trainer, "train/blank_plateau", text, trainer.global_step)
@@ -95,7 +95,8 @@ class BlankPlateauWatch(L.Callback):
         self.plateau_since = state_dict.get("plateau_since")
 
 
-def _settings(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+def run_settings(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    """The run's values the watches' advice quotes (learning rates, warm-up, the blanks of head and data)."""
     hparams = getattr(pl_module, "hparams", {})
     lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
     data_blank = getattr(getattr(trainer, "datamodule", None), "pad_token_id", None)

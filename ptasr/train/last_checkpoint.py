@@ -25,9 +25,10 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.compat import last_saved_step, save_checkpoint_now
+from ptasr.train.learning_watch import early_end_line, schedule_progress
 
 # The signals that end a run with a checkpoint: Ctrl-C, and what schedulers and `kill` send.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -115,6 +116,8 @@ class LastCheckpoint(ModelCheckpoint):
         if last_saved_step(self) != trainer.global_step:
             self._save(trainer)
         self._restore_handlers()
+        if (line := early_end_line(trainer)) is not None:  # max_time or a callback, short of max_steps/max_epochs
+            rank_zero_warn(line)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
@@ -129,7 +132,8 @@ class LastCheckpoint(ModelCheckpoint):
         if not saved:
             self._save(trainer)
         signum = self._signal or signal.SIGTERM  # a rank that got no signal itself follows the one that did
-        message = (f"stopped by {signum.name} after update {trainer.global_step}; saved {self.best_model_path} "
+        message = (f"stopped by {signum.name} after update {trainer.global_step}{schedule_progress(trainer)}; saved "
+                   f"{self.best_model_path} "
                    f"(`--ckpt_path last` resumes it)")
         rank_zero_info(f"[LastCheckpoint] {message}")
         raise RunStopped(signum, message)
