@@ -68,6 +68,15 @@ def test_a_checkpoint_is_evaluated_with_its_own_vocabulary_and_normaliser(tmp_pa
     assert "val/wer" in cli.trainer.callback_metrics
     unknown = [str(w.message) for w in recwarn if "become [UNK]" in str(w.message)]
     assert len(unknown) == 1 and "'ø': 1" in unknown[0], unknown
+    # The same model exported, evaluated as model.pretrained (what --ckpt_path EXPORT advises): its vocab.json
+    # and normalizer.json rule likewise, so its head is kept.
+    from ptasr.cli import main
+
+    assert main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "export")]) == 0
+    cli = cli_main(["validate", f"--trainer.logger.init_args.save_dir={tmp_path / 'exported'}", *SMALL_MODEL,
+                    "--data.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
+                    f"--model.pretrained={tmp_path / 'export'}"])
+    assert cli.datamodule.vocab == trained and cli.datamodule.normalizer.strip_accents
 
 
 def test_a_fit_that_fails_during_setup_leaves_no_run_folder(tmp_path: Path) -> None:

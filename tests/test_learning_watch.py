@@ -59,21 +59,11 @@ def test_the_recipes_watch_whether_the_model_learns(recipe_configs: dict[str, di
         assert len(watches) == 1 and watches[0]["init_args"]["after_updates"] > config["model"]["warmup_steps"], name
 
 
-class _StopAt(L.Callback):
-    """Ends the run at an update, as a watch's patience does (``trainer.should_stop``)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            trainer.should_stop = True
-
-
 def test_a_callback_stop_before_the_schedule_says_where_and_that_nothing_is_learned(
         tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    # a stop at update 3, as a watch's patience makes one
     trainer = _fit(tmp_path, "--trainer.max_steps=20", "--trainer.val_check_interval=2",
-                   _callback("test_learning_watch._StopAt", step=3))
+                   _callback("test_run_end._StopAt", step=3))
     assert trainer.global_step == 3
     [line] = _messages(recwarn, "[run]")
     assert re.match(r"\[run\] a callback \(trainer.should_stop\) ended the run early, after update 3 of 20 \(15 % of "

@@ -36,9 +36,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ptasr.checkpoint import read_text_side
+from ptasr.checkpoint import load_folder_vocabulary, read_text_side
 from ptasr.data.datamodule import CommonVoiceDataModule
-from ptasr.data.text import Vocabulary
+from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import CheckpointError, MissingPathError, SettingError, UserError
 from ptasr.model.config import PRESETS, Wav2Vec2Config
 from ptasr.model.convert import damaged_file_message, head_log, is_hub_id
@@ -85,8 +85,8 @@ class PtasrCLI(LightningCLI):
             _start_when_nothing_to_resume(config)
         if config.get("ckpt_path"):
             _log_into_checkpoint_run(config.trainer, config.ckpt_path, self.subcommand)
-        if self.subcommand in EVALUATIONS and config.get("ckpt_path"):
-            _use_checkpoint_text(config, self.subcommand)
+        if self.subcommand in EVALUATIONS:
+            _use_model_text(config, self.subcommand)
         if self.subcommand == "fit":
             _refuse_an_occupied_run(config.trainer, config.get("ckpt_path"))
         elif self.subcommand in EVALUATIONS:
@@ -243,19 +243,29 @@ def _check_checkpoint_file(ckpt_path: str, subcommand: str = "fit") -> None:
         raise CheckpointError(damaged_file_message(path, ValueError("no zip directory at its end")))
 
 
-def _use_checkpoint_text(config: Any, subcommand: str) -> None:
-    """An evaluated checkpoint's vocabulary and normaliser rule: its head predicts those tokens, whatever the
-    data's own text would build (characters the data has and the vocabulary lacks are counted at setup)."""
-    path = _evaluated_checkpoint(config.trainer, config.ckpt_path)
-    vocab, normalizer = read_text_side(path) if path is not None else (None, None)
+def _use_model_text(config: Any, subcommand: str) -> None:
+    """The evaluated model's vocabulary and normaliser rule: its head predicts those tokens, whatever the data's
+    own text would build (characters the data has and the vocabulary lacks are counted at setup). The model is
+    ``--ckpt_path``'s checkpoint, else a ``model.pretrained`` folder with a ``vocab.json`` (an export)."""
+    vocab, normalizer, source = None, None, None
+    if config.get("ckpt_path"):
+        source = _evaluated_checkpoint(config.trainer, config.ckpt_path)
+        vocab, normalizer = read_text_side(source) if source is not None else (None, None)
+    elif (config.get("model") or {}).get("pretrained") and Path(config.model.pretrained, "vocab.json").is_file():
+        source = Path(config.model.pretrained)
+        vocab = load_folder_vocabulary(source)
+        # an HF folder has no normalizer.json: the data's settings stay
+        normalizer = TextNormalizer.load(source) if (source / "normalizer.json").is_file() else None
     if vocab is None:
         return  # a remote path, or a checkpoint saved without the data module: the data's own, checked on loading
     config.data.vocab_path = None
     config.data.vocabulary = list(vocab.tokens)
-    config.data.strip_punctuation = False  # saved only when set
-    for setting, value in normalizer.to_dict().items():
-        config.data[setting] = value
-    rank_zero_info(f"[data] {subcommand} uses the vocabulary ({len(vocab)} tokens) and text normaliser of {path}")
+    if normalizer is not None:
+        config.data.strip_punctuation = False  # saved only when set
+        for setting, value in normalizer.to_dict().items():
+            config.data[setting] = value
+    rank_zero_info(f"[data] {subcommand} uses the vocabulary ({len(vocab)} tokens)"
+                   f"{' and text normaliser' if normalizer is not None else ''} of {source}")
 
 
 def _evaluated_checkpoint(trainer_config: Any, ckpt_path: str) -> Path | None:
