@@ -96,7 +96,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         vocab_path: an existing ``vocab.json`` (e.g. of a checkpoint being fine-tuned further) instead of
             building one; characters it lacks map to ``[UNK]`` and are counted at setup.
         vocabulary: the vocabulary itself, its tokens in id order, instead of building one (train.py sets it,
-            and the text settings above, from the checkpoint that validate/test/predict evaluate); characters it
+            and the text settings above, from the model that validate/test/predict evaluate); characters it
             lacks map to ``[UNK]`` and are counted at setup.
         conv_kernel: feature-encoder kernel widths, for the CTC-feasibility filter (must match the model's).
         conv_stride: feature-encoder strides, likewise.

@@ -17,6 +17,8 @@ What a command writes never replaces another run's files:
   ``hparams.yaml`` does not replace the training's.
 - A fresh ``fit`` refuses a run folder that already holds a run (a pinned ``logger.init_args.version``) unless it
   resumes that run's checkpoint.
+- An evaluation uses the evaluated model's vocabulary and normaliser (a checkpoint's, or an exported folder's as
+  ``model.pretrained``), whatever the data's own text would build.
 - ``config.yaml`` and the data's ``vocab.json``/``normalizer.json`` are written once every check passed (the
   checkpoint's vocabulary included), and by ``fit`` only: an evaluation leaves the training's text files alone.
 """
