@@ -4,6 +4,7 @@ small model of the training tests."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -33,6 +34,10 @@ def _messages(warned: pytest.WarningsRecorder, start: str) -> list[str]:
     return [str(w.message) for w in warned if str(w.message).startswith(start)]
 
 
+def _lines(caplog: pytest.LogCaptureFixture, start: str) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.getMessage().startswith(start)]
+
+
 def test_a_model_that_emits_symbols_but_no_words_is_said_to_be_not_learning_once(
         tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     # The blank's bias at -100: no frame is blank (BlankPlateauWatch stays silent), and no word comes out right.
@@ -60,12 +65,13 @@ def test_the_recipes_watch_whether_the_model_learns(recipe_configs: dict[str, di
 
 
 def test_a_callback_stop_before_the_schedule_says_where_and_that_nothing_is_learned(
-        tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # a stop at update 3, as a watch's patience makes one
-    trainer = _fit(tmp_path, "--trainer.max_steps=20", "--trainer.val_check_interval=2",
-                   _callback("test_run_end._StopAt", step=3))
+    with caplog.at_level(logging.INFO):
+        trainer = _fit(tmp_path, "--trainer.max_steps=20", "--trainer.val_check_interval=2",
+                       _callback("test_run_end._StopAt", step=3))
     assert trainer.global_step == 3
-    [line] = _messages(recwarn, "[run]")
+    [line] = _lines(caplog, "[run]")
     assert re.match(r"\[run\] a callback \(trainer.should_stop\) ended the run early, after update 3 of 20 \(15 % of "
                     r"its schedule; validation WER is still \d+\.\d{3}: the model has not learned yet\)", line), line
 
@@ -77,16 +83,18 @@ class _SlowUpdates(L.Callback):
         time.sleep(1.0)
 
 
-def test_max_time_before_the_schedule_says_so(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
-    trainer = _fit(tmp_path, "--trainer.max_steps=20", "--trainer.val_check_interval=250",
-                   "--trainer.max_time=00:00:00:01", _callback("test_learning_watch._SlowUpdates"))
+def test_max_time_before_the_schedule_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        trainer = _fit(tmp_path, "--trainer.max_steps=20", "--trainer.val_check_interval=250",
+                       "--trainer.max_time=00:00:00:01", _callback("test_learning_watch._SlowUpdates"))
     assert 1 <= trainer.global_step < 20
-    [line] = _messages(recwarn, "[run]")
+    [line] = _lines(caplog, "[run]")
     assert line.startswith(f"[run] trainer.max_time ended the run early, after update {trainer.global_step} of 20"), line
     assert "the model has not learned yet" in line  # Lightning validates once more as a run stops
 
 
 def test_a_run_that_completes_its_schedule_says_nothing_of_an_early_end(tmp_path: Path,
-                                                                        recwarn: pytest.WarningsRecorder) -> None:
-    _fit(tmp_path, "--trainer.max_steps=3", "--trainer.val_check_interval=250")
-    assert not _messages(recwarn, "[run]")
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, "--trainer.max_steps=3", "--trainer.val_check_interval=250")
+    assert not _lines(caplog, "[run]")

@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from ptasr.compat import last_saved_step, save_checkpoint_now
 from ptasr.train.learning_watch import early_end_line, schedule_progress
@@ -117,7 +117,7 @@ class LastCheckpoint(ModelCheckpoint):
             self._save(trainer)
         self._restore_handlers()
         if (line := early_end_line(trainer)) is not None:  # max_time or a callback, short of max_steps/max_epochs
-            rank_zero_warn(line)
+            rank_zero_info(line)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
