@@ -253,6 +253,8 @@ def _open_output(path: str | None) -> TextIO:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
+    from ptasr.data.cache import escape_field
+
     files = find_audio(args.audio)
     if not files:
         raise MissingPathError(f"no audio files in {', '.join(args.audio)}")
@@ -265,7 +267,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
         for transcript in recognizer.transcribe_iter(files, **options):
             if transcript.error is not None:
                 failed += 1
-                print(f"ptasr transcribe: skipped {transcript.source}: {transcript.error}", file=sys.stderr)
+                print(f"ptasr transcribe: skipped {escape_field(transcript.source)}: {escape_field(transcript.error)}",
+                      file=sys.stderr)
                 continue
             out.write(_format(transcript, args.format, with_source=len(files) > 1))
             out.flush()
@@ -279,22 +282,41 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", "
 
 
 def find_audio(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and the audio files (by extension) under folders, sorted; a missing path raises."""
+    """Files as given, and the audio files (by extension) under folders, sorted; a path to nothing raises.
+
+    A path that is there but cannot be resolved (a symlink loop, a name too long, no permission) is kept, as is
+    one under a folder: reading it fails, and it is skipped with the reason, like an undecodable file.
+    """
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-        elif path.is_file():
+        if os.path.isdir(path):  # os.path, not Path.is_dir: that raises on a name too long
+            found += sorted(p for p in path.rglob("*")
+                            if p.suffix.lower() in AUDIO_EXTENSIONS and not os.path.isdir(p))
+        elif os.path.isfile(path) or _unresolvable(path):
             found.append(path)
         else:
             raise MissingPathError(f"no audio file or folder at {path}")
     return found
 
 
+def _unresolvable(path: Path) -> bool:
+    """Whether ``path`` may name something that cannot be reached (not simply nothing)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError):
+        return True
+    return False
+
+
 def _format(transcript: Any, fmt: str, with_source: bool) -> str:
+    from ptasr.data.cache import escape_field
+
     if fmt == "jsonl":
         return json.dumps(transcript.to_dict(), ensure_ascii=False) + "\n"
-    line = f"{transcript.source}\t{transcript.text}\n" if with_source else f"{transcript.text}\n"
+    # the file name escaped (a tab or newline in it would split the line), as in every TSV ptasr writes
+    line = f"{escape_field(transcript.source)}\t{transcript.text}\n" if with_source else f"{transcript.text}\n"
     if transcript.words is None:
         return line
     return line + "".join(f"{w.start:.2f}\t{w.end:.2f}\t{w.word}\n" for w in transcript.words)

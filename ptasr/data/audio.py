@@ -65,14 +65,21 @@ def audio_duration(source: AudioSource) -> float:
 
 
 def _unreadable(what: str, source: AudioSource, error: Exception) -> AudioDecodeError:
-    """Why ``source`` could not be read, in words: a missing file and a folder are told apart from undecodable
-    data. Asked only on failure (no file-system call per clip): libsndfile says "System error" for a missing
-    file and "Format not recognised" for a folder."""
+    """Why ``source`` could not be read, in words: a missing file, a folder and a path that cannot be opened (a
+    symlink loop, a name too long, no permission) are told apart from undecodable data. Asked only on failure
+    (no file-system call per clip): libsndfile says "System error" for all of these but the folder, and "Format
+    not recognised" for a folder."""
     if isinstance(source, (str, Path)):
         if os.path.isdir(source):
             return AudioDecodeError(f"{source} is a directory, not an audio file")
-        if not os.path.isfile(source):
+        try:
+            os.stat(source)
+        except FileNotFoundError:
             return AudioDecodeError(f"missing file {source}")
+        except (OSError, ValueError) as problem:  # ValueError: a NUL byte in the path
+            return AudioDecodeError(f"cannot open {source}: {getattr(problem, 'strerror', None) or problem}")
+        if not os.access(source, os.R_OK):
+            return AudioDecodeError(f"cannot open {source}: permission denied")
     return AudioDecodeError(f"{what} {_describe(source)}: {error}")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ptasr.compat import dataset_fingerprint
 from ptasr.data.audio import AudioDecodeError, AudioSource, audio_duration
-from ptasr.data.cache import default_cache_dir, save_array_atomically
+from ptasr.data.cache import default_cache_dir, load_cached_array, save_array_atomically
 from ptasr.data.commonvoice import COLUMN_ALIASES
 from ptasr.data.table import Manifest
 from ptasr.data.text import TextNormalizer, normalize_texts
@@ -140,8 +140,9 @@ class HFDatasetSource:
 
     def _split_durations(self, split: str) -> np.ndarray:
         path = self.cache_dir / "durations" / f"hf-{dataset_fingerprint(self._load(split))}.npy"
-        if path.is_file():
-            return np.load(path)
+        cached = load_cached_array(path)
+        if cached is not None:
+            return cached
         result = []
         for audio in self._audio_batches(split):
             source = audio if isinstance(audio, str) else ((audio or {}).get("bytes") or (audio or {}).get("path"))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptasr.data.cache import HeaderDurationCache, default_cache_dir, save_array_atomically
+from ptasr.data.cache import HeaderDurationCache, default_cache_dir, load_cached_array, save_array_atomically
 from ptasr.data.table import ClipFiles, Manifest, not_utf8
 from ptasr.data.text import normalize_texts
 from ptasr.errors import DataError, MissingPathError, SettingError
@@ -130,10 +130,9 @@ class ManifestFile:
         # plain concatenation, not os.path.join per row: a few million rows stay within a second
         keys = [p if p.startswith(os.sep) else base + p for p in table["path"]]
         durations = table["duration"]
-        if np.isnan(durations).any() and self._cache_path().is_file():
-            cached = np.load(self._cache_path())
-            if len(cached) == len(durations):
-                durations = np.where(np.isnan(durations), cached, durations)
+        cached = load_cached_array(self._cache_path()) if np.isnan(durations).any() else None
+        if cached is not None and len(cached) == len(durations):
+            durations = np.where(np.isnan(durations), cached, durations)
         self._keys = keys
         return Manifest(ids=keys, keys=keys, texts=normalize_texts(normalizer, table["text"]), client_ids=table["speaker"], ages=table["age"],
                         genders=table["gender"], accents=table["accent"], reader=self.reader, durations=durations)
