@@ -20,11 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ptasr.data.text import Vocabulary
-from ptasr.errors import HubError, MissingPathError, SettingError
+from ptasr.errors import HubError, MissingPathError, SettingError, UserError, storage_error
 from ptasr.inference import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model_card import data_name, hyperparameters, model_card, previous_card
@@ -114,7 +117,8 @@ def export(
         language: language code for the card's metadata (default: the data module's ``language``, if set).
         push_to_hub: a hub repo id (``user/name``) to upload the folder to.
         private: create that repo as private.
-        overwrite: write into ``out_dir`` even if it is not empty (its files of the same names are replaced).
+        overwrite: write into ``out_dir`` even if it is not empty: its files of the same names are replaced once
+            the whole export is written (:func:`staged_folder`).
         lm: a KenLM model to ship in ``Wav2Vec2ProcessorWithLM``'s layout, with its tuned weights
             (:func:`ptasr.lm.write_processor_with_lm`).
         onnx: also write ``model.onnx`` (:mod:`ptasr.onnx`).
@@ -129,29 +133,88 @@ def export(
     log_dir = Path(logs) if logs is not None else find_log_dir(Path(source))
     if log_dir is not None and not log_dir.is_dir():
         raise MissingPathError(f"no TensorBoard run folder at {log_dir}")
-    write_hf_folder(recognizer, out_dir)
     if lm is not None:
-        from ptasr.lm import resolve_weights, write_processor_with_lm
+        from ptasr.lm import resolve_weights
 
         lm_weight, word_score, tuned = resolve_weights(lm)
         if tuned is None:
             log.warning("%s has no tuned weights (ptasr evaluate ... --lm %s --tune); shipping LM weight %g, "
                         "word score %g", lm, lm, lm_weight, word_score)
-        write_processor_with_lm(out_dir, recognizer.vocab, lm, lm_weight, word_score)
     rows = training_results(read_scalars(log_dir)) if log_dir is not None else []
     data = recognizer.metadata.get("datamodule_hyper_parameters") or {}
     card = model_card(name or push_to_hub or out_dir.resolve().name, recognizer, rows,
                       hyperparameters(recognizer.metadata, run_config(log_dir)),
                       language=language or data.get("language"), dataset=data_name(data, "train"),
                       validation=data_name(data, "val"), carried=carried)
-    (out_dir / "README.md").write_text(card, encoding="utf-8")
-    if onnx:
-        from ptasr.onnx import ONNX_FILE, export_onnx
+    with staged_folder(out_dir, bytes_needed(recognizer, lm, onnx)) as staging:
+        write_hf_folder(recognizer, staging)
+        if lm is not None:
+            from ptasr.lm import write_processor_with_lm
 
-        export_onnx(recognizer.model, out_dir / ONNX_FILE)
+            write_processor_with_lm(staging, recognizer.vocab, lm, lm_weight, word_score)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if onnx:
+            from ptasr.onnx import ONNX_FILE, export_onnx
+
+            export_onnx(recognizer.model, staging / ONNX_FILE)
     if push_to_hub:
         push(out_dir, push_to_hub, private)
     return out_dir
+
+
+# --- written whole or not at all ------------------------------------------------------------------------------
+
+
+@contextmanager
+def staged_folder(target: Path, needed: int) -> Iterator[Path]:
+    """A new folder to write the export into; once the block completes, its files take their place in ``target``.
+
+    Absent, ``target`` is the staging folder renamed; present (empty, or with ``--overwrite``), each of its files
+    of the same name is replaced, and only then (its other files, a ``.git`` say, stay). The staging folder is on
+    the target's file system, so every move is a rename: a failure (a full disk, a read-only folder, an error
+    in the block) leaves no staging folder and ``target`` as it was, and is one line naming the path and, on a
+    full disk, the space ``needed`` (bytes) and the space free.
+    """
+    # inside an existing target (a mount point renames nothing across), else beside it; hidden, named by our pid
+    inside = target.is_dir()
+    staging = (target / f".ptasr-export.partial-{os.getpid()}" if inside
+               else target.parent / f".{target.name}.partial-{os.getpid()}")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of the same pid
+        staging.mkdir(parents=True)
+    except OSError as error:
+        raise storage_error(target, error, needed) from error
+    try:
+        yield staging
+        _move_into(staging, target, inside)
+    except OSError as error:
+        if isinstance(error, UserError):  # a missing LM file, say: not a failure to write
+            raise
+        raise storage_error(target, error, needed) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(staging: Path, target: Path, inside: bool) -> None:
+    """The staged files into ``target``: a rename of the folder when ``target`` is new, else file by file."""
+    if not inside:
+        os.rename(staging, target)
+        return
+    replaced = staging / ".replaced"  # the old sub-folders (language_model/) go here, removed with the staging
+    replaced.mkdir()
+    for entry in sorted(staging.iterdir()):
+        if entry == replaced:
+            continue
+        destination = target / entry.name
+        if destination.is_dir() and not destination.is_symlink():  # a folder cannot be replaced by a rename
+            os.rename(destination, replaced / entry.name)
+        os.replace(entry, destination)
+
+
+def bytes_needed(recognizer: Recognizer, lm: str | Path | None, onnx: bool) -> int:
+    """About what an export writes: the float32 weights (twice with ONNX), the LM file, 1 MB for the rest."""
+    weights = sum(t.numel() * 4 for t in recognizer.model.state_dict().values())
+    return weights * (2 if onnx else 1) + (Path(lm).stat().st_size if lm is not None else 0) + 1_000_000
 
 
 def push(folder: Path, repo_id: str, private: bool = False) -> str:
