@@ -15,6 +15,7 @@ search of ``evaluate --tune``) live in ``ptasr/evaluation.py``, which Python cod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -270,11 +271,20 @@ def run_transcribe(args: argparse.Namespace) -> int:
                 print(f"ptasr transcribe: skipped {escape_field(transcript.source)}: {escape_field(transcript.error)}",
                       file=sys.stderr)
                 continue
-            out.write(_format(transcript, args.format, with_source=len(files) > 1))
-            out.flush()
+            try:
+                out.write(_format(transcript, args.format, with_source=len(files) > 1))
+                out.flush()
+            except OSError as error:
+                if out is sys.stdout:  # a closed pipe: main() ends quietly
+                    raise
+                from ptasr.storage import storage_error
+
+                raise storage_error(args.output, error) from error
     finally:
         if out is not sys.stdout:
-            out.close()
+            # flushed after every transcript: only a failed write leaves bytes behind, and that failure is reported
+            with contextlib.suppress(OSError):
+                out.close()
     return 1 if failed else 0
 
 
@@ -330,6 +340,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.tune:
         return run_tune(args)
+    _check_output_dir(args)
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     check_results_free(Path(args.output_dir), data.name, data.origin)  # before the long part
@@ -345,20 +356,30 @@ def _finish_evaluation(args: argparse.Namespace, data: Any, evaluation: Any, res
                        page: Any = None) -> int:
     """What every evaluation ends with: the notes on duplicate and skipped rows, the results files (and the
     ``--report`` page), then the printed results."""
-    from ptasr.evaluation import format_results, write_results
+    from ptasr.evaluation import format_results, results_written
 
     results["duplicates"] = data.duplicates
     if data.duplicates:
         print(f"ptasr evaluate: {data.duplicates} duplicate rows (a clip listed again) scored once", file=sys.stderr)
     for line in evaluation.skipped[:5]:
         print(f"ptasr evaluate: skipped {line}", file=sys.stderr)
-    # The files first: a reader that leaves early (`| head -5`) must not cost the results.
-    written = [write_results(Path(args.output_dir), data.name, results, evaluation.scored)]
-    if page is not None:
-        written.append(f"report written to {page.write(results, evaluation.scored, data.audio)}")
+    # The files first: a reader that leaves early (`| head -5`) must not cost the results. All or none: the
+    # results files are renamed into place once the report is written too.
+    with results_written(Path(args.output_dir), data.name, results, evaluation.scored) as line:
+        written = [line]
+        if page is not None:
+            written.append(f"report written to {page.write(results, evaluation.scored, data.audio)}")
     print(format_results(results))
     print("\n" + "\n".join(written), file=sys.stderr)
     return 0
+
+
+def _check_output_dir(args: argparse.Namespace) -> None:
+    """Refuse an --output-dir that cannot be written before the model runs (``--report``'s folder is checked with
+    the report's own checks)."""
+    from ptasr.storage import check_writable
+
+    check_writable(Path(args.output_dir))
 
 
 def _evaluation_report(directory: str | None, recognizer: Any) -> Any:
@@ -425,6 +446,7 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.report is not None:
         raise SettingError("--report is not written by --tune: tune first, then `ptasr evaluate MODEL --lm LM "
                            "--report DIR` reports with the tuned weights")
+    _check_output_dir(args)
     recognizer = _recognizer(args)
     data = load_eval_set(args.data, args.split, recognizer.normalizer, args.language).take(args.limit)
     check_results_free(Path(args.output_dir), data.name, data.origin)  # before the long part

@@ -20,12 +20,9 @@ True
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 TRACEBACK_VARIABLE = "PTASR_TRACEBACK"
 
@@ -55,42 +52,12 @@ class CheckpointError(UserError, ValueError):
 
 
 class StorageError(UserError, OSError):
-    """A file or folder ptasr must write cannot be: a read-only folder, a path under a file, a full disk."""
+    """A file or folder ptasr must write cannot be: a read-only folder, a path under a file, a full disk
+    (``ptasr.storage`` words the line)."""
 
 
 class HubError(UserError, OSError):
     """The Hugging Face hub could not be reached or refused; the message says how to do without it."""
-
-
-def storage_error(path: str | os.PathLike[str], error: OSError, needed: int | None = None) -> StorageError:
-    """The one line for a write that failed: the path, the reason, and on a full disk the space free there and,
-    when known, the space the write needs.
-
-    >>> import errno
-    >>> str(storage_error("/ro/out", PermissionError(errno.EACCES, "Permission denied")))
-    'cannot write /ro/out: Permission denied; choose a folder you can write'
-    """
-    reason = error.strerror or str(error) or type(error).__name__
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(f"cannot write {path}: {reason}; choose a folder you can write")
-    free = _free_bytes(Path(path))
-    wanted = f"it needs about {_megabytes(needed)}, " if needed is not None else ""
-    return StorageError(f"cannot write {path}: {reason} ({wanted}{_megabytes(free)} free there); free some space or "
-                        f"choose another folder")
-
-
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the file system that holds ``path`` (or its nearest existing folder)."""
-    for folder in (path, *path.absolute().parents):
-        try:
-            return shutil.disk_usage(folder).free
-        except OSError:
-            continue
-    return 0
-
-
-def _megabytes(count: int) -> str:
-    return f"{count / 1e6:,.0f} MB" if count >= 1e6 else f"{count / 1e3:,.0f} kB"
 
 
 def one_line(prog: str, error: BaseException) -> str:

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from ptasr.data.audio import AudioDecodeError
 from ptasr.errors import DataError, MissingPathError, SettingError
 from ptasr.scoring import Scored, breakdown, error_rates, score_utterance, worst
+from ptasr.storage import staged_files, storage_error
 
 if TYPE_CHECKING:
     from ptasr.audio_input import AudioInput
@@ -290,17 +292,36 @@ def write_results(directory: Path, name: str, results: dict[str, Any], scored: S
     """``<name>_eval_results.txt`` (as the robust-speech-event's eval.py writes), ``.json`` and predictions;
     refused where they would replace another input's (:func:`check_results_free`).
 
-    Returns the line that says where they are."""
+    Returns the line that says where they are. See :func:`results_written` for writing them with other files."""
+    with results_written(directory, name, results, scored) as line:
+        return line
+
+
+@contextmanager
+def results_written(directory: Path, name: str, results: dict[str, Any], scored: Sequence[Scored]) -> Iterator[str]:
+    """The results files of :func:`write_results`, written under temporary names and renamed into place when the
+    block completes (``evaluate --report`` writes its page in it): all of them, or, if anything fails, none.
+
+    Fields of the predictions TSV are escaped (``ptasr.data.cache.escape_field``): a clip path may hold a tab or
+    a newline. A write that fails is one line naming the file (``ptasr.storage``).
+    """
+    from ptasr.data.cache import escape_field
+
     check_results_free(directory, name, results.get("origin", ""))
-    directory.mkdir(parents=True, exist_ok=True)
     stem = directory / name
-    Path(f"{stem}_eval_results.txt").write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")
-    Path(f"{stem}_eval_results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n",
-                                                 encoding="utf-8")
-    with open(f"{stem}_predictions.tsv", "w", encoding="utf-8") as f:
-        f.write("id\tword_errors\treference_words\treference\tprediction\n")
-        f.writelines(f"{s.id}\t{s.word_errors}\t{s.reference_words}\t{s.reference}\t{s.prediction}\n" for s in scored)
-    return f"results written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv"
+    targets = [Path(f"{stem}_eval_results.txt"), Path(f"{stem}_eval_results.json"), Path(f"{stem}_predictions.tsv")]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise storage_error(directory, error) from error
+    with staged_files(targets) as (txt, jsn, tsv):
+        txt.write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")
+        jsn.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        with open(tsv, "w", encoding="utf-8") as f:
+            f.write("id\tword_errors\treference_words\treference\tprediction\n")
+            f.writelines(f"{escape_field(s.id)}\t{s.word_errors}\t{s.reference_words}\t{escape_field(s.reference)}\t"
+                         f"{escape_field(s.prediction)}\n" for s in scored)
+        yield f"results written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv"
 
 
 # --- the LM weight search (evaluate --tune) ------------------------------------------------------------------

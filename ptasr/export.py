@@ -20,18 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ptasr.data.text import Vocabulary
-from ptasr.errors import HubError, MissingPathError, SettingError, UserError, storage_error
+from ptasr.errors import HubError, MissingPathError, SettingError
 from ptasr.inference import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model_card import data_name, hyperparameters, model_card, previous_card
 from ptasr.run_log import find_log_dir, read_scalars, run_config, training_results
+from ptasr.storage import staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -162,53 +160,7 @@ def export(
     return out_dir
 
 
-# --- written whole or not at all ------------------------------------------------------------------------------
-
-
-@contextmanager
-def staged_folder(target: Path, needed: int) -> Iterator[Path]:
-    """A new folder to write the export into; once the block completes, its files take their place in ``target``.
-
-    Absent, ``target`` is the staging folder renamed; present (empty, or with ``--overwrite``), each of its files
-    of the same name is replaced, and only then (its other files, a ``.git`` say, stay). The staging folder is on
-    the target's file system, so every move is a rename: a failure (a full disk, a read-only folder, an error
-    in the block) leaves no staging folder and ``target`` as it was, and is one line naming the path and, on a
-    full disk, the space ``needed`` (bytes) and the space free.
-    """
-    # inside an existing target (a mount point renames nothing across), else beside it; hidden, named by our pid
-    inside = target.is_dir()
-    staging = (target / f".ptasr-export.partial-{os.getpid()}" if inside
-               else target.parent / f".{target.name}.partial-{os.getpid()}")
-    try:
-        shutil.rmtree(staging, ignore_errors=True)  # left by a killed export of the same pid
-        staging.mkdir(parents=True)
-    except OSError as error:
-        raise storage_error(target, error, needed) from error
-    try:
-        yield staging
-        _move_into(staging, target, inside)
-    except OSError as error:
-        if isinstance(error, UserError):  # a missing LM file, say: not a failure to write
-            raise
-        raise storage_error(target, error, needed) from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _move_into(staging: Path, target: Path, inside: bool) -> None:
-    """The staged files into ``target``: a rename of the folder when ``target`` is new, else file by file."""
-    if not inside:
-        os.rename(staging, target)
-        return
-    replaced = staging / ".replaced"  # the old sub-folders (language_model/) go here, removed with the staging
-    replaced.mkdir()
-    for entry in sorted(staging.iterdir()):
-        if entry == replaced:
-            continue
-        destination = target / entry.name
-        if destination.is_dir() and not destination.is_symlink():  # a folder cannot be replaced by a rename
-            os.rename(destination, replaced / entry.name)
-        os.replace(entry, destination)
+# --- the space an export needs -------------------------------------------------------------------------------
 
 
 def bytes_needed(recognizer: Recognizer, lm: str | Path | None, onnx: bool) -> int:

@@ -36,6 +36,7 @@ import torch
 
 from ptasr.data.audio import SAMPLE_RATE, AudioSource
 from ptasr.errors import SettingError
+from ptasr.storage import check_writable, staged_folder
 
 if TYPE_CHECKING:
     from ptasr.inference import Recognizer
@@ -150,6 +151,7 @@ class EvaluationReport:
     def __init__(self, directory: str | Path, recognizer: Recognizer) -> None:
         self.directory = Path(directory).expanduser()
         check_report_dir(self.directory)
+        check_writable(self.directory)
         self.tokens = list(recognizer.vocab.tokens)
         self.blank = recognizer.vocab.pad_id
         self.seconds_per_frame = recognizer.samples_per_frame / SAMPLE_RATE
@@ -171,28 +173,23 @@ class EvaluationReport:
         """
         if len(scored) != len(self.rows):
             raise RuntimeError(f"the report saw {len(self.rows)} transcripts but {len(scored)} scored utterances")
-        index = self.directory / "index.html"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # marks the folder as a report first, so a run stopped halfway may still be replaced by the next one
-        index.write_text(f'<meta name="generator" content="{GENERATOR}">unfinished\n', encoding="utf-8")
-        files = self._write_audio(audio)
-        self._write_details(scored)
-        rows = [_row(s, duration, f"audio/{name}")
-                for s, duration, name in zip(scored, self.durations, files, strict=True)]
-        index.write_text(render_page(self.page_data(results, rows)), encoding="utf-8")
-        return index
+        # written beside (or, for an earlier report, inside) the folder and moved into place once complete: a
+        # failure leaves the folder as it was, and is one line (ptasr.storage)
+        with staged_folder(self.directory) as staging:
+            files = self._write_audio(staging / "audio", audio)
+            self._write_details(staging / "detail", scored)
+            rows = [_row(s, duration, f"audio/{name}")
+                    for s, duration, name in zip(scored, self.durations, files, strict=True)]
+            (staging / "index.html").write_text(render_page(self.page_data(results, rows)), encoding="utf-8")
+        return self.directory / "index.html"
 
-    def _write_audio(self, audio: Sequence[AudioSource]) -> list[str]:
+    def _write_audio(self, folder: Path, audio: Sequence[AudioSource]) -> list[str]:
         """``audio/NNNNN.<ext>``, one per scored row in table order; returns the file names."""
-        folder = self.directory / "audio"
-        shutil.rmtree(folder, ignore_errors=True)  # an earlier report's (check_report_dir made sure)
         folder.mkdir()
         return [copy_playable(audio[index], folder, f"{n:05d}") for n, index in enumerate(self.rows)]
 
-    def _write_details(self, scored: Sequence[Scored]) -> None:
+    def _write_details(self, folder: Path, scored: Sequence[Scored]) -> None:
         """``detail/NNNNN.js``: alignments, edit counts and posteriors of DETAIL_SHARD rows each."""
-        folder = self.directory / "detail"
-        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         details = [{"align": aligned_words(s.reference, s.prediction), "counts": list(s.word_counts),
                     "post": None if p is None else p.to_dict()} for s, p in zip(scored, self.posteriors, strict=True)]
@@ -225,7 +222,8 @@ def check_report_dir(directory: Path) -> None:
     """Refuse a folder that holds anything but an earlier report: the report replaces ``audio/`` and ``detail/``."""
     if directory.exists() and not directory.is_dir():
         raise SettingError(f"--report {directory} is a file; give a folder for the report")
-    if not directory.is_dir() or not any(directory.iterdir()):
+    # a hidden staging folder left by a killed run (ptasr.storage) is not another file
+    if not directory.is_dir() or all(p.name.startswith(".ptasr-partial-") for p in directory.iterdir()):
         return
     index = directory / "index.html"
     if index.is_file() and f'<meta name="generator" content="{GENERATOR}">' in index.read_text(

@@ -11,6 +11,7 @@ corpus.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import json
 import logging
@@ -312,3 +313,77 @@ def test_an_export_into_a_path_under_a_file_is_one_line(model_folder: Path, tmp_
     error = capsys.readouterr().err.strip()
     assert error == (f"ptasr export: error: cannot write {tmp_path / 'a-file' / 'exported'}: Not a directory; "
                      f"choose a folder you can write")
+
+
+# --- item 7 (evaluate's side): all of evaluate's outputs where it was told, or none -------------------------------
+
+
+@pytest.fixture
+def eval_manifest(tmp_path: Path) -> Path:
+    """A manifest of the odd-named clips, and the model folder beside it (``model/``)."""
+    clips = _odd_folder(tmp_path / "audio")
+    _tiny_model_folder(tmp_path / "model", [s for _, s in clips])
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps({"path": f"audio/{p.name}", "text": s}) + "\n" for p, s in clips),
+                        encoding="utf-8")
+    return manifest
+
+
+def _evaluate(manifest: Path, *args: str) -> int:
+    return main(["evaluate", str(manifest.parent / "model"), "--data", str(manifest), "--device", "cpu",
+                 "--dtype", "float32", *args])
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ptasr evaluate: error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_evaluate_predictions_keep_odd_clip_names_one_row_each(eval_manifest: Path, tmp_path: Path) -> None:
+    assert _evaluate(eval_manifest, "--output-dir", str(tmp_path / "out")) == 0
+    [predictions] = (tmp_path / "out").glob("*_predictions.tsv")
+    rows = predictions.read_text(encoding="utf-8").split("\n")[1:-1]
+    assert len(rows) == len(ODD_NAMES) and all(len(row.split("\t")) == 5 for row in rows), rows
+    from ptasr.data.cache import unescape_field
+
+    assert sorted(unescape_field(row.split("\t")[0]) for row in rows) == sorted(
+        str(tmp_path / "audio" / name) for name in ODD_NAMES)
+
+
+def test_evaluate_into_a_folder_that_cannot_be_written_writes_nothing(eval_manifest: Path, tmp_path: Path,
+                                                                      monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --output-dir
+    (tmp_path / "a-file").write_text("x\n", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr("ptasr.evaluation.evaluate", lambda *a, **k: pytest.fail("the model ran"))
+    for args, named in ((["--report", str(tmp_path / "a-file" / "report")], tmp_path / "a-file" / "report"),
+                        (["--output-dir", str(tmp_path / "a-file" / "out")], tmp_path / "a-file" / "out")):
+        assert _evaluate(eval_manifest, *args) == 1
+        assert _error_line(capsys) == (f"ptasr evaluate: error: cannot write {named}: Not a directory; choose a "
+                                       f"folder you can write")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no results files in the current folder
+
+
+@pytest.mark.parametrize("full", ["report audio", "results json"])
+def test_a_full_disk_while_evaluate_writes_leaves_none_of_its_outputs(full: str, eval_manifest: Path, tmp_path: Path,
+                                                                     monkeypatch, capsys) -> None:
+    out, report = tmp_path / "out", tmp_path / "report"
+    if full == "report audio":
+        monkeypatch.setattr("ptasr.report.copy_playable", _raise(errno.ENOSPC))
+        named = report
+    else:
+        real_write_text = Path.write_text
+
+        def write_text(self: Path, *args, **kwargs):
+            if self.name.endswith(".json") or ".json." in self.name:  # the file, or a temporary name of it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+            return real_write_text(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+        named = out / "*_eval_results.json"
+    assert _evaluate(eval_manifest, "--output-dir", str(out), "--report", str(report)) == 1
+    error = _error_line(capsys)
+    assert fnmatch.fnmatch(error, f"ptasr evaluate: error: cannot write {named}: No space left on device (*free "
+                                  f"there); free some space or choose another folder"), error
+    assert not report.exists() and list(out.iterdir()) == [] and not list(tmp_path.glob(".*"))
