@@ -12,7 +12,9 @@ The folder is what transformers' ``run_speech_recognition_ctc.py`` leaves behind
 - ``README.md``: the model card (:mod:`ptasr.model_card`), with the training results read from the run's
   TensorBoard event files (:mod:`ptasr.run_log`).
 
-:func:`push` uploads the folder to the hub.
+The folder is written beside its place and moved there once complete (:func:`ptasr.storage.staged_folder`): a
+full disk or a failure halfway leaves no folder, or the earlier export as it was. :func:`push` uploads the folder
+to the hub.
 """
 
 from __future__ import annotations
