@@ -45,6 +45,9 @@ class Wav2Vec2Config:
     hidden_act: str = "gelu"
     num_conv_pos_embeddings: int = 128
     num_conv_pos_embedding_groups: int = 16
+    # How the positional conv is computed, not what: "direct" (the grouped conv kernel) or "fft" (the same
+    # convolution through FFTs, ptasr.model.kernels.fft_conv); same weights, same result up to float rounding.
+    positional_conv: Literal["direct", "fft"] = "direct"
     pre_norm: bool = False
     layer_norm_eps: float = 1e-5
     # Regularisation (names and meanings as in transformers).
@@ -85,6 +88,8 @@ class Wav2Vec2Config:
             raise SettingError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
             )
+        if self.positional_conv not in ("direct", "fft"):
+            raise SettingError(f"positional_conv must be 'direct' or 'fft', got {self.positional_conv!r}")
         if self.feat_extract_norm not in ("group", "layer"):
             raise SettingError(f"feat_extract_norm must be 'group' or 'layer', got {self.feat_extract_norm!r}")
 

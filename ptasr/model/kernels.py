@@ -1,7 +1,8 @@
-"""Two drop-in replacements that compute what the plain modules compute, with fewer copies.
+"""Drop-in replacements that compute what the plain modules compute, with fewer copies or fewer operations.
 
 The encoder in :mod:`ptasr.model.wav2vec2` reads without them: an :class:`InputDtypeLayerNorm` is an
-``nn.LayerNorm`` and :func:`channels_last_conv` is ``conv(features.transpose(1, 2)).transpose(1, 2)``.
+``nn.LayerNorm``, and :func:`channels_last_conv` and :func:`fft_conv` are
+``conv(features.transpose(1, 2)).transpose(1, 2)``.
 """
 
 from __future__ import annotations
@@ -58,3 +59,53 @@ def channels_last_conv(conv: nn.Conv1d, features: torch.Tensor) -> torch.Tensor:
     padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
     out = F.conv2d(image, weight, conv.bias, stride=(1, conv.stride[0]), padding=padding, groups=conv.groups)
     return out.squeeze(2).transpose(1, 2).contiguous()  # (B, S', C_out): a view, unless a backend chose another layout
+
+
+def fft_conv(conv: nn.Conv1d, features: torch.Tensor) -> torch.Tensor:
+    """A zero-padded (grouped) Conv1d through FFTs: (B, T, C_in) -> (B, T, C_out), the conv's first T frames.
+
+    Why: the positional conv (kernel 128, 16 groups) multiplies each frame by 128 x 64 weights per channel; as
+    spectra, the convolution is one (C_in / G) x (C_out / G) complex product per frequency and group, about 25
+    times fewer operations at XLS-R's sizes, and grouped-conv kernels are slow on GPUs besides. The result is
+    the convolution's exactly, up to float rounding; computed in float32 (FFTs take no bfloat16), returned in
+    the input's dtype. Stride 1 and dilation 1 only, which is what the positional conv has.
+
+    >>> conv = nn.Conv1d(4, 4, 5, padding=2, groups=2)
+    >>> x = torch.randn(2, 9, 4)
+    >>> torch.allclose(fft_conv(conv, x), conv(x.transpose(1, 2)).transpose(1, 2), atol=1e-5)
+    True
+    """
+    batch, frames, in_channels = features.shape
+    out_channels, group_in, kernel = conv.weight.shape
+    groups, group_out, pad = conv.groups, out_channels // conv.groups, conv.padding[0]
+    size = _fft_size(frames + kernel - 1)  # no wrap-around: a linear convolution of T frames and K taps
+    bins = size // 2 + 1
+    with torch.autocast(features.device.type, enabled=False):
+        spectrum = torch.fft.rfft(features.float(), n=size, dim=1)  # (B, F, C_in)
+        spectrum = spectrum.view(batch, bins, groups, group_in).permute(1, 2, 0, 3)  # (F, G, B, C_in / G)
+        # Conv1d correlates: the flipped kernel convolves.
+        taps = torch.fft.rfft(conv.weight.float().flip(-1), n=size, dim=-1)  # (C_out, C_in / G, F)
+        taps = taps.view(groups, group_out, group_in, bins).permute(3, 0, 2, 1)  # (F, G, C_in / G, C_out / G)
+        product = torch.matmul(spectrum, taps).permute(2, 0, 1, 3).reshape(batch, bins, out_channels)
+        # Output frame t is the full convolution's frame t + K - 1 - pad.
+        out = torch.fft.irfft(product, n=size, dim=1)[:, kernel - 1 - pad : kernel - 1 - pad + frames]
+        if conv.bias is not None:
+            out = out + conv.bias.float()
+    return out.to(features.dtype)
+
+
+def _fft_size(length: int) -> int:
+    """The smallest size >= ``length`` with no prime factor above 5 (fast for every FFT library).
+
+    >>> _fft_size(527), _fft_size(512)
+    (540, 512)
+    """
+    size = length
+    while True:
+        rest = size
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 1

@@ -35,9 +35,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ptasr.lengths import conv_output_lengths
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.model.kernels import InputDtypeLayerNorm, channels_last_conv
+from ptasr.model.kernels import InputDtypeLayerNorm, channels_last_conv, fft_conv
 from ptasr.model.masking import span_mask
 from ptasr.model.packing import FramePacking
+
+try:  # variable-length flash attention on packed sequences: torch >= 2.10
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +190,31 @@ class Wav2Vec2Model(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
                 layers: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) float, (B,) int64 samples -> hidden (B, T, D), (B,) int64 frames; arguments as in
-        :meth:`Wav2Vec2CTC.forward`."""
+        """(B, S) float, (B,) int64 samples -> hidden (B, T, D), (B,) int64 frames on the waveforms' device;
+        arguments as in :meth:`Wav2Vec2CTC.forward`."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.feature_extractor_frozen):
             features, frame_lengths = self.feature_extractor(waveforms, lengths)  # (B, T, C)
+        packing = self.packing(lengths, frame_lengths, features.shape[1], features.device)
         hidden = self.feature_projection(features)  # (B, T, D)
         # LayerDrop draws first: SpecAugment's draws depend on the batch's lengths, which differ across ranks.
         layers = self.encoder.draw_layers(generator) if layers is None else layers
-        hidden = self.mask(hidden, frame_lengths, generator)
-        return self.encoder(hidden, frame_lengths, layers), frame_lengths
+        hidden = self.mask(hidden, packing.lengths, generator)
+        return self.encoder(hidden, packing.lengths, layers, packing), packing.lengths
+
+    def packing(self, lengths: torch.Tensor, frame_lengths: torch.Tensor, frames: int, device: torch.device
+                ) -> FramePacking:
+        """Where the valid frames lie (:class:`~ptasr.model.packing.FramePacking`), from (B,) samples and frames.
+
+        Planned on the host: from lengths on the host (the training module passes them so) the forward pass
+        never waits for the device; lengths on the device are read back once, after the conv stack is queued.
+        A traced graph (``torch.export``, ONNX) has no values to plan with, and packs on the device instead.
+        """
+        if torch.compiler.is_compiling():
+            return FramePacking.of(frame_lengths.to(device), frames)
+        # From the samples as Python ints: the only thing read from ``lengths``, before any op on them.
+        kernels, strides = self.config.conv_kernel, self.config.conv_stride
+        counts = [conv_output_lengths(samples, kernels, strides) for samples in lengths.tolist()]
+        return FramePacking.planned(counts, frames, device)
 
     def mask(
         self, hidden: torch.Tensor, frame_lengths: torch.Tensor, generator: torch.Generator | None = None
@@ -233,7 +254,7 @@ class FeatureEncoder(nn.Module):
         self.kernels, self.strides = config.conv_kernel, config.conv_stride
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) float, (B,) samples -> features (B, T, C), (B,) frames."""
+        """(B, S) float, (B,) samples -> features (B, T, C), (B,) frames (where the samples were)."""
         features = waveforms[:, :, None]  # (B, S, 1)
         for layer in self.conv_layers:
             features = layer(features)
@@ -294,6 +315,7 @@ class Transformer(nn.Module):
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
         self.pre_norm, self.layerdrop = config.pre_norm, config.layerdrop
+        self.attention_dropout, self.head_size = config.attention_dropout, config.hidden_size // config.num_attention_heads
         self.pos_conv_embed = PositionalConvEmbedding(config)
         # Pre-norm: the last norm, which feeds the CTC head. Post-norm: the first, the start of the residual stream.
         norm = InputDtypeLayerNorm if config.pre_norm else nn.LayerNorm
@@ -302,32 +324,52 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor, layers: list[bool] | None = None
-                ) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, frame_lengths: torch.Tensor, layers: list[bool] | None = None,
+                packing: FramePacking | None = None) -> torch.Tensor:
         """(B, T, D), (B,) frames -> (B, T, D), zeros at padded frames.
 
         ``layers``: which layers run (default: :meth:`draw_layers` from torch's global generator). The layers
-        run on the valid frames only, packed into (N, D) (:class:`~ptasr.model.packing.FramePacking`).
+        run on the valid frames only, packed into (N, D) once after the positional conv and unpacked once at
+        the end, by ``packing`` (:class:`~ptasr.model.packing.FramePacking`; ``None``: made from
+        ``frame_lengths`` on their device).
         """
-        packing = FramePacking.of(frame_lengths, hidden.shape[1])
+        packing = FramePacking.of(frame_lengths, hidden.shape[1]) if packing is None else packing
         # transformers zeroes padded frames so the positional conv does not smear them into valid ones.
         hidden = hidden * packing.valid[..., None].to(hidden.dtype)
         packed = packing.pack(hidden + self.pos_conv_embed(hidden))  # (N, D)
         if not self.pre_norm:
             packed = self.layer_norm(packed)
         packed = self.dropout(packed)
+        varlen = self.varlen_attention(packed, packing)
         layers = self.draw_layers(None) if layers is None else layers
         for layer, runs in zip(self.layers, layers, strict=True):
             if not runs:
                 if torch.is_grad_enabled():
                     packed = packed + _zero_through(layer)
             elif self.gradient_checkpointing and self.training:
-                packed = checkpoint(layer, packed, packing, use_reentrant=False)
+                packed = checkpoint(layer, packed, packing, varlen, use_reentrant=False)
             else:
-                packed = layer(packed, packing)
+                packed = layer(packed, packing, varlen)
         if self.pre_norm:
             packed = self.layer_norm(packed)
         return packing.unpack(packed)  # (B, T, D)
+
+    def varlen_attention(self, packed: torch.Tensor, packing: FramePacking) -> bool:
+        """Whether attention takes the packed sequences as they are (``varlen_attn``, flash attention on CUDA).
+
+        It needs torch >= 2.10, a CUDA device, half precision (as q, k and v come out of autocast's linears),
+        the sequences' offsets from the host, and no attention dropout (the kernel has none). Elsewhere
+        attention runs on the padded layout, with padded keys masked: the same function. Decided once per
+        forward pass, here rather than in the (compiled) layers; the first use of each way is logged.
+        """
+        device = packed.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else packed.dtype
+        varlen = (varlen_attn is not None and device == "cuda" and dtype in (torch.float16, torch.bfloat16)
+                  and packing.offsets is not None and not (self.training and self.attention_dropout > 0)
+                  and self.head_size % 8 == 0 and self.head_size <= 256)
+        _log_once("attention: variable-length flash attention on the packed frames (varlen_attn)" if varlen else
+                  "attention: scaled_dot_product_attention on the padded layout, padded keys masked")
+        return varlen
 
     def draw_layers(self, generator: torch.Generator | None) -> list[bool]:
         """LayerDrop: which layers run (all of them outside training or without layerdrop).
@@ -343,7 +385,12 @@ class Transformer(nn.Module):
 
 
 class PositionalConvEmbedding(nn.Module):
-    """Relative positions from a wide grouped convolution over time, weight-normalised over the kernel axis."""
+    """Relative positions from a wide grouped convolution over time, weight-normalised over the kernel axis.
+
+    ``config.positional_conv`` picks how the same convolution is computed: "direct" (the grouped conv kernel)
+    or "fft" (products of spectra, :func:`~ptasr.model.kernels.fft_conv`). Either way the weights are those of
+    the ``nn.Conv1d`` in ``conv``, under transformers' names.
+    """
 
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
@@ -353,14 +400,16 @@ class PositionalConvEmbedding(nn.Module):
         nn.init.normal_(conv.weight, mean=0.0, std=2 * math.sqrt(1 / (kernel * width)))
         nn.init.zeros_(conv.bias)
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
-        # "Same" padding of an even kernel yields one frame too many; transformers' SamePad drops the last.
-        self.trim = 1 if kernel % 2 == 0 else 0
+        self.method = config.positional_conv
         self.activation = _activation(config.feat_extract_activation)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D) positional term."""
-        positions = channels_last_conv(self.conv, hidden)  # (B, T + trim, D)
-        return self.activation(positions[:, : positions.shape[1] - self.trim])
+        if self.method == "fft":
+            return self.activation(fft_conv(self.conv, hidden))
+        positions = channels_last_conv(self.conv, hidden)  # (B, T + 1, D) for an even kernel, else (B, T, D)
+        # "Same" padding of an even kernel yields one frame too many; transformers' SamePad drops the last.
+        return self.activation(positions[:, : hidden.shape[1]])
 
 
 class TransformerLayer(nn.Module):
@@ -377,17 +426,17 @@ class TransformerLayer(nn.Module):
         self.feed_forward = FeedForward(config)
         self.final_layer_norm = norm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, packed: torch.Tensor, packing: FramePacking) -> torch.Tensor:
-        """(N, D) packed frames -> (N, D)."""
+    def forward(self, packed: torch.Tensor, packing: FramePacking, varlen: bool = False) -> torch.Tensor:
+        """(N, D) packed frames -> (N, D); ``varlen`` as :meth:`Transformer.varlen_attention` decided."""
         if self.pre_norm:
-            packed = packed + self.dropout(self.attention(self.layer_norm(packed), packing))
+            packed = packed + self.dropout(self.attention(self.layer_norm(packed), packing, varlen))
             return packed + self.feed_forward(self.final_layer_norm(packed))
-        packed = self.layer_norm(packed + self.dropout(self.attention(packed, packing)))
+        packed = self.layer_norm(packed + self.dropout(self.attention(packed, packing, varlen)))
         return self.final_layer_norm(packed + self.feed_forward(packed))
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention of each example's frames, on the packed frames or on the padded layout."""
 
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
@@ -398,13 +447,18 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, packed: torch.Tensor, packing: FramePacking) -> torch.Tensor:
-        """(N, D) packed frames -> (N, D). Attention itself needs (B, T, ...), with padded keys masked."""
-        width = packed.shape[-1]
+    def forward(self, packed: torch.Tensor, packing: FramePacking, varlen: bool = False) -> torch.Tensor:
+        """(N, D) packed frames -> (N, D). The default scale Dh ** -0.5 is transformers' scaling."""
+        count, width = packed.shape
+        if varlen:  # q, k, v: (N, H, Dh), each example's rows between its offsets
+            q, k, v = (proj(packed).view(count, self.num_heads, width // self.num_heads)
+                       for proj in (self.q_proj, self.k_proj, self.v_proj))
+            context = varlen_attn(q, k, v, packing.offsets, packing.offsets, packing.longest, packing.longest)
+            return self.out_proj(context.reshape(count, width))
         heads = (packing.batch, packing.frames, self.num_heads, width // self.num_heads)
         q, k, v = (packing.unpack(proj(packed), zero_padding=False).view(heads).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        # q, k, v: (B, H, T, Dh); the default scale Dh ** -0.5 is transformers' scaling.
+        # q, k, v: (B, H, T, Dh)
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=packing.key_mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -442,6 +496,16 @@ def _zero_through(layer: nn.Module) -> torch.Tensor:
     alone, as it does when the layer got no gradient at all.
     """
     return sum(parameter.reshape(-1)[0] for parameter in layer.parameters()) * 0.0
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    """Log ``message`` the first time this process meets it (which attention path runs, at the start)."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.info(message)
 
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}

@@ -149,13 +149,21 @@ class Wav2Vec2CTCModule(L.LightningModule):
         """(B, S) float waveforms, (B,) int64 samples -> logits (B, T, V), frame lengths (B,)."""
         return self.model(waveforms, lengths, generator)
 
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        # The lengths stay on the host too: the model plans its packed frames from them there, so its forward
+        # pass never waits for the device (ptasr.model.packing).
+        if isinstance(batch, dict) and "lengths" in batch:
+            moved["host_lengths"] = batch["lengths"]
+        return moved
+
     def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor] | None:
         batch_size = batch["waveforms"].shape[0]
         if batch_size == 0:
             return empty_training_loss(self)
         # LayerDrop the same on every DDP rank (their gradients meet in one all-reduce); SpecAugment per rank.
         layers = self.model.draw_layers(self._step_generator(batch_idx))
-        logits, frame_lengths = self.model(batch["waveforms"], batch["lengths"], self._mask_generator(batch_idx),
+        logits, frame_lengths = self.model(batch["waveforms"], _lengths(batch), self._mask_generator(batch_idx),
                                            layers=layers)
         # Layers LayerDrop skipped in every batch of this update: their all-zero gradients are dropped before
         # the optimiser step (see on_before_optimizer_step).
@@ -183,7 +191,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if batch_size == 0:  # no readable clip, or a spare DDP rank's share
             log_empty_evaluation_loss(self, f"{stage}/loss")
             return None
-        logits, frame_lengths = self(batch["waveforms"], batch["lengths"])
+        logits, frame_lengths = self(batch["waveforms"], _lengths(batch))
         loss = config_ctc_loss(self.model.config, logits, frame_lengths, batch["labels"], batch["label_lengths"])
         self.log(f"{stage}/loss", loss, batch_size=batch_size, sync_dist=True)
         return {"loss": loss, "logits": logits, "frame_lengths": frame_lengths, "ids": batch["ids"],
@@ -254,3 +262,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # The checkpoint's text side outside a Trainer (inference); inside one, the data's, checked against it.
         entry = checkpoint.get(ENTRY) or {}
         self.vocab, self.normalizer = text_side_after_loading(entry, self.vocab, self.normalizer)
+
+
+def _lengths(batch: Batch) -> torch.Tensor:
+    """(B,) samples of a batch, on the host where ``transfer_batch_to_device`` kept them (no wait in the model)."""
+    return batch.get("host_lengths", batch["lengths"])
