@@ -16,7 +16,9 @@ What cannot run on a fake device, and what covers it instead:
 non-finite updates on the device) and skips where none is at hand; ``benchmarks/gpu_check.py`` measures.
 
 LayerDrop is drawn on the host from a CPU generator (``Wav2Vec2CTC.draw_layers``, as the training module does):
-it never waits for the device, so the tests draw it before entering the fake mode.
+it never waits for the device, so the tests draw it before entering the fake mode. The lengths stay on the
+host too, as the training module keeps them (``transfer_batch_to_device``): the model plans its packed frames
+from them there, so they are a real CPU tensor made outside the fake mode.
 """
 
 from __future__ import annotations
@@ -41,16 +43,15 @@ from ptasr.model.kernels import InputDtypeLayerNorm
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "hf_configs"
 
-# Every place in the training forward pass where the host waits for the device, with the reason it must.
-# benchmarks/README.md explains each one too; a new one fails test_host_syncs_are_the_listed_ones.
-HOST_SYNCS = {
-    "ptasr/model/packing.py:FramePacking.of": "aten.nonzero: the number of valid frames N sets the packed "
-    "(N, D) shapes of every transformer layer, so the host reads it before it can queue them",
-}
+# Every place in the training forward pass where the host waits for the device, with the reason it must:
+# none, since the packing is planned from the lengths on the host. benchmarks/README.md explains why; a new one
+# fails test_host_syncs_are_the_listed_ones.
+HOST_SYNCS: dict[str, str] = {}
 
-# The real configurations, with the fine-tuning recipe's masking (the reference: time 0.75 x 10, feature 0.25 x 64).
+# The real configurations, with the fine-tuning recipe's masking (the reference: time 0.75 x 10, feature 0.25 x 64)
+# and no attention dropout (configs/xls-r-300m_pt_improved.yaml), which lets attention take the packed frames.
 FINE_TUNING = dict(vocab_size=40, pad_token_id=39, mask_time_prob=0.75, mask_time_length=10,
-                   mask_feature_prob=0.25, mask_feature_length=64)
+                   mask_feature_prob=0.25, mask_feature_length=64, attention_dropout=0.0)
 CONFIGS = {
     "tiny": lambda: Wav2Vec2Config.preset("tiny", **{**FINE_TUNING, "mask_feature_length": 16}),
     "xls-r-300m": lambda: Wav2Vec2Config.from_json(FIXTURES / "wav2vec2-xls-r-300m.json").replace(**FINE_TUNING),
@@ -58,6 +59,7 @@ CONFIGS = {
     "wav2vec2-base": lambda: Wav2Vec2Config.from_json(FIXTURES / "wav2vec2-base-960h.json").replace(**FINE_TUNING),
 }
 LENGTHS = [51_200, 32_000, 17_000]  # samples: a padded batch of different lengths
+HOST_LENGTHS = torch.tensor(LENGTHS)  # a real CPU tensor, made outside the fake mode
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -138,9 +140,25 @@ def fake_model(name: str) -> Wav2Vec2CTC:
 
 
 def fake_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S) waveforms and (B,) lengths on the fake device."""
+    """(B, S) waveforms on the fake device and (B,) lengths on the host."""
     waveforms = torch.randn(len(LENGTHS), max(LENGTHS))
-    return waveforms, torch.tensor(LENGTHS)
+    return waveforms, HOST_LENGTHS
+
+
+@contextmanager
+def counted_varlen_attn() -> Iterator[list[tuple[int, ...]]]:
+    """Counts the model's calls of ``varlen_attn`` (the query's shape each), still calling it."""
+    import ptasr.model.wav2vec2 as wav2vec2
+
+    calls: list[tuple[int, ...]] = []
+
+    def counted(query: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(tuple(query.shape))
+        return real(query, *args, **kwargs)
+
+    real = wav2vec2.varlen_attn
+    with mock.patch.object(wav2vec2, "varlen_attn", counted):
+        yield calls
 
 
 def _outputs_of(model: Wav2Vec2CTC) -> Callable[[], dict[str, tuple[torch.device, torch.dtype]]]:
@@ -171,12 +189,16 @@ def test_forward_on_a_fake_cuda_device(config_model: tuple[str, Wav2Vec2CTC], pr
     model.train(training)
     generator = torch.Generator().manual_seed(0)
     layers = model.draw_layers(generator)  # on the host, before the fake mode (as the training module does)
-    with fake_cuda():
+    with fake_cuda(), counted_varlen_attn() as varlen_calls:
         waveforms, lengths = fake_batch()
         finish = _outputs_of(model)
         with torch.autocast("cuda", dtype=dtype), torch.set_grad_enabled(training):
             logits, frame_lengths = model(waveforms, lengths, generator, layers=layers)
         outputs = finish()
+    # Attention took the packed frames, (N, H, Dh), in every layer that ran.
+    valid = sum(conv_output_lengths(n, config.conv_kernel, config.conv_stride) for n in LENGTHS)
+    head = config.hidden_size // config.num_attention_heads
+    assert varlen_calls == [(valid, config.num_attention_heads, head)] * sum(layers)
     frames = conv_output_lengths(max(LENGTHS), config.conv_kernel, config.conv_stride)
     assert logits.shape == (len(LENGTHS), frames, config.vocab_size)
     assert logits.device.type == "cuda" and frame_lengths.device.type == "cuda"
@@ -209,9 +231,24 @@ def test_host_syncs_are_the_listed_ones(name: str) -> None:
             model(waveforms, lengths, generator, layers=layers)
     assert sorted({where for _, where in syncs.calls}) == sorted(HOST_SYNCS)
     assert len(syncs.calls) == len(HOST_SYNCS)  # each of them once per forward pass
-    assert [op for op, _ in syncs.calls] == ["aten.nonzero"]
     readme = (ROOT / "benchmarks" / "README.md").read_text()
     assert all(where in readme for where in HOST_SYNCS), "benchmarks/README.md must explain every host sync"
+
+
+def test_lengths_on_the_device_are_read_back_once() -> None:
+    # Where the lengths are on the device only (inference), the packing's plan reads them back: one wait, the
+    # one that 76ea759 had in the training forward too (there a nonzero, on the frames' validity). The values
+    # read back are unknown on a fake device, so the trace stops right there.
+    model = fake_model("tiny").train()
+    lengths = torch.tensor(LENGTHS)
+    generator = torch.Generator().manual_seed(0)
+    layers = model.draw_layers(generator)
+    with fake_cuda() as shape_env:
+        waveforms, lengths = fake_batch()[0], lengths.to("cuda")
+        with HostSyncs(shape_env) as syncs, torch.autocast("cuda", dtype=torch.bfloat16):
+            with pytest.raises(Exception, match="data-dependent|Could not guard|[Uu]nbacked"):
+                model(waveforms, lengths, generator, layers=layers)
+    assert syncs.calls[0][0] == "aten._local_scalar_dense"  # the first wait: reading the lengths back
 
 
 def test_the_sync_detector_sees_every_kind_of_wait() -> None:
