@@ -34,6 +34,7 @@ import torch
 
 from ptasr import Wav2Vec2CTC, Wav2Vec2Config
 from ptasr.model.loss import ctc_loss
+from ptasr.model.packing import FramePacking
 
 SAMPLE_RATE = 16_000
 VOCAB = 40
@@ -48,14 +49,15 @@ class Batch:
     lengths: torch.Tensor  # (B,) samples
     labels: torch.Tensor  # (B, L) padded with -100
     label_lengths: torch.Tensor  # (B,)
+    host_lengths: torch.Tensor | None = None  # (B,) samples kept on the host, as the training module keeps them
 
     @property
     def audio_seconds(self) -> float:
         return float(self.lengths.sum()) / SAMPLE_RATE
 
     def to(self, device: str) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.waveforms, self.lengths, self.labels,
-                                                                 self.label_lengths)))
+        moved = (t.to(device, non_blocking=True) for t in (self.waveforms, self.lengths, self.labels, self.label_lengths))
+        return Batch(*moved, host_lengths=self.lengths)
 
 
 def make_batches(clips: int, count: int, seed: int, max_seconds: float = 8.0) -> list[Batch]:
@@ -95,9 +97,12 @@ def model_config(size: str) -> Wav2Vec2Config:
 StepFn = Callable[[Batch], torch.Tensor]
 
 
-def build_ptasr(folder: Path, device: str, compile_: bool, checkpointing: bool = False
-                ) -> tuple[torch.nn.Module, StepFn]:
-    model = Wav2Vec2CTC.from_pretrained(folder).to(device).train()
+def build_ptasr(folder: Path, device: str, compile_: bool, checkpointing: bool = False, padded: bool = False,
+                positional_conv: str = "direct") -> tuple[torch.nn.Module, StepFn]:
+    model = Wav2Vec2CTC.from_pretrained(folder, positional_conv=positional_conv).to(device).train()
+    if padded:  # every layer on all B * T rows, lengths on the device: the padded path packing replaces
+        model.wav2vec2.packing = lambda lengths, frame_lengths, frames, device: FramePacking.padded(
+            frame_lengths.to(device), frames)
     model.freeze_feature_encoder()
     # Recomputing each transformer layer in the backward pass keeps only the layer inputs: the memory side
     # of the trade (model.gradient_checkpointing in the configs).
@@ -107,7 +112,9 @@ def build_ptasr(folder: Path, device: str, compile_: bool, checkpointing: bool =
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step(batch: Batch) -> torch.Tensor:
-        logits, frame_lengths = model(batch.waveforms, batch.lengths, generator=generator)
+        # The lengths on the host, as the training module passes them: the forward pass never waits.
+        lengths = batch.lengths if padded else batch.host_lengths
+        logits, frame_lengths = model(batch.waveforms, lengths, generator=generator)
         return ctc_loss(logits, frame_lengths, batch.labels, batch.label_lengths, blank=VOCAB - 1,
                         reduction="mean", zero_infinity=True)
 
@@ -148,6 +155,10 @@ def build_torchaudio(folder: Path, device: str, compile_: bool) -> tuple[torch.n
 SYSTEMS: dict[str, Callable[[Path, str], tuple[torch.nn.Module, StepFn]]] = {
     "ptasr": lambda folder, device: build_ptasr(folder, device, compile_=False),
     "ptasr-compile": lambda folder, device: build_ptasr(folder, device, compile_=True),
+    "ptasr-padded": lambda folder, device: build_ptasr(folder, device, compile_=False, padded=True),
+    "ptasr-compile-padded": lambda folder, device: build_ptasr(folder, device, compile_=True, padded=True),
+    "ptasr-fft": lambda folder, device: build_ptasr(folder, device, compile_=False, positional_conv="fft"),
+    "ptasr-compile-fft": lambda folder, device: build_ptasr(folder, device, compile_=True, positional_conv="fft"),
     "ptasr-checkpointing": lambda folder, device: build_ptasr(folder, device, False, checkpointing=True),
     "ptasr-compile-checkpointing": lambda folder, device: build_ptasr(folder, device, True, checkpointing=True),
     "transformers-eager": lambda folder, device: build_transformers(folder, device, "eager"),

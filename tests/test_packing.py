@@ -43,9 +43,7 @@ def training_model(layout: str, **overrides: object) -> Wav2Vec2CTC:
 def padded_packing(self: wav2vec2.Wav2Vec2Model, lengths: torch.Tensor, frame_lengths: torch.Tensor,
                    frames: int, device: torch.device) -> FramePacking:
     """The padded path: no index, so every layer runs on all B * T rows; padded keys masked, as transformers."""
-    lengths = frame_lengths.to(device)
-    key_mask = length_mask(lengths.clamp(min=1), frames)[:, None, None, :]
-    return FramePacking(None, None, length_mask(lengths, frames), lengths, None, None, len(lengths), frames, key_mask)
+    return FramePacking.padded(frame_lengths.to(device), frames)
 
 
 def step(model: Wav2Vec2CTC, lengths: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

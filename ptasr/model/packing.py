@@ -76,6 +76,14 @@ class FramePacking(NamedTuple):
         return cls._of(frame_lengths, frames, index, rows, None, None, index.shape[0])
 
     @classmethod
+    def padded(cls, frame_lengths: torch.Tensor, frames: int) -> FramePacking:
+        """No packing: every layer runs on all B * T rows, padded keys masked (transformers' way). For
+        comparisons (``tests/test_packing.py``, ``benchmarks/train_throughput.py``'s ``ptasr-padded``)."""
+        key_mask = length_mask(frame_lengths.clamp(min=1), frames)[:, None, None, :]
+        valid = length_mask(frame_lengths, frames)
+        return cls(None, None, valid, frame_lengths, None, None, frame_lengths.shape[0], frames, key_mask)
+
+    @classmethod
     def _of(cls, lengths: torch.Tensor, frames: int, index: torch.Tensor, rows: torch.Tensor,
             offsets: torch.Tensor | None, longest: int | None, count: int | torch.SymInt) -> FramePacking:
         batch = lengths.shape[0]
