@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The one prepared GPU session: sanity checks, the Lightning fit loop (fit_throughput.py, with the bare step of
-# ptasr in the same process), then the training-step comparison against the peers (train_throughput.py). Each
-# section has its own time share and a hard limit (checks 60 s, the GPU tests 120 s, fit 170 s, peers 210 s), so that by default the
-# script ends within 8 minutes of wall time (not yet timed on a GPU): a session has 15 minutes of device time, the
-# machine's start-up included. JSON is written as results come; $OUT gets at most 8 files (8 come back), the last
-# being profiles.txt: torch.profiler tables of two ptasr steps (eager and compiled) per batch size.
+# The one prepared GPU session: sanity checks (with where each host sync is), both positional convs on their own,
+# the Lightning fit loop (fit_throughput.py, with the bare step of ptasr in the same process) at 16 and 64 clips,
+# then the training-step comparison (train_throughput.py): ptasr packed and padded, with the direct and the FFT
+# positional conv, against the peers. Each section has its own time share and a hard limit (checks 60 s,
+# positional convs 40 s, fit 170 s, steps 210 s; the GPU tests only with GPU_TESTS=1, 120 s), so that by default
+# the script ends within 8 minutes of wall time (not yet timed on a GPU): a session has 15 minutes of device
+# time, the machine's start-up included. JSON is written as results come; $OUT gets at most 8 files (8 come
+# back), the last being profiles.txt: torch.profiler tables of the top operators of two steps per profiled
+# system (ptasr-compile, ptasr-compile-fft) and batch size. After the run: the faster positional conv at 64
+# clips becomes the GPU default (configs' model.config_overrides.positional_conv), see benchmarks/README.md.
 #
 # Usage on the lent machine, from the repository root, carrying the wheels folder .whl (below): the device tool's
 # run with command "bash benchmarks/gpu_run.sh", carry [".whl"] and timeout_s 540 (it sets OUT); elsewhere
@@ -14,6 +18,7 @@
 #
 # Knobs (environment):
 #   FIT=1|0           the fit-loop section (default 1); FIT=0 runs what the script ran before it existed
+#   GPU_TESTS=1|0     tests/test_train_gpu.py into gpu_check.log (default 0: it does not fit the 8 minutes)
 #   FIT_S             the fit section's share in seconds (default 150; stopped at FIT_S + 20)
 #   FIT_CLIPS         clips per step, one fit run each while the share lasts (default "16 64"; CPU "4")
 #   FIT_ARGS          more fit_throughput.py arguments, e.g. "--compile" or "--steps 30"
@@ -48,10 +53,15 @@ fi
 "$PYTHON" -c "import torch, transformers, torchaudio; print(torch.__version__, transformers.__version__, torchaudio.__version__)"
 if [ "$DEVICE" = cuda ]; then
   timeout -k 10 60 "$PYTHON" benchmarks/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
-  # the CUDA-only tests (skipped everywhere else), into the same log: $OUT brings back 8 files at most
-  timeout -k 10 ${GPU_TESTS_S:-120} "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_train_gpu.py 2>&1 \
-    | grep -v -E -e "[0-9](it/s|s/it)" | tail -60 | tee -a "$OUT/gpu_check.log"
+  if [ "${GPU_TESTS:-0}" = 1 ]; then
+    # the CUDA-only tests (skipped everywhere else), into the same log: $OUT brings back 8 files at most
+    timeout -k 10 ${GPU_TESTS_S:-120} "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_train_gpu.py 2>&1 \
+      | grep -v -E -e "[0-9](it/s|s/it)" | tail -60 | tee -a "$OUT/gpu_check.log"
+  fi
 fi
+# both positional convs alone, forward + backward (bf16 on a GPU); into the checks' log (8 files come back)
+timeout -k 10 40 "$PYTHON" benchmarks/positional_conv.py --device "$DEVICE" --rounds "${POS_ROUNDS:-5}" \
+  --out "$OUT/positional_conv.json" 2>&1 | tee -a "$OUT/gpu_check.log"
 
 if [ "$FIT" = 1 ]; then
   if "$PYTHON" -c "import soundfile, jiwer, jsonargparse, docstring_parser, typeshed_client" 2>"$OUT/fit_throughput.log"; then
@@ -72,10 +82,11 @@ fi
 
 BUDGET_S=${BUDGET_S:-$([ "$FIT" = 1 ] && echo 180 || echo 300)}
 if [ "$DEVICE" = cuda ]; then
-  SYSTEMS=${SYSTEMS:-ptasr ptasr-compile transformers-sdpa torchaudio torchaudio-compile ptasr-checkpointing ptasr-compile-checkpointing}
+  SYSTEMS=${SYSTEMS:-ptasr ptasr-padded ptasr-fft ptasr-compile ptasr-compile-fft transformers-sdpa torchaudio-compile}
 else
-  SYSTEMS=${SYSTEMS:-ptasr transformers-eager}
+  SYSTEMS=${SYSTEMS:-ptasr ptasr-padded ptasr-fft transformers-eager}
 fi
 timeout -k 10 $((BUDGET_S + 30)) "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" --budget-s "$BUDGET_S" \
   --steps "${STEPS:-$([ "$DEVICE" = cuda ] && echo 10 || echo 4)}" --clips ${CLIPS:-$([ "$DEVICE" = cuda ] && echo 16 64 || echo 4)} \
-  --systems $SYSTEMS --out "$OUT/train_throughput.json" --profile "$OUT/profiles.txt" 2>&1 | grep -v "Loading weights" | tee "$OUT/train_throughput.log"
+  --systems $SYSTEMS --out "$OUT/train_throughput.json" --profile "$OUT/profiles.txt" \
+  --profile-systems ${PROFILE_SYSTEMS:-$([ "$DEVICE" = cuda ] && echo ptasr-compile ptasr-compile-fft || echo ptasr ptasr-fft)} 2>&1 | grep -v "Loading weights" | tee "$OUT/train_throughput.log"

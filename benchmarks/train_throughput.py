@@ -99,7 +99,8 @@ StepFn = Callable[[Batch], torch.Tensor]
 
 def build_ptasr(folder: Path, device: str, compile_: bool, checkpointing: bool = False, padded: bool = False,
                 positional_conv: str = "direct") -> tuple[torch.nn.Module, StepFn]:
-    model = Wav2Vec2CTC.from_pretrained(folder, positional_conv=positional_conv).to(device).train()
+    overrides = {} if positional_conv == "direct" else dict(positional_conv=positional_conv)
+    model = Wav2Vec2CTC.from_pretrained(folder, **overrides).to(device).train()
     if padded:  # every layer on all B * T rows, lengths on the device: the padded path packing replaces
         model.wav2vec2.packing = lambda lengths, frame_lengths, frames, device: FramePacking.padded(
             frame_lengths.to(device), frames)

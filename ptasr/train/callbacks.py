@@ -126,11 +126,15 @@ class CTCHealth(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not isinstance(outputs, dict) or "logits" not in outputs:
             return
-        blank = pl_module.model.config.pad_token_id
-        blank_frames, frames = blank_frame_counts(outputs["logits"], outputs["frame_lengths"], blank)
         infeasible = ctc_infeasible(batch["labels"], batch["label_lengths"], outputs["frame_lengths"])
         self._infeasible = self._infeasible.to(pl_module.device) + infeasible.sum()
         self._nonfinite = self._nonfinite.to(pl_module.device) + (~torch.isfinite(outputs["loss"])).long()
+        # Lightning writes step values only where it updates the logs; each `log` call costs host time (its
+        # result collection walks its state), so the values, and the blank count, are made there only.
+        if not should_update_logs(trainer):
+            return
+        blank = pl_module.model.config.pad_token_id
+        blank_frames, frames = blank_frame_counts(outputs["logits"], outputs["frame_lengths"], blank)
         pl_module.log("train/blank_share", blank_frames / frames.clamp(min=1))
         pl_module.log("train/infeasible_utterances", self._infeasible.float())
         pl_module.log("train/nonfinite_losses", self._nonfinite.float())

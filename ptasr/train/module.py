@@ -225,7 +225,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if not grads:
             return
         grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping, as HF logs it
-        self.log("train/grad_norm", grad_norm)
+        if should_update_logs(self.trainer):  # where Lightning writes step values: each `log` costs host time
+            self.log("train/grad_norm", grad_norm)
         self._grad_norm = grad_norm  # reused by the clipping that follows
         # Skipped if not finite (fp16: by its GradScaler); checked where Lightning syncs for its logs anyway.
         self.nonfinite.update(grad_norm, self.global_step, optimizer, skip=not self._scaled(),
