@@ -14,7 +14,8 @@
 # run with command "bash benchmarks/gpu_run.sh", carry [".whl"] and timeout_s 540 (it sets OUT); elsewhere
 #   OUT=<dir> bash benchmarks/gpu_run.sh
 # Rehearsal on a machine without a GPU (small models, short runs; PYTHON picks the interpreter):
-#   DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/out FIT_S=150 BUDGET_S=60 bash benchmarks/gpu_run.sh
+#   DEVICE=cpu PYTHON=.venv/bin/python OUT=/tmp/out FIT_S=150 BUDGET_S=60 POS_ROUNDS=1 POS_ARGS="--first 1" \
+#     bash benchmarks/gpu_run.sh
 #
 # Knobs (environment):
 #   FIT=1|0           the fit-loop section (default 1); FIT=0 runs what the script ran before it existed
@@ -60,7 +61,7 @@ if [ "$DEVICE" = cuda ]; then
   fi
 fi
 # both positional convs alone, forward + backward (bf16 on a GPU); into the checks' log (8 files come back)
-timeout -k 10 40 "$PYTHON" benchmarks/positional_conv.py --device "$DEVICE" --rounds "${POS_ROUNDS:-5}" \
+timeout -k 10 40 "$PYTHON" benchmarks/positional_conv.py --device "$DEVICE" --rounds "${POS_ROUNDS:-5}" ${POS_ARGS:-} \
   --out "$OUT/positional_conv.json" 2>&1 | tee -a "$OUT/gpu_check.log"
 
 if [ "$FIT" = 1 ]; then

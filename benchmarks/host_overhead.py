@@ -9,8 +9,12 @@ work that Lightning, the training module's hooks, the callbacks and the logger a
   BlankPlateauWatch, MixedPrecisionHealth, TrainingMonitor, the progress bar; not the checkpointing ones),
   TensorBoard, ``log_every_n_steps`` 25 and gradient clipping as the recipe sets them, fp32 on the CPU.
 
-The two alternate in rounds in one process; ``host_ms_per_update`` is the median fit update minus the median
-bare update. ``--profile`` adds cProfile's top functions of one fit round (by own time).
+The two alternate in rounds in one process, with one intra-op thread, so that the CPU time of the main
+thread (``time.thread_time``) is the update's whole CPU work: on a machine shared with other jobs that time
+holds where wall time does not (wall time is reported too). ``host_ms_per_update`` is the median fit update
+minus the median bare update, in CPU time; ``python_calls_per_update`` (cProfile's count over one more round
+of each, a number no load changes) says how much Python runs around the step. ``--profile`` writes
+cProfile's top functions of that fit round (by own time).
 
 ``--trees A B`` runs the same measurement in a subprocess per source tree (PYTHONPATH), alternating, so a
 change is measured before and after in one run on the same load; the CPU training step of
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -66,12 +71,12 @@ def module():
     return Wav2Vec2CTCModule(bare.VOCAB, bare.VOCAB - 1, config_overrides=dict(TINY), lr=1e-4, fused=False)
 
 
-def bare_round(model: torch.nn.Module, data: list[dict], optimizer: torch.optim.Optimizer) -> float:
-    """Seconds per update of the plain loop."""
+def bare_round(model: torch.nn.Module, data: list[dict], optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """Wall and CPU seconds per update of the plain loop."""
     from ptasr.model.loss import config_ctc_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     for batch in data:
         logits, frames = model(batch["waveforms"], batch["lengths"], torch.Generator().manual_seed(0))
         loss = config_ctc_loss(model.config, logits, frames, batch["labels"], batch["label_lengths"])
@@ -79,7 +84,7 @@ def bare_round(model: torch.nn.Module, data: list[dict], optimizer: torch.optim.
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / len(data)
+    return (time.perf_counter() - start) / len(data), (time.thread_time() - cpu) / len(data)
 
 
 def trainer(steps: int, run_dir: Path):
@@ -108,33 +113,37 @@ class Stamps:
 
         class _Stamps(L.Callback):
             def __init__(self) -> None:
-                self.times: list[float] = []
+                self.times: list[tuple[float, float]] = []
 
             def on_train_batch_end(self, *args: object) -> None:
-                self.times.append(time.perf_counter())
+                self.times.append((time.perf_counter(), time.thread_time()))
 
         return _Stamps()
 
 
-def fit_round(data: list[dict], warmup: int, run_dir: Path, profile: bool) -> tuple[float, str | None]:
-    """Seconds per update of ``Trainer.fit`` after ``warmup`` updates (a fresh module and trainer each round)."""
+def fit_round(data: list[dict], warmup: int, run_dir: Path) -> tuple[float, float]:
+    """Wall and CPU seconds per update of ``Trainer.fit`` after ``warmup`` updates (a fresh module and trainer)."""
     from torch.utils.data import DataLoader
 
     stamps = Stamps()
     fit = trainer(len(data), run_dir)
     fit.callbacks.append(stamps)
-    loader = DataLoader(data, batch_size=None, shuffle=False)
-    profiler = cProfile.Profile() if profile else None
-    if profiler:
-        profiler.enable()
-    fit.fit(module(), train_dataloaders=loader)
-    if profiler:
-        profiler.disable()
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
-        table = text.getvalue()
-    times = stamps.times[warmup:]
-    return (times[-1] - times[0]) / (len(times) - 1), table if profiler else None
+    fit.fit(module(), train_dataloaders=DataLoader(data, batch_size=None, shuffle=False))
+    (wall0, cpu0), (wall1, cpu1) = stamps.times[warmup], stamps.times[-1]
+    updates = len(stamps.times) - 1 - warmup
+    return (wall1 - wall0) / updates, (cpu1 - cpu0) / updates
+
+
+def python_calls(run: Callable[[list[dict]], object], data: list[dict], short: int) -> tuple[float, pstats.Stats]:
+    """Python function calls per update of ``run`` under cProfile: the difference between runs over all of
+    ``data`` and over its first ``short`` batches (so set-up is not counted), and the longer run's profile."""
+    counts, stats = [], None
+    for part in (data[:short], data):
+        profiler = cProfile.Profile()
+        profiler.runcall(run, part)
+        stats = pstats.Stats(profiler)
+        counts.append(stats.total_calls)
+    return (counts[1] - counts[0]) / (len(data) - short), stats
 
 
 def measure_host(args: argparse.Namespace) -> dict:
@@ -143,34 +152,56 @@ def measure_host(args: argparse.Namespace) -> dict:
     bare_module.model.train()
     optimizer = torch.optim.AdamW([p for p in bare_module.parameters() if p.requires_grad], lr=1e-4)
     bare_round(bare_module.model, data[:3], optimizer)  # warm-up
-    fits, bares, table = [], [], None
+    fits, bares = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for index in range(args.rounds):
+        for _ in range(args.rounds):
             bares.append(bare_round(bare_module.model, data, optimizer))
-            seconds, profiled = fit_round(data, args.warmup, Path(tmp), args.profile and index == args.rounds - 1)
-            fits.append(seconds)
-            table = profiled or table
-    fit_ms, bare_ms = statistics.median(fits) * 1e3, statistics.median(bares) * 1e3
-    row = dict(what="host work per update", updates=args.updates, rounds=args.rounds, fit_ms=round(fit_ms, 2),
-               bare_ms=round(bare_ms, 2), host_ms_per_update=round(fit_ms - bare_ms, 2),
-               fit_over_bare=round(fit_ms / bare_ms, 3), load_average=[round(x, 2) for x in os.getloadavg()])
-    if table:
-        Path(args.profile_out).write_text(table, encoding="utf-8")
-    return row
+            fits.append(fit_round(data, args.warmup, Path(tmp)))
+        few = data[: args.warmup + 20]
+        bare_calls, _ = python_calls(lambda part: bare_round(bare_module.model, part, optimizer), few, args.warmup + 2)
+        fit_calls, stats = python_calls(lambda part: fit_round(part, 1, Path(tmp)), few, args.warmup + 2)
+    fit_wall, fit_cpu = (statistics.median(x[i] for x in fits) * 1e3 for i in (0, 1))
+    bare_wall, bare_cpu = (statistics.median(x[i] for x in bares) * 1e3 for i in (0, 1))
+    if args.profile:
+        text = io.StringIO()
+        stats.stream = text
+        stats.sort_stats("tottime").print_stats(30)
+        Path(args.profile_out).write_text(text.getvalue(), encoding="utf-8")
+    return dict(what="host work per update", updates=args.updates, rounds=args.rounds,
+                fit_cpu_ms=round(fit_cpu, 2), bare_cpu_ms=round(bare_cpu, 2),
+                host_ms_per_update=round(fit_cpu - bare_cpu, 2), fit_wall_ms=round(fit_wall, 2),
+                bare_wall_ms=round(bare_wall, 2), python_calls_per_update=round(fit_calls - bare_calls),
+                load_average=[round(x, 2) for x in os.getloadavg()])
 
 
 def measure_step(args: argparse.Namespace) -> dict:
-    """train_throughput.py's eager CPU training step (small model, fp32, 4 clips), median of rounds."""
-    step_args = argparse.Namespace(device="cpu", precision="fp32", steps=4, rounds=args.rounds, peak_tflops=1.0,
-                                   deadline=time.monotonic() + 600)
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        from ptasr import Wav2Vec2CTC
+    """train_throughput.py's eager CPU training step (its small model, fp32, 4 clips, lengths on the host):
+    median wall and CPU ms per step over rounds of 4 steps."""
+    from ptasr import Wav2Vec2CTC
+    from ptasr.model.loss import ctc_loss
 
-        Wav2Vec2CTC(bare.model_config("small")).save_pretrained(tmp)
-        bare.measure(["ptasr"], 4, step_args, Path(tmp), rows.append)
-    return dict(what="eager CPU training step", step_ms=round(rows[0]["step_s"] * 1e3, 1),
+    torch.manual_seed(0)
+    model = Wav2Vec2CTC(bare.model_config("small")).train()
+    model.freeze_feature_encoder()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    steps = bare.make_batches(4, 4, seed=4)
+
+    def run() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.thread_time()
+        for batch in steps:
+            logits, frames = model(batch.waveforms, batch.lengths, torch.Generator().manual_seed(0))
+            ctc_loss(logits, frames, batch.labels, batch.label_lengths, blank=bare.VOCAB - 1,
+                     zero_infinity=True).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / len(steps), (time.thread_time() - cpu) / len(steps)
+
+    run()  # warm-up
+    rounds = [run() for _ in range(args.rounds)]
+    return dict(what="eager CPU training step", step_cpu_ms=round(statistics.median(r[1] for r in rounds) * 1e3, 1),
+                step_wall_ms=round(statistics.median(r[0] for r in rounds) * 1e3, 1),
                 load_average=[round(x, 2) for x in os.getloadavg()])
 
 
@@ -212,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=10, help="fit updates not timed per round")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=0.5)
-    parser.add_argument("--profile", action="store_true", help="cProfile the last fit round")
+    parser.add_argument("--profile", action="store_true", help="write cProfile's top functions of a fit round")
     parser.add_argument("--profile-out", default="benchmarks/results/host_overhead_profile_cpu.txt")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/host_overhead_cpu.json"))
     args = parser.parse_args(argv)
@@ -221,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.trees:
         compare(args)
         return
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(1)  # the CPU time of the main thread is then all of an update's CPU work
     for what in (["host"] if args.host else []) + (["step"] if args.step else []):
         print(json.dumps(measure_host(args) if what == "host" else measure_step(args)), flush=True)
 

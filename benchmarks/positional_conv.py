@@ -65,11 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--first", type=int, default=None, help="only the first N shapes (a quick rehearsal)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/positional_conv_cpu.json"))
     args = parser.parse_args(argv)
     gpu = args.device == "cuda"
     # (width, clips, frames): 8 s clips are 399 frames; the CPU rows are what two shared cores time in seconds.
     shapes = [(1024, 16, 399), (1024, 64, 399)] if gpu else [(256, 4, 150), (1024, 2, 150), (1024, 4, 399)]
+    shapes = shapes[: args.first]
     info = dict(device=torch.cuda.get_device_name() if gpu else cpu_name(), torch=torch.__version__,
                 threads=torch.get_num_threads())
     print(json.dumps(info), flush=True)
