@@ -56,7 +56,8 @@ class Batch:
         return float(self.lengths.sum()) / SAMPLE_RATE
 
     def to(self, device: str) -> Batch:
-        moved = (t.to(device, non_blocking=True) for t in (self.waveforms, self.lengths, self.labels, self.label_lengths))
+        tensors = (self.waveforms, self.lengths, self.labels, self.label_lengths)
+        moved = (t.to(device, non_blocking=True) for t in tensors)
         return Batch(*moved, host_lengths=self.lengths)
 
 

@@ -80,7 +80,9 @@ class Wav2Vec2CTC(nn.Module):
 
         Args:
             waveforms: (B, S) float, 16 kHz, zero-padded after each example's length.
-            lengths: (B,) int64 valid samples per example.
+            lengths: (B,) int64 valid samples per example, on the waveforms' device or on the host. On the
+                host (as the training module passes them) the forward pass never waits for the device; on the
+                device they are read back once.
             generator: randomness for SpecAugment, and for LayerDrop when ``layers`` is not given (training
                 mode only).
             layers: which transformer layers run, from :meth:`draw_layers`; ``None`` draws them here.
@@ -315,7 +317,8 @@ class Transformer(nn.Module):
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
         self.pre_norm, self.layerdrop = config.pre_norm, config.layerdrop
-        self.attention_dropout, self.head_size = config.attention_dropout, config.hidden_size // config.num_attention_heads
+        self.attention_dropout = config.attention_dropout
+        self.head_size = config.hidden_size // config.num_attention_heads
         self.pos_conv_embed = PositionalConvEmbedding(config)
         # Pre-norm: the last norm, which feeds the CTC head. Post-norm: the first, the start of the residual stream.
         norm = InputDtypeLayerNorm if config.pre_norm else nn.LayerNorm
