@@ -9,6 +9,8 @@
 # back), the last being profiles.txt: torch.profiler tables of the top operators of two steps per profiled
 # system (ptasr-compile, ptasr-compile-fft) and batch size. After the run: the faster positional conv at 64
 # clips becomes the GPU default (configs' model.config_overrides.positional_conv), see benchmarks/README.md.
+# Only $OUT comes back from a lent machine: commit its JSON and profiles.txt under benchmarks/results/ with the
+# card's name (e.g. train_throughput_h200.json, profiles_h200.txt).
 #
 # Usage on the lent machine, from the repository root, carrying the wheels folder .whl (below): the device tool's
 # run with command "bash benchmarks/gpu_run.sh", carry [".whl"] and timeout_s 540 (it sets OUT); elsewhere
