@@ -70,6 +70,16 @@ def last_saved_step(callback: ModelCheckpoint) -> int:
     return callback._last_global_step_saved
 
 
+def take_over_sigterm(trainer: L.Trainer) -> None:
+    """Clear Lightning's "SIGTERM received" flag: a callback that handles SIGTERM itself has taken it over.
+
+    Lightning's loops raise ``SIGTERMException`` (a ``SystemExit`` with status 0) at the next batch end while the
+    flag is set, a sanity check's included; ``LastCheckpoint`` ends such a run itself, with a checkpoint and
+    status 143. The flag is ``Trainer.received_sigterm``, a read-only property over the signal connector.
+    """
+    trainer._signal_connector.received_sigterm = False
+
+
 def take_launched_ranks(trainer: L.Trainer) -> list[Any]:
     """The ``subprocess.Popen`` of each rank Lightning's DDP launcher started from this process (ranks 1..N-1 of
     a plain ``--trainer.strategy=ddp``), taken over from the launcher; ``[]`` under torchrun or SLURM, or on a

@@ -68,3 +68,11 @@ def test_take_launched_ranks_takes_the_ddp_launchers_processes() -> None:
     assert compat.take_launched_ranks(trainer) == []  # taken: the launcher's watcher no longer sees it
     single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     assert compat.take_launched_ranks(single) == []
+
+
+def test_take_over_sigterm_clears_lightnings_flag() -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    trainer._signal_connector._sigterm_notifier_fn(15, None)  # what Lightning's SIGTERM handler does
+    assert trainer.received_sigterm
+    compat.take_over_sigterm(trainer)
+    assert not trainer.received_sigterm

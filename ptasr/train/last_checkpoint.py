@@ -10,9 +10,10 @@ Lightning saves a mid-epoch checkpoint (the end of a finished update, before the
 Signals: the first SIGINT (Ctrl-C) or SIGTERM lets the update in progress finish, writes ``last.ckpt`` and
 ends the process with status 128 + the signal number (130, 143), as a shell reports a process ended by that
 signal; a scheduler sees a pre-empted job, not a finished one. A second SIGINT or SIGTERM stops at once,
-without saving. A signal that arrives during a validation takes effect when the validation ends (its metrics
-and the best checkpoint stay consistent with last.ckpt); a SIGTERM during the start (checkpoint restore, sanity
-check) after the first update.
+without saving, with the same status. A signal that arrives during a validation takes effect when the validation
+ends (its metrics and the best checkpoint stay consistent with last.ckpt); one during the start (checkpoint
+restore, sanity check) after the first update. The handlers replace Lightning's as the sanity check starts:
+Lightning's would end a sanity check of several batches with ``SIGTERMException``, exit status 0.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from ptasr.compat import last_saved_step, save_checkpoint_now
+from ptasr.compat import last_saved_step, save_checkpoint_now, take_over_sigterm
 from ptasr.train.learning_watch import early_end_line, schedule_progress
 
 # The signals that end a run with a checkpoint: Ctrl-C, and what schedulers and `kill` send.
@@ -65,8 +66,10 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str | Path | None = None) -> None:
         # No monitor, one file: the newest checkpoint, overwritten. (ModelCheckpoint's own `save_last` writes
         # last.ckpt only beside a new best checkpoint, so a run whose WER stopped improving would resume from
-        # its best step.)
-        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, save_top_k=1)
+        # its best step.) No version counter: in a run folder that was moved or copied, the restored state names
+        # last.ckpt at its old path, and ModelCheckpoint would write last-v1.ckpt beside the stale last.ckpt.
+        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, save_top_k=1,
+                         enable_version_counter=False)
         self._signal: signal.Signals | None = None
         self._previous_handlers: dict[signal.Signals, Any] = {}
         self._seen_step = -1  # the update whose end was last looked at
@@ -74,14 +77,23 @@ class LastCheckpoint(ModelCheckpoint):
 
     # --- the ends of a run ---------------------------------------------------------------------------------
 
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over_signals(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Installed here, after Lightning's own SIGTERM handler (registered as the fit starts), which it replaces:
-        # Lightning's raises SIGTERMException at the next batch end (exit status 0, no checkpoint).
         self._seen_step = trainer.global_step
         self._end_step = -1
-        # A SIGTERM between Lightning's registration and now (restoring a checkpoint, the sanity check) reached
-        # Lightning's handler: it counts as ours, so the first update ends the run with last.ckpt.
+        self._take_over_signals(trainer)
+
+    def _take_over_signals(self, trainer: L.Trainer) -> None:
+        # Installed after Lightning's own SIGTERM handler (registered just before the sanity check), which they
+        # replace: Lightning's raises SIGTERMException at the next batch end (exit status 0, no checkpoint).
+        if self._previous_handlers:
+            return  # already installed at the sanity check
+        # A SIGTERM between Lightning's registration and now reached Lightning's handler: it counts as ours, so
+        # the first update ends the run with last.ckpt (and Lightning's loops no longer end the run for it).
         self._signal = signal.SIGTERM if trainer.received_sigterm else None
+        take_over_sigterm(trainer)
         self._install_handlers()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -153,9 +165,14 @@ class LastCheckpoint(ModelCheckpoint):
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._signal is not None:
-            # The second one: stop at once. KeyboardInterrupt is Lightning's own way out (teardown, exit 1).
+            # The second one: stop at once, wherever the process is (a save in progress leaves the previous
+            # checkpoint, see AtomicCheckpointIO). A SystemExit goes through Lightning's teardown and keeps its
+            # status; KeyboardInterrupt would become exit status 1.
             self._restore_handlers()
-            raise KeyboardInterrupt
+            second = signal.Signals(signum)
+            rank_zero_info(f"\n[LastCheckpoint] a second {second.name}: stopping now, without saving")
+            raise RunStopped(second, f"stopped at once by a second {second.name}, without saving; last.ckpt is "
+                                     f"the one saved before")
         self._signal = signal.Signals(signum)
         rank_zero_info(f"\n[LastCheckpoint] {self._signal.name}: saving last.ckpt at the end of this update, then "
                        f"stopping; send it again to stop at once without saving")
