@@ -14,14 +14,23 @@ with. They live in
 
 :func:`load_any` reads all three; the weight conversion itself (HF and fairseq names, checked loading) is
 ``ptasr.model.convert``.
+
+A ``.ckpt`` is verified before anything is restored from it (:func:`verify_checkpoint`): ``torch.save`` writes a zip
+archive whose every record carries the CRC-32 of its bytes, which ``torch.load`` does not check, so a checkpoint
+with flipped bytes loads and resumes NaN weights without a word. The checksums are that digest: no sidecar file
+that a kill between two renames could leave out of step, and checkpoints written before ptasr checked them are
+verified too. A damaged file is refused in one line naming the newest intact checkpoint beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -80,10 +89,59 @@ def text_side(entry: dict[str, Any]) -> tuple[Vocabulary | None, TextNormalizer]
 # --- loading ---------------------------------------------------------------------------------------------------
 
 
+def verify_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint file that is empty, truncated or changed since it was written, before it is read.
+
+    Raises:
+        CheckpointError: one line naming ``path``, what is wrong, and the newest intact ``.ckpt`` beside it.
+    """
+    path = Path(path)
+    problem = checkpoint_damage(path)
+    if problem is None:
+        return
+    alternative = newest_intact_checkpoint(path.parent, besides=path)
+    way_out = (f"the newest intact checkpoint beside it is {alternative} (pass it as --ckpt_path, or as MODEL)"
+               if alternative is not None else "no intact checkpoint is beside it")
+    raise CheckpointError(f"{damaged_file_message(path, ValueError(problem))}; {way_out}")
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """What is wrong with the checkpoint file at ``path``, or ``None`` when every record matches its checksum."""
+    stat = path.stat()
+    return _damage(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)  # a resume checks the same file at parsing and again at restoring
+def _damage(path: str, size: int, mtime_ns: int) -> str | None:
+    if size == 0:
+        return "it is empty, 0 bytes"
+    if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives, directory at the end
+        return "no zip directory at its end"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+            if all(record.CRC == 0 for record in records if record.file_size):
+                # torch.serialization.set_crc32_options(False) wrote it: nothing to check against
+                log.info("%s carries no checksums (saved with torch's CRC-32 off): loaded unverified", path)
+                return None
+            changed = archive.testzip()  # reads every record and compares its CRC-32
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as error:
+        return f"its zip structure is broken: {error}"
+    return f"record {changed} does not match its CRC-32 checksum" if changed is not None else None
+
+
+def newest_intact_checkpoint(folder: Path, besides: Path | None = None) -> Path | None:
+    """The most recently written ``*.ckpt`` in ``folder`` (other than ``besides``) that passes the checks."""
+    candidates = [p for p in folder.glob("*.ckpt") if p.is_file() and p != besides]
+    for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        if checkpoint_damage(candidate) is None:
+            return candidate
+    return None
+
+
 def load_lightning_checkpoint(path: Path) -> TrainedModel:
     """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint."""
-    if not zipfile.is_zipfile(path):  # torch.save (and Lightning) write zip archives; anything else is not ours
-        raise CheckpointError(damaged_file_message(path, ValueError("no zip directory at its end")))
+    verify_checkpoint(path)
     checkpoint = safe_torch_load(path)
     entry = checkpoint.get(ENTRY) if isinstance(checkpoint, dict) else None
     if not entry or "state_dict" not in checkpoint:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,3 +133,151 @@ def test_sigterm_at_any_moment_exits_143_with_a_checkpoint(tmp_path: Path, momen
     folder = _checkpoints(save_dir)
     assert _step(folder / "last.ckpt") == saved_step
     assert not [path for path in folder.iterdir() if path.suffix == ".partial"]
+
+
+# --- damaged checkpoints ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The save_dir of a 4-update fit validated at updates 2 and 4: last.ckpt and the best checkpoint."""
+    from ptasr.train.cli import cli_main
+
+    save_dir = tmp_path_factory.mktemp("trained") / "runs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["train.py"])
+        cli_main(["fit", f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL_MODEL, *SMALL_RUN,
+                  "--trainer.max_time=null", "--trainer.max_steps=4", "--trainer.limit_val_batches=1"])
+    return save_dir
+
+
+def _copy(save_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "runs"
+    shutil.copytree(save_dir, copy)
+    return copy
+
+
+def _flip(path: Path, count: int = 200) -> None:
+    """Invert ``count`` bytes in the middle of the file, as a failing disk or a bad copy does."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + count] = bytes(255 - byte for byte in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+
+
+def _best(folder: Path) -> Path:
+    [best] = folder.glob("best-*.ckpt")
+    return best
+
+
+def test_a_resume_from_a_checkpoint_with_flipped_bytes_is_refused_naming_an_intact_one(trained: Path,
+                                                                                       tmp_path: Path) -> None:
+    save_dir = _copy(trained, tmp_path)
+    folder = _checkpoints(save_dir)
+    _flip(folder / "last.ckpt")
+    damaged = (folder / "last.ckpt").read_bytes()
+    # 76ea759 resumed it: NaN losses, exit 0, and a "best" checkpoint saved from the broken weights.
+    error = _one_line(_fit(save_dir, "--ckpt_path=last", "--trainer.max_steps=6"))
+    assert f"{folder / 'last.ckpt'}" in error and "CRC-32" in error, error
+    assert f"the newest intact checkpoint beside it is {_best(folder)}" in error, error
+    assert (folder / "last.ckpt").read_bytes() == damaged  # nothing was restored, nothing saved
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
+def test_a_damaged_checkpoint_is_refused_by_the_model_loader_naming_an_intact_one(trained: Path, tmp_path: Path,
+                                                                                  damage: str) -> None:
+    from ptasr.checkpoint import load_any
+    from ptasr.errors import CheckpointError
+
+    folder = _checkpoints(_copy(trained, tmp_path))
+    last = folder / "last.ckpt"
+    if damage == "flipped":
+        _flip(last)
+    else:
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2 if damage == "truncated" else 0])
+    with pytest.raises(CheckpointError) as refused:  # ptasr transcribe/evaluate/export load through it
+        load_any(last)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"cannot read {last} (")
+    assert f"the newest intact checkpoint beside it is {_best(folder)}" in message
+    assert load_any(_best(folder)).metadata["global_step"] > 0  # which is indeed intact
+
+
+def test_a_checkpoint_saved_without_checksums_still_loads(trained: Path, tmp_path: Path) -> None:
+    from ptasr.checkpoint import load_any
+
+    checkpoint = torch.load(_checkpoints(trained) / "last.ckpt", map_location="cpu", weights_only=True)
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)  # as a checkpoint of another tool may be written
+    try:
+        torch.save(checkpoint, tmp_path / "unchecked.ckpt")
+    finally:
+        torch.serialization.set_crc32_options(before)
+    assert load_any(tmp_path / "unchecked.ckpt").metadata["global_step"] == 4
+
+
+# --- a full disk or a read-only folder while saving ------------------------------------------------------------
+
+
+class _FullFile:
+    """A file with ``room`` bytes left: a write past it fails as a full disk does."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+class DiskFullAt(L.Callback):
+    """From update ``step`` on, every checkpoint write finds the disk full after 100 kB."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        real_save = torch.save
+
+        def save(obj, file, *args, **kwargs):
+            if trainer.global_step >= self.step:
+                file = _FullFile(file, room=100_000)
+            return real_save(obj, file, *args, **kwargs)
+
+        torch.save = save
+
+
+def test_a_full_disk_while_saving_is_one_line_with_the_space_needed_and_the_previous_checkpoint_intact(
+        tmp_path: Path) -> None:
+    save_dir = tmp_path / "runs"
+    # 76ea759: a traceback of 127 lines, ending in "unexpected pos ... inline_container.cc".
+    error = _one_line(_fit(save_dir, "--trainer.max_steps=6", "--trainer.limit_val_batches=1",
+                           "--trainer.callbacks+=test_faults.DiskFullAt", "--trainer.callbacks.step=4"))
+    folder = _checkpoints(save_dir)
+    assert f"cannot write {folder}" in error and "No space left on device (it needs about " in error, error
+    assert " free there); free some space or choose another folder" in error, error
+    assert _step(folder / "last.ckpt") == 2  # the previous one, intact
+    assert not [path for path in folder.iterdir() if path.suffix == ".partial"]
+
+
+def test_a_read_only_checkpoint_folder_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptasr.errors import StorageError
+    from ptasr.train.checkpoint_io import AtomicCheckpointIO
+
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):  # root writes into any folder a chmod protects: refuse here
+        if str(path).startswith(str(tmp_path)) and flags & os.O_CREAT:
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(StorageError) as refused:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "last.ckpt")
+    assert str(refused.value) == (f"cannot write {tmp_path / 'last.ckpt'}: Read-only file system; choose a folder "
+                                  f"you can write")

@@ -9,16 +9,24 @@ checkpoint's own folder, so ``os.replace`` is an atomic rename, and it is fsynce
 never publishes data still in flight. Configured in ``configs/*.yaml`` as a trainer plugin.
 
 A kill during a write (SIGKILL, pre-emption, power loss) leaves its hidden temporary file behind; the next
-successful save into the same folder, typically by the resumed run, removes such leftovers.
+start of a run in that folder (``RunLock``) and the next successful save into it remove such leftovers.
+
+Every record of the archive carries its CRC-32 (torch's default, held on here), and a local checkpoint is checked
+against them before Lightning restores anything (:func:`ptasr.checkpoint.verify_checkpoint`). A write that fails
+for want of space or permission is one line naming the checkpoint, with the space it needs and the space free;
+the previous checkpoint under that name stays as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +35,9 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ptasr.errors import MissingPathError
+from ptasr.checkpoint import verify_checkpoint
+from ptasr.errors import MissingPathError, StorageError
+from ptasr.storage import storage_error
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if _is_local(path) and not os.path.exists(path):
             raise MissingPathError(f"no checkpoint at {path}: pass an existing .ckpt file as --ckpt_path, or "
                                    f"--ckpt_path last to resume the newest checkpoint of the run folder")
+        if _is_local(path):
+            verify_checkpoint(path)
         return super().load_checkpoint(path, *args, **kwargs)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
@@ -61,25 +73,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         # A hidden name that ModelCheckpoint's own file listing ignores (it looks for *.ckpt); created with the
         # umask's permissions like any file (mkstemp would make it private to the user).
         partial = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.partial")
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(descriptor, "wb") as file:
+            os.makedirs(folder, exist_ok=True)
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as error:  # a read-only or another user's folder: the run cannot save anything
+            raise storage_error(path, error) from error
+        try:
+            with os.fdopen(descriptor, "wb") as file, _checksums_on():
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, path)
-        except BaseException:
+        except BaseException as error:
+            written = os.path.getsize(partial)
             os.remove(partial)
-            raise
+            cause = _os_error(error)
+            if cause is None:
+                raise
+            # The checkpoint's size is not known before it is written whole: the one it replaces (or the largest
+            # beside it) tells, else at least what was written.
+            before = ([os.path.getsize(path)] if os.path.exists(path)
+                      else [p.stat().st_size for p in Path(folder).glob("*.ckpt")])
+            line = str(storage_error(path, cause, max([written, *before])))
+            intact = f"; {os.path.basename(path)} as saved before is intact" if os.path.exists(path) else ""
+            raise StorageError(line + intact) from error
         _fsync_folder(folder)  # make the rename itself durable
         self._remove_leftovers(folder)
 
     def _remove_leftovers(self, folder: str) -> None:
-        """Delete temporary files of writes that were killed before they finished.
+        """Delete temporary files of writes that were killed before they finished (and not being written now).
 
         Only the rank that saves gets here (Lightning saves on global rank 0). Another process may be saving
         into the same folder right now; its temporary file is safe: a write in progress keeps changing its
@@ -98,6 +123,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 continue  # another process cleaned it up first
             except OSError as error:  # e.g. another user's file in a shared folder: not worth failing a save
                 log.warning("could not remove the leftover checkpoint file %s: %s", entry.path, error)
+
+
+def remove_partial_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Delete every temporary file of :class:`AtomicCheckpointIO` in ``folder`` (by its name pattern only);
+    the caller knows that no other process writes there (``RunLock``). Returns the names removed."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):  # no checkpoint folder yet
+        for entry in os.scandir(folder):
+            if _PARTIAL_NAME.fullmatch(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+                    removed.append(entry.name)
+    return removed
+
+
+@contextlib.contextmanager
+def _checksums_on() -> Iterator[None]:
+    """torch.save with every record's CRC-32 computed (torch's default, which a user may have turned off)."""
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(before)
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed write: torch's writer reports the file's own error as a RuntimeError
+    ("unexpected pos ...") whose context it is."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _is_local(path: _PATH) -> bool:

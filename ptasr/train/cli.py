@@ -29,7 +29,6 @@ import glob
 import json
 import re
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,12 +37,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ptasr.checkpoint import load_folder_vocabulary, read_text_side
+from ptasr.checkpoint import load_folder_vocabulary, read_text_side, verify_checkpoint
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.errors import CheckpointError, MissingPathError, SettingError, UserError
+from ptasr.errors import MissingPathError, SettingError, UserError
 from ptasr.model.config import PRESETS, Wav2Vec2Config
-from ptasr.model.convert import damaged_file_message, head_log, is_hub_id
+from ptasr.model.convert import head_log, is_hub_id
 from ptasr.train.config_errors import ConfigParser
 from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
@@ -225,12 +224,9 @@ def _require_trained_model(subcommand: str, config: Any) -> None:
 
 
 def _check_checkpoint_file(ckpt_path: str, subcommand: str = "fit") -> None:
-    """A local checkpoint file that is missing or cut short is one line here, not a traceback from torch.load;
-    an exported model folder is named as one, with the option that takes it (``--model.pretrained``).
-
-    Lightning (and torch.save) write zip archives, whose directory sits at the end of the file: a copy, a
-    download or a save interrupted part way leaves none, and ``zipfile.is_zipfile`` reads only that end.
-    """
+    """A local checkpoint file that is missing, cut short or damaged is one line here, not a traceback from
+    torch.load (or a resume of damaged weights: see :func:`ptasr.checkpoint.verify_checkpoint`); an exported
+    model folder is named as one, with the option that takes it (``--model.pretrained``)."""
     if ckpt_path in ("last", "best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
         return  # Lightning's own names, and remote paths fsspec reads
     path = Path(ckpt_path).expanduser()
@@ -241,8 +237,7 @@ def _check_checkpoint_file(ckpt_path: str, subcommand: str = "fit") -> None:
     if not path.is_file():
         raise MissingPathError(f"--ckpt_path {ckpt_path}: no such file" + ("; it is a folder, pass a .ckpt in it"
                                                                           if path.is_dir() else ""))
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(damaged_file_message(path, ValueError("no zip directory at its end")))
+    verify_checkpoint(path)
 
 
 def _use_model_text(config: Any, subcommand: str) -> None:
