@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import shutil
 import signal
@@ -281,3 +282,104 @@ def test_a_read_only_checkpoint_folder_is_one_line_naming_it(tmp_path: Path, mon
         AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "last.ckpt")
     assert str(refused.value) == (f"cannot write {tmp_path / 'last.ckpt'}: Read-only file system; choose a folder "
                                   f"you can write")
+
+
+# --- one writer per run folder ---------------------------------------------------------------------------------
+
+
+class Slow(L.Callback):
+    """Sleeps before every batch, so that the fit is still running when the test starts a second command."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        time.sleep(1.0)
+
+
+def test_a_second_command_on_a_run_in_progress_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    save_dir = tmp_path / "runs"
+    first = subprocess.Popen(_fit_command(save_dir, "--trainer.max_steps=200", "--trainer.limit_val_batches=1",
+                                          "--trainer.callbacks+=test_faults.Slow"),
+                             cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = save_dir / "demo" / "version_0"
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "last.ckpt").exists():  # saved after the validation at update 2
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the first fit made no progress"
+            time.sleep(0.2)
+        # 76ea759: the second resumed the same run and both trained to the end, writing the same files.
+        seconds = []
+        for subcommand in ("fit", "validate"):  # side by side: each is refused once it has parsed its arguments
+            command = _fit_command(save_dir, "--ckpt_path=last", "--trainer.max_steps=3")
+            command[2] = subcommand
+            seconds.append(subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True))
+        for second in seconds:
+            stdout, stderr = second.communicate(timeout=300)
+            error = _one_line(subprocess.CompletedProcess(second.args, second.returncode, stdout, stderr))
+            assert f"run folder {run} is in use by pid {first.pid} on host " in error, error
+            assert "train.py fit" in error and f"{run / '.ptasr.lock'}" in error, error
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert not (run / ".ptasr.lock").exists()  # released as the run ended
+    assert not (run / "validate").exists()  # the refused evaluation wrote nothing
+
+
+def test_a_lock_is_released_on_every_exit_and_refuses_while_held(tmp_path: Path) -> None:
+    from ptasr.train.run_lock import RunFolderInUse, RunLock
+
+    held = RunLock(tmp_path / "run")
+    with pytest.raises(RunFolderInUse, match=f"in use by pid {os.getpid()} "):
+        RunLock(tmp_path / "run")
+    held.release()
+    assert not (tmp_path / "run" / ".ptasr.lock").exists()
+    RunLock(tmp_path / "run").release()  # free again
+
+
+TAKE_AND_DIE = '''
+import os, signal, sys
+from pathlib import Path
+from ptasr.train.run_lock import RunLock
+RunLock(Path(sys.argv[1]))
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_lock_left_by_a_killed_process_is_said_and_taken_over(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from ptasr.train.run_lock import RunLock
+
+    killed = subprocess.Popen([sys.executable, "-c", TAKE_AND_DIE, str(tmp_path / "run")], env=_env(),
+                              stderr=subprocess.PIPE, text=True)
+    _, stderr = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, stderr
+    assert (tmp_path / "run" / ".ptasr.lock").exists()  # left behind; the kernel released the flock
+    with caplog.at_level(logging.INFO):
+        lock = RunLock(tmp_path / "run")
+    [line] = [message for message in caplog.messages if ".ptasr.lock was left by" in message]
+    assert f"was left by pid {killed.pid} on host " in line and line.endswith("taking it over"), line
+    assert f'"pid": {os.getpid()}' in (tmp_path / "run" / ".ptasr.lock").read_text()  # now this process's
+    lock.release()
+
+
+# --- a run folder copied elsewhere and resumed -----------------------------------------------------------------
+
+
+def test_a_copied_run_folder_resumes_into_its_own_last_ckpt_and_drops_leftover_partial_files(
+        trained: Path, tmp_path: Path) -> None:
+    from ptasr.train.cli import cli_main
+
+    save_dir = _copy(trained, tmp_path)  # the restored state names last.ckpt at its old path
+    folder = _checkpoints(save_dir)
+    leftover = folder / ".last.ckpt.0123456789ab.partial"  # a save killed a moment ago
+    leftover.write_bytes(b"\0" * 1000)
+    cli_main(["fit", f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL_MODEL, *SMALL_RUN,
+              "--trainer.max_time=null", "--trainer.max_steps=6", "--trainer.limit_val_batches=1",
+              "--ckpt_path=last"])
+    # 76ea759: last-v1.ckpt beside a stale last.ckpt (which the next --ckpt_path last skipped), and the partial kept
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("best-")) == ["last.ckpt"]
+    assert _step(folder / "last.ckpt") == 6
+    assert _step(_checkpoints(trained) / "last.ckpt") == 4  # the original run untouched

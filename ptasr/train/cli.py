@@ -48,6 +48,7 @@ from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
 from ptasr.train.rank_failure import ranks_end_together
 from ptasr.train.run_folder_on_failure import no_run_folder_on_failure
+from ptasr.train.run_lock import run_folder_lock
 
 # The repository's configs/ (train.py sits beside it); absent in an installed wheel, where -c is needed.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -108,23 +109,28 @@ class PtasrCLI(LightningCLI):
 
     # LightningCLI runs a method of this name instead of the Trainer's: an out-of-memory batch becomes one line,
     # and under DDP a failure of rank 0 ends the other ranks too.
-    # A command that fails before writing anything of its own leaves no run folder behind.
+    # A command that fails before writing anything of its own leaves no run folder behind. One writer per run
+    # folder (ptasr.train.run_lock): each command holds its run folder's lock throughout.
     def fit(self, **kwargs: Any) -> None:
         with no_run_folder_on_failure(self.trainer), ranks_end_together(self.trainer), \
+                run_folder_lock(self.trainer, fitting=True), \
                 out_of_memory_explained(self.trainer, self.datamodule, self.model):
             self.trainer.fit(**kwargs)
 
     def validate(self, **kwargs: Any) -> None:
         with no_run_folder_on_failure(self.trainer), ranks_end_together(self.trainer), \
+                run_folder_lock(self.trainer, fitting=False), \
                 out_of_memory_explained(self.trainer, self.datamodule, self.model):
             self.trainer.validate(**kwargs)
 
     def test(self, **kwargs: Any) -> None:
-        with no_run_folder_on_failure(self.trainer), ranks_end_together(self.trainer):
+        with no_run_folder_on_failure(self.trainer), ranks_end_together(self.trainer), \
+                run_folder_lock(self.trainer, fitting=False):
             self.trainer.test(**kwargs)
 
     def predict(self, **kwargs: Any) -> None:
-        with no_run_folder_on_failure(self.trainer), ranks_end_together(self.trainer):
+        with no_run_folder_on_failure(self.trainer), ranks_end_together(self.trainer), \
+                run_folder_lock(self.trainer, fitting=False):
             self.trainer.predict(**kwargs)
 
 
