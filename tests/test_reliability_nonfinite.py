@@ -95,3 +95,31 @@ def test_a_diverging_ddp_fit_ends_on_every_rank_with_one_line(tmp_path: Path) ->
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
     assert "training diverged: the 3 updates up to update 4" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_resumed_fit_whose_first_update_is_non_finite_stops_at_once(tmp_path: Path) -> None:
+    trainer, module, data = _setup_fit(set(), max_steps=2, log_every_n_steps=50)
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    # Every update after the restore is non-finite, as from a broken state; the patience (100) is far off and the
+    # counts are read at update 50 only. 76ea759 trained on, skipping every update, and validated and saved.
+    resumed, module, data = _setup_fit(set(range(2, 100)), max_steps=10, log_every_n_steps=50)
+    with pytest.raises(TrainingDiverged, match=r"the first update after resuming \(update 3\) had non-finite"):
+        resumed.fit(module, datamodule=data, ckpt_path=tmp_path / "step2.ckpt")
+    assert resumed.global_step == 2
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_before_it_is_restored(tmp_path: Path) -> None:
+    from ptasr.errors import CheckpointError
+
+    trainer, module, data = _setup_fit(set(), max_steps=1, log_every_n_steps=50)
+    trainer.fit(module, datamodule=data)
+    with torch.no_grad():
+        module.model.lm_head.weight[0, 0] = float("nan")
+    trainer.save_checkpoint(tmp_path / "broken.ckpt")
+    resumed, fresh, data = _setup_fit(set(), max_steps=3, log_every_n_steps=50)
+    before = {name: p.detach().clone() for name, p in fresh.named_parameters()}
+    with pytest.raises(CheckpointError, match=r"broken.ckpt holds non-finite \(inf/NaN\) weights in 1 tensors "
+                                              r"\(model.lm_head.weight\)"):
+        resumed.fit(fresh, datamodule=data, ckpt_path=tmp_path / "broken.ckpt")
+    assert all(torch.equal(p, before[name]) for name, p in fresh.named_parameters())  # nothing restored

@@ -22,12 +22,13 @@ from ptasr.checkpoint import ENTRY, checkpoint_entry
 from ptasr.compat import should_update_logs
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
+from ptasr.errors import CheckpointError
 from ptasr.model.loss import config_ctc_loss
 from ptasr.train.build import build_model
 from ptasr.train.data_match import check_data_fits_model, text_side_after_loading
 from ptasr.train.empty_batches import empty_training_loss, log_empty_evaluation_loss
 from ptasr.train.gradients import clip_with_norm, drop_skipped_layer_gradients, dropped_layers
-from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged
+from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged, nonfinite_weights
 from ptasr.train.optim import drop_gradients, optimizer_and_schedule
 from ptasr.train.random_state import RandomStateCheckpoint
 from ptasr.train.schedules import ScheduleName
@@ -259,7 +260,22 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # (RandomStateCheckpoint adds the random streams to the same entry.)
         checkpoint.setdefault(ENTRY, {}).update(checkpoint_entry(self.model.config, self.vocab, self.normalizer))
 
+    def _attached_trainer(self) -> L.Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached: load_from_checkpoint outside a fit
+            return None
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = self._attached_trainer()
+        broken = nonfinite_weights(checkpoint.get("state_dict", {}))
+        if broken:  # resumed, it would train on NaN and save its "best" from them
+            source = trainer.ckpt_path if trainer is not None else "the checkpoint"
+            raise CheckpointError(f"{source} holds non-finite (inf/NaN) weights in {len(broken)} tensors "
+                                  f"({', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}): it was saved from "
+                                  f"a diverged run or damaged; use an earlier checkpoint of the run")
+        if trainer is not None and trainer.state.fn == "fit":
+            self.nonfinite.resumed()
         # The checkpoint's text side outside a Trainer (inference); inside one, the data's, checked against it.
         entry = checkpoint.get(ENTRY) or {}
         self.vocab, self.normalizer = text_side_after_loading(entry, self.vocab, self.normalizer)

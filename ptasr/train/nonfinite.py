@@ -7,6 +7,10 @@ updates are harmless; a long unbroken run of them means training has diverged an
 
 Everything is counted in device tensors, so the training step needs no host sync; :meth:`check` reads them
 back and is called only where Lightning syncs anyway (when it writes its logs, at the end of an epoch).
+
+A resumed run is held to more: a checkpoint with non-finite weights is refused before it is restored
+(:func:`nonfinite_weights`), and a non-finite first update after the restore ends the run at once (bf16 and fp32,
+where a non-finite gradient is no routine event), so that no "best" checkpoint is saved from a broken state.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from ptasr.compat import skip_fused_step
 from ptasr.errors import UserError
+
+StateDict = dict[str, torch.Tensor]
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -43,6 +49,11 @@ class NonFiniteUpdates(torch.nn.Module):
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("streak", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("diverged_at", torch.full((), -1, dtype=torch.long), persistent=False)
+        self._first_after_resume = False
+
+    def resumed(self) -> None:
+        """A checkpoint was restored: the next update is checked at once (one host sync), see :meth:`update`."""
+        self._first_after_resume = True
 
     def record(self, nonfinite: torch.Tensor, update: int) -> None:
         """Count update ``update`` (0-based), non-finite or not (a 0-dim bool tensor), on the device."""
@@ -65,6 +76,14 @@ class NonFiniteUpdates(torch.nn.Module):
                 rank is left waiting in a collective.
         """
         nonfinite = ~torch.isfinite(grad_norm)
+        if self._first_after_resume:
+            self._first_after_resume = False
+            # Not under fp16, whose GradScaler may overflow at its restored scale and lower it, as it does anyway.
+            if self.patience and skip and bool(nonfinite):
+                raise TrainingDiverged(
+                    f"the first update after resuming (update {update + 1}) had non-finite (inf/NaN) gradients: the "
+                    f"restored state is broken (saved from a diverging run, or damaged); resume an earlier "
+                    f"checkpoint of the run, or lower model.lr")
         self.record(nonfinite, update)
         if skip:
             skip_update_if(nonfinite, optimizer)
@@ -82,6 +101,16 @@ class NonFiniteUpdates(torch.nn.Module):
             f"model.warmup_steps), use trainer.precision=bf16-mixed instead of 16-mixed, or check the data for "
             f"broken clips; model.nonfinite_patience sets how many skipped updates in a row end a run"
         )
+
+
+def nonfinite_weights(state_dict: StateDict) -> list[str]:
+    """The names of the floating-point tensors of ``state_dict`` that hold an inf or NaN.
+
+    >>> nonfinite_weights({"a": torch.ones(2), "b": torch.tensor([1.0, float("nan")]), "c": torch.zeros(1).long()})
+    ['b']
+    """
+    return [name for name, tensor in state_dict.items()
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
 def skip_update_if(nonfinite: torch.Tensor, optimizer: torch.optim.Optimizer | LightningOptimizer) -> None:
