@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from helpers import SMALL_MODEL, SMALL_RUN
+from helpers import SMALL_MODEL, SMALL_RUN, fake_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,6 +265,35 @@ def test_a_full_disk_while_saving_is_one_line_with_the_space_needed_and_the_prev
     assert " free there); free some space or choose another folder" in error, error
     assert _step(folder / "last.ckpt") == 2  # the previous one, intact
     assert not [path for path in folder.iterdir() if path.suffix == ".partial"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 600 kB tmpfs (a real full disk); skipped where mounting is not permitted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_real_full_disk_keeps_the_previous_checkpoint(small_disk: Path) -> None:
+    from ptasr.errors import StorageError
+    from ptasr.train.checkpoint_io import AtomicCheckpointIO
+
+    checkpoint_io, last = AtomicCheckpointIO(), small_disk / "checkpoints" / "last.ckpt"
+    checkpoint_io.save_checkpoint(fake_checkpoint(1), last)  # 400 kB of the 600
+    with pytest.raises(StorageError) as refused:  # the next one needs another 400 kB beside it
+        checkpoint_io.save_checkpoint(fake_checkpoint(2), last)
+    assert str(refused.value).startswith(f"cannot write {last}: No space left on device (it needs about 40")
+    assert str(refused.value).endswith("; last.ckpt as saved before is intact")
+    assert checkpoint_io.load_checkpoint(last, weights_only=True)["global_step"] == 1
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_a_read_only_checkpoint_folder_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
