@@ -395,6 +395,18 @@ def test_a_lock_left_by_a_killed_process_is_said_and_taken_over(tmp_path: Path,
     lock.release()
 
 
+def test_a_run_folder_holding_only_a_left_lock_is_not_an_occupied_run(tmp_path: Path) -> None:
+    from ptasr.train.cli import cli_main
+
+    run = tmp_path / "runs" / "demo" / "pinned"  # a fit of this version was killed while it started
+    run.mkdir(parents=True)
+    (run / ".ptasr.lock").write_text('{"pid": 1, "host": "elsewhere", "command": "train.py fit"}\n')
+    cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+              "--trainer.logger.init_args.version=pinned", *SMALL_MODEL, *SMALL_RUN, "--trainer.max_time=null", "--trainer.max_steps=1",
+              "--trainer.limit_val_batches=0"])
+    assert _step(run / "checkpoints" / "last.ckpt") == 1 and not (run / ".ptasr.lock").exists()
+
+
 # --- a run folder copied elsewhere and resumed -----------------------------------------------------------------
 
 

@@ -48,7 +48,7 @@ from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
 from ptasr.train.rank_failure import ranks_end_together
 from ptasr.train.run_folder_on_failure import no_run_folder_on_failure
-from ptasr.train.run_lock import run_folder_lock
+from ptasr.train.run_lock import LOCK_NAME, run_folder_lock
 
 # The repository's configs/ (train.py sits beside it); absent in an installed wheel, where -c is needed.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -382,7 +382,8 @@ def _refuse_an_occupied_run(trainer_config: Any, ckpt_path: str | None) -> None:
     """
     args = _tensorboard_args(trainer_config)
     run = _run_folder(args) if args is not None else None
-    if run is None or not run.is_dir() or not any(run.iterdir()):
+    # (a lock file alone is what a run killed while it started leaves: it holds no run)
+    if run is None or not run.is_dir() or all(path.name == LOCK_NAME for path in run.iterdir()):
         return
     if ckpt_path == "last" and any((run / "checkpoints").glob("last*.ckpt")):
         return
