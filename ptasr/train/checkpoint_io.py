@@ -88,8 +88,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(file.fileno())
             os.replace(partial, path)
         except BaseException as error:
-            written = os.path.getsize(partial)
-            os.remove(partial)
+            written = os.path.getsize(partial) if os.path.exists(partial) else 0
+            with contextlib.suppress(FileNotFoundError):  # renamed into place just before a second signal
+                os.remove(partial)
             cause = _os_error(error)
             if cause is None:
                 raise
