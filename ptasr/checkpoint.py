@@ -161,6 +161,7 @@ def load_lightning_checkpoint(path: Path) -> TrainedModel:
 def read_text_side(path: Path) -> tuple[Vocabulary | None, TextNormalizer]:
     """The vocabulary (None if the run had none) and normaliser a ``train.py`` checkpoint carries, without
     building its model."""
+    verify_checkpoint(path)
     checkpoint = safe_torch_load(path)
     entry = checkpoint.get(ENTRY) if isinstance(checkpoint, dict) else None
     return text_side(entry or {})
