@@ -12,13 +12,18 @@ with one line naming it (``PTASR_TRACEBACK=1`` shows the traceback; see ``ptasr/
 
 import sys
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from ptasr import threads
 
-from ptasr.errors import UserError, exit_status
-from ptasr.train.cli import cli_main
-from ptasr.train.module import TrainingDiverged
-from ptasr.train.rank_failure import prog_of_rank
+# First: the OpenMP runtime reads its thread settings once, when torch loads (see ptasr/threads.py).
+threads.apply_before_torch()
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
+from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
+
+from ptasr.errors import UserError, exit_status  # noqa: E402
+from ptasr.train.cli import cli_main  # noqa: E402
+from ptasr.train.module import TrainingDiverged  # noqa: E402
+from ptasr.train.rank_failure import prog_of_rank  # noqa: E402
 
 
 def _run() -> None:

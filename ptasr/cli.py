@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
-from ptasr import __version__
+from ptasr import __version__, threads
 from ptasr.errors import TRACEBACK_VARIABLE, DataError, MissingPathError, SettingError, UserError, exit_status
 
 log = logging.getLogger("ptasr")
@@ -182,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # --help, or a usage error argparse has already printed
         return int(exit.code or 0)
+    threads.apply_before_torch()  # before any command loads torch (see ptasr/threads.py)
     logging.basicConfig(level=logging.WARNING, format="ptasr: %(message)s")
     try:
         status = exit_status(lambda: args.run(args), f"ptasr {args.command}")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import pytest
-import yaml
+from ptasr import threads
+
+# Before anything imports torch (see ptasr/threads.py): the suite and the train.py / ptasr processes it starts
+# (they inherit the variables) share the cores with each other and with whatever else runs on the machine.
+threads.apply_before_torch(announce=False)
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

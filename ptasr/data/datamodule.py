@@ -28,6 +28,7 @@ from ptasr.data.sources import EvalSource, Source, TrainSource, check_eval_sourc
 from ptasr.data.table import Manifest
 from ptasr.data.text import AlphabetReport, TextNormalizer, Vocabulary
 from ptasr.errors import DataError, SettingError
+from ptasr.threads import dataloader_workers
 
 
 class CommonVoiceDataModule(pl.LightningDataModule):
@@ -101,7 +102,8 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         conv_kernel: feature-encoder kernel widths, for the CTC-feasibility filter (must match the model's).
         conv_stride: feature-encoder strides, likewise.
         leakage: what to do when evaluation clips or sentences also occur in training.
-        num_workers: DataLoader worker processes (decoding and resampling happen there).
+        num_workers: DataLoader worker processes (decoding and resampling happen there); ``None`` (default):
+            :func:`ptasr.threads.dataloader_workers` chooses (1 when training on the CPU).
         pin_memory: pin batches for faster host-to-GPU copies.
         seed: seeds the per-epoch batch order (with the epoch number).
         cache_dir: where release archives are extracted and header durations cached (default
@@ -143,7 +145,7 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         conv_kernel: Sequence[int] = (10, 3, 3, 3, 3, 2, 2),
         conv_stride: Sequence[int] = (5, 2, 2, 2, 2, 2, 2),
         leakage: Literal["warn", "raise", "ignore"] = "warn",
-        num_workers: int = 2,
+        num_workers: int | None = None,
         pin_memory: bool = False,
         seed: int = 42,
         cache_dir: str | None = None,
@@ -462,13 +464,21 @@ class CommonVoiceDataModule(pl.LightningDataModule):
         # sampler by keyword: Lightning re-creates predict loaders from these arguments plus its own sampler=
         dataset = ClipDataset(manifest, self.vocab, conv_kernel=self.filters.conv_kernel,
                               conv_stride=self.filters.conv_stride, sources=self._row_sources.get(name))
-        loader = ClipLoader(dataset, sampler=sampler, num_workers=self.num_workers,
+        loader = ClipLoader(dataset, sampler=sampler, num_workers=self._workers(),
                             pin_memory=self.pin_memory, persistent_workers=True, pad_to_multiple=self.pad_to_multiple)
         # Its own generator: otherwise each new iterator draws the workers' base seed from the global RNG,
         # which shifts every later random draw (dropout) and breaks exact resume at an epoch boundary.
         loader.generator = torch.Generator().manual_seed(self.seed)
         self._loaders.append(loader)
         return loader
+
+    def _workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        trainer = self.trainer
+        if trainer is None:  # a loader asked for outside a Trainer: as for training on the CPU
+            return dataloader_workers("cpu")
+        return dataloader_workers(trainer.strategy.root_device.type, processes_per_host=trainer.num_devices)
 
     @property
     def num_skipped_clips(self) -> int:

@@ -1,0 +1,134 @@
+"""ptasr's CPU thread policy: how many threads torch and the data loader use, and how idle OpenMP threads wait.
+
+Why: torch runs its CPU ops on an OpenMP team of one thread per core, and the OpenMP runtime's idle threads spin
+(libgomp polls 300,000 times) before they sleep. When another process wants the same cores (someone else's job,
+or our own DataLoader worker), the spinning threads burn the time it needs, and every parallel region then waits
+for a team member the kernel has descheduled. On 2 cores beside one CPU-bound process the demo trained at 0.53
+updates/s with torch's defaults, about a tenth of its idle rate. Threads that sleep as soon as they have no work
+give the core back at once, and the kernel, which favours threads that sleep, wakes them promptly when work
+comes: a busy machine then slows a run in proportion to the load. The figures are in ``benchmarks/README.md``
+(``benchmarks/cpu_under_load.py``).
+
+What :func:`decide` chooses, each only where the user has not chosen (their environment variables and config
+values, such as ``data.num_workers``, win):
+
+- ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep at once. Not set when the user set
+  ``OMP_WAIT_POLICY``, or tuned the spinning through ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``.
+- intra-op threads (``OMP_NUM_THREADS``): the CPUs this process may run on (its CPU affinity, and a cgroup CPU
+  quota such as ``docker --cpus``), where torch counts every core of the host. Not set when the user set
+  ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``.
+- inter-op threads: torch's own choice; that pool serves ``torch.jit.fork``, which ptasr does not call.
+- DataLoader workers (:func:`dataloader_workers`), when ``data.num_workers`` is not given: one for training on
+  the CPU (decoding a batch costs a small part of an update; more workers would take cores from the model), and
+  for an accelerator the CPUs left per process, up to 8.
+
+The OpenMP runtime reads its environment once, when torch loads it, so :func:`apply_before_torch` runs before
+anything imports torch in every entry point: ``train.py``, ``ptasr`` / ``python -m ptasr`` (``ptasr.cli.main``)
+and the tests' ``conftest.py``. It prints one line when its choice differs from torch's defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Variables through which a user has already said how idle OpenMP threads wait (libgomp's and Intel/LLVM's).
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# torch takes its intra-op thread count from either.
+THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+MAX_WORKERS = 8  # decoding and resampling keep up with an XLS-R step on a GPU with this many (the recipes' value)
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """The environment variables to set before torch loads, and why (empty: torch's defaults stand)."""
+
+    environment: dict[str, str] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+
+    def describe(self) -> str | None:
+        """One line for the log, or ``None`` when nothing differs from torch's defaults."""
+        if not self.environment:
+            return None
+        settings = " ".join(f"{name}={value}" for name, value in self.environment.items())
+        return (f"CPU threads: {settings} ({'; '.join(self.reasons)}); set these variables yourself to choose "
+                f"otherwise")
+
+
+def decide(environ: Mapping[str, str], cpus: int, host_cpus: int) -> ThreadPolicy:
+    """The policy for a process that may use ``cpus`` of the host's ``host_cpus``, given the user's ``environ``.
+
+    >>> decide({}, cpus=2, host_cpus=2).environment
+    {'OMP_WAIT_POLICY': 'PASSIVE'}
+    >>> decide({"OMP_WAIT_POLICY": "ACTIVE"}, cpus=2, host_cpus=8).environment
+    {'OMP_NUM_THREADS': '2'}
+    """
+    environment, reasons = {}, []
+    if not any(name in environ for name in WAIT_VARIABLES):
+        environment["OMP_WAIT_POLICY"] = "PASSIVE"
+        reasons.append("idle threads sleep instead of spinning")
+    if not any(name in environ for name in THREAD_COUNT_VARIABLES) and cpus < host_cpus:
+        environment["OMP_NUM_THREADS"] = str(cpus)
+        reasons.append(f"this process may use {cpus} of the {host_cpus} CPUs")
+    return ThreadPolicy(environment, tuple(reasons))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, lowered by a cgroup CPU quota (at least 1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time a cgroup quota allows (``docker --cpus 1.5``: 1.5), or ``None`` without a quota.
+
+    Reads cgroup v2's ``cpu.max`` ("max 100000" or "150000 100000") or v1's ``cpu.cfs_quota_us`` (-1: none).
+    """
+    try:
+        if (v2 := root / "cpu.max").is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        if (v1 := root / "cpu" / "cpu.cfs_quota_us").is_file():
+            quota = int(v1.read_text())
+            return None if quota <= 0 else quota / int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):  # an unreadable or odd file: no quota we can rely on
+        return None
+    return None
+
+
+def apply_before_torch(environ: MutableMapping[str, str] = os.environ, announce: bool = True) -> ThreadPolicy | None:
+    """Set the policy's variables in ``environ``, say so on stderr when ``announce`` and the choice differs from
+    torch's defaults; ``None`` (nothing set) if torch is already loaded.
+
+    Once torch (and with it the OpenMP runtime) has loaded, its environment is read and these variables would
+    only reach child processes, so nothing is set then: an entry point called from Python (a test calling
+    ``ptasr.cli.main``) keeps the process's threads as they are.
+    """
+    if "torch" in sys.modules:
+        return None
+    policy = decide(environ, usable_cpus(), os.cpu_count() or 1)
+    environ.update(policy.environment)
+    if announce and (line := policy.describe()):
+        print(f"ptasr: {line}", file=sys.stderr, flush=True)
+    return policy
+
+
+def dataloader_workers(accelerator: str, processes_per_host: int = 1, cpus: int | None = None) -> int:
+    """DataLoader workers for one training process when ``data.num_workers`` is not given.
+
+    On the CPU the model's threads use every core, so one worker overlaps decoding with the update without
+    taking more; beside an accelerator each of the ``processes_per_host`` processes gets the CPUs left after
+    its own main thread, up to :data:`MAX_WORKERS`.
+
+    >>> dataloader_workers("cpu", cpus=2), dataloader_workers("gpu", cpus=16), dataloader_workers("gpu", 4, cpus=16)
+    (1, 8, 3)
+    """
+    if accelerator == "cpu":
+        return 1
+    per_process = (cpus or usable_cpus()) // max(1, processes_per_host)
+    return max(1, min(MAX_WORKERS, per_process - 1))

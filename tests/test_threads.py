@@ -1,0 +1,120 @@
+"""ptasr/threads.py: the CPU thread policy's decisions, and that every entry point applies it before torch loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptasr import threads
+from ptasr.threads import ThreadPolicy, cgroup_cpu_quota, dataloader_workers, decide
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_chose_how_they_wait() -> None:
+    assert decide({}, cpus=2, host_cpus=2).environment == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for name, value in [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "10000"), ("KMP_BLOCKTIME", "200")]:
+        assert decide({name: value}, cpus=2, host_cpus=2).environment == {}, name
+
+
+def test_thread_count_follows_the_usable_cpus_unless_the_user_set_one() -> None:
+    assert "OMP_NUM_THREADS" not in decide({}, cpus=4, host_cpus=4).environment  # torch's own count is right
+    assert decide({}, cpus=3, host_cpus=64).environment["OMP_NUM_THREADS"] == "3"  # affinity or cgroup quota
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        assert "OMP_NUM_THREADS" not in decide({name: "8"}, cpus=3, host_cpus=64).environment, name
+
+
+def test_the_policy_says_what_it_chose_in_one_line_and_nothing_when_torch_defaults_stand() -> None:
+    assert ThreadPolicy().describe() is None
+    assert decide({"OMP_WAIT_POLICY": "ACTIVE"}, cpus=2, host_cpus=2).describe() is None
+    line = decide({}, cpus=3, host_cpus=64).describe()
+    assert "\n" not in line and "OMP_WAIT_POLICY=PASSIVE" in line and "OMP_NUM_THREADS=3" in line
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path: Path) -> None:
+    assert cgroup_cpu_quota(tmp_path) is None  # no cgroup files at all
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # docker --cpus 1.5
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    assert cgroup_cpu_quota(v1) == 0.5
+    (tmp_path / "cpu.max").write_text("garbage\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_dataloader_workers_one_on_the_cpu_and_the_spare_cpus_beside_an_accelerator() -> None:
+    assert dataloader_workers("cpu", cpus=2) == dataloader_workers("cpu", cpus=64) == 1
+    assert dataloader_workers("cuda", cpus=2) == 1
+    assert dataloader_workers("cuda", cpus=16) == 8  # capped
+    assert dataloader_workers("cuda", processes_per_host=4, cpus=16) == 3  # each rank leaves one CPU to itself
+    assert dataloader_workers("cuda", processes_per_host=8, cpus=4) == 1
+
+
+def test_a_given_num_workers_wins_over_the_policy() -> None:
+    from ptasr.data import CommonVoiceDataModule
+
+    data = CommonVoiceDataModule(batch_size=4)  # no data.num_workers: the policy's (no Trainer: as on the CPU)
+    data.setup("fit")
+    assert data.hparams.num_workers is None and data.train_dataloader().num_workers == 1
+    data.num_workers = 0  # as --data.num_workers=0 sets it
+    assert data.train_dataloader().num_workers == 0
+
+
+def test_nothing_is_set_once_torch_is_loaded() -> None:
+    import torch  # noqa: F401 -- loaded, as in a test calling ptasr.cli.main in-process
+
+    environ: dict[str, str] = {}
+    assert threads.apply_before_torch(environ) is None and environ == {}
+
+
+def _spin_count(command: list[str], **extra: str) -> tuple[str, str]:
+    """GOMP_SPINCOUNT as libgomp reports it when it loads in ``command`` (run without the user's OpenMP
+    variables), and the command's stderr."""
+    env = {name: value for name, value in os.environ.items()
+           if name not in (*threads.WAIT_VARIABLES, *threads.THREAD_COUNT_VARIABLES)}
+    env.update(OMP_DISPLAY_ENV="VERBOSE", PYTHONPATH=str(REPO), **extra)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    output = done.stdout + done.stderr
+    values = [line.split("=", 1)[1].strip(" '") for line in output.splitlines()
+              if line.strip().startswith("GOMP_SPINCOUNT =")]
+    if not values:
+        pytest.skip("torch's OpenMP runtime is not libgomp (no GOMP_SPINCOUNT in OMP_DISPLAY_ENV's report)")
+    return values[0], done.stderr
+
+
+ENTRY_POINTS = {
+    "train.py": [sys.executable, "train.py", "fit", "--print_config"],
+    # a real clip, so that the command gets as far as loading torch before it fails on the missing model
+    "python -m ptasr": [sys.executable, "-m", "ptasr", "transcribe", "no-such-model.ckpt",
+                        "ptasr/assets/cv-tiny-pt/clips/common_voice_pt_19019079.mp3"],
+    "tests' conftest": [sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider",
+                        "tests/test_threads.py::test_nothing_is_set_once_torch_is_loaded"],
+}
+
+
+def test_torch_alone_spins_so_the_entry_point_checks_can_fail() -> None:
+    spin, _ = _spin_count([sys.executable, "-c", "import torch"])
+    assert spin != "0"  # libgomp's default: 300000 polls before an idle thread sleeps
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_entry_points_apply_the_policy_before_torch_loads_openmp(entry: str) -> None:
+    spin, stderr = _spin_count(ENTRY_POINTS[entry])
+    assert spin == "0", f"{entry}: libgomp loaded before OMP_WAIT_POLICY=PASSIVE was set"
+    if entry != "tests' conftest":  # the suite keeps quiet
+        assert "ptasr: CPU threads: OMP_WAIT_POLICY=PASSIVE" in stderr  # the one line saying so
+
+
+def test_the_users_wait_policy_wins_in_the_entry_point() -> None:
+    spin, stderr = _spin_count(ENTRY_POINTS["python -m ptasr"], OMP_WAIT_POLICY="ACTIVE")
+    assert spin != "0" and "CPU threads" not in stderr
