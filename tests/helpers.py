@@ -16,6 +16,11 @@ import torch
 from ptasr.data.text import Vocabulary
 from ptasr.train.module import Wav2Vec2CTCModule
 
+# How long a test waits for a subprocess (or a fit's progress) before calling it hung. Only a hang guard, not a
+# measure: far past what the slowest of them needs on two cores shared with a competing process (the suite must
+# pass under load; a tighter bound would fail there and prove nothing more).
+HANG_S = 1800
+
 # A wav2vec2 of ~40 k parameters: same layout as "tiny", every width shrunk.
 SMALL_MODEL = [
     "--model.config_overrides.hidden_size=32",

@@ -13,6 +13,8 @@ from ptasr import Wav2Vec2CTC, Wav2Vec2Config
 from ptasr.model.loss import ctc_loss
 from ptasr.model.wav2vec2 import InputDtypeLayerNorm
 
+from helpers import HANG_S
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from train_memory import CUDA_BLOCK, PeakTensorMemory, cuda_autocast_norms  # noqa: E402
 
@@ -85,7 +87,7 @@ def test_data_sources_scale_runs_and_records_the_load_it_saw(tmp_path: Path) -> 
     script = Path(__file__).parents[1] / "benchmarks" / "data_sources_scale.py"
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, str(script), "--rows", "300", "--headers", "5", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=HANG_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["result"]["train_clips"] == 300 and report["header_path"]["clips"] == 5

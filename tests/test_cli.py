@@ -24,6 +24,8 @@ from ptasr.inference import Chunking, Recognizer, chunk_recording, kept_frames
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
+from helpers import HANG_S
+
 TINY = dict(conv_dim=(32,) * 7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 
@@ -269,6 +271,6 @@ def test_offline_hub_id_is_one_line(clips: list[Path], monkeypatch: pytest.Monke
 
 
 def test_python_dash_m() -> None:
-    done = subprocess.run([sys.executable, "-m", "ptasr", "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "ptasr", "--help"], capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0
     assert all(command in done.stdout for command in ("transcribe", "evaluate", "export"))

@@ -16,7 +16,7 @@ import torch
 
 from ptasr.cli import main as ptasr_main
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL, SMALL_RUN
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 
@@ -41,7 +41,7 @@ def _spanish_corpus(folder: Path) -> tuple[Path, Path]:
     for index, sentence in enumerate(SPANISH):
         path = clips / f"es_{index:03d}.wav"
         subprocess.run(["espeak-ng", "-v", "es", "-s", "160", "-w", str(path), sentence], check=True,
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=HANG_S)
         rows.append({"path": f"clips/{path.name}", "text": sentence})
     manifests = []
     for name, part in (("train", rows[:24]), ("dev", rows[24:])):

@@ -5,7 +5,6 @@ Random weights on both sides (no hub, no network); logits compared at every vali
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,6 @@ from ptasr.onnx import ONNX_FILE, OnnxCTC, export_onnx, min_samples  # noqa: E40
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 ATOL = 1e-4
-# XLS-R 300m's export and check take 3 to 6 minutes (7 GB of memory) on two busy shared cores; past the
-# budget, the test fails.
-XLS_R_300M_BUDGET_S = 900
 
 
 def batches(config: Wav2Vec2Config) -> list[list[int]]:
@@ -86,7 +82,8 @@ def test_onnx_logits_match_pytorch_tiny(exported: tuple[Path, Recognizer]) -> No
 
 
 def test_onnx_logits_match_pytorch_xls_r_300m(tmp_path: Path) -> None:
-    start = time.monotonic()
+    # Its export and check take 3 to 6 minutes (7 GB of memory) on two busy shared cores, more beside a competing
+    # process: no time bound (it would fail under load and prove nothing about the export).
     torch.manual_seed(0)
     config = Wav2Vec2Config.from_json(FIXTURES / "wav2vec2-xls-r-300m.json").replace(vocab_size=40, pad_token_id=39)
     model = Wav2Vec2CTC(config).eval()
@@ -96,7 +93,6 @@ def test_onnx_logits_match_pytorch_xls_r_300m(tmp_path: Path) -> None:
                 parameter.add_(0.1 * torch.randn_like(parameter))
     path = export_onnx(model, tmp_path / ONNX_FILE)
     assert_onnx_matches(model, OnnxCTC(path, config))
-    assert time.monotonic() - start < XLS_R_300M_BUDGET_S
 
 
 def test_transcribe_with_the_onnx_backend_gives_the_torch_transcripts(

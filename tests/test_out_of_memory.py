@@ -18,7 +18,7 @@ import yaml
 from ptasr.errors import UserError
 from ptasr.train.cli import cli_main
 from ptasr.train.out_of_memory import OutOfMemory
-from helpers import SMALL_MODEL, SMALL_RUN
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB"
@@ -76,7 +76,7 @@ def test_train_py_prints_it_as_one_line(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, str(REPO / "train.py"), *_args(tmp_path, "training")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 1, result.stderr[-3000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
     assert line.startswith("train.py: error: out of memory in a training batch of ")

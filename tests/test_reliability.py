@@ -20,7 +20,7 @@ import soundfile as sf
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL  # the ~40 k-parameter model of the training tests
+from helpers import HANG_S, SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [
@@ -91,7 +91,7 @@ def test_fit_runs_to_the_end_over_every_kind_of_broken_input(
 def _one_line_error(*args: str) -> str:
     """The error line of a train.py run that must fail: exactly one, the last thing on stderr."""
     result = subprocess.run([sys.executable, str(REPO / "train.py"), *args, *SMALL],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+                            capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.splitlines()

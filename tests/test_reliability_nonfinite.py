@@ -17,7 +17,7 @@ import torch
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.train.module import TrainingDiverged, Wav2Vec2CTCModule
-from helpers import SMALL_MODEL, SMALL_RUN, small_module
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, small_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_a_diverging_ddp_fit_ends_on_every_rank_with_one_line(tmp_path: Path) ->
         "--trainer.strategy=ddp",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # two ranks share the two cores
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in result.stderr + result.stdout  # it really ran on two ranks
     lines = result.stderr.splitlines()

@@ -33,6 +33,8 @@ from ptasr.report import MAX_COLUMNS, aligned_words, copy_playable, summarise_po
 
 CORPUS = Path(BUNDLED_CORPUS)
 SPLIT_ROWS = 50  # utterances in the bundled corpus's test split
+# How long the browser may take to load a clip (milliseconds): a hang guard, generous for a loaded machine.
+LOADED_MS = 120_000
 TINY = dict(conv_dim=(32,) * 7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 
@@ -254,6 +256,12 @@ def page(browser: Any, evaluated: dict[str, Any]) -> Any:
     page.close()
 
 
+def redrawn(page: Any) -> None:
+    """Wait until the page has drawn its next frame: the table redraws on the animation frame after a scroll. A
+    fixed sleep is not enough on a loaded machine, where a frame can take longer."""
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
 def table_ids(page: Any) -> list[str]:
     """Every row of the virtualised table, in order, gathered by scrolling it from top to bottom."""
     seen: dict[int, str] = {}
@@ -261,7 +269,7 @@ def table_ids(page: Any) -> list[str]:
     height = viewport.evaluate("v => v.scrollHeight")
     for top in range(0, height + 1, 200):
         viewport.evaluate("(v, top) => { v.scrollTop = top; v.dispatchEvent(new Event('scroll')); }", top)
-        page.wait_for_timeout(30)  # the redraw waits for the next animation frame
+        redrawn(page)
         for top_px, row_id in page.eval_on_selector_all(
                 "#spacer .row", "rows => rows.map(r => [parseInt(r.style.top), r.dataset.id])"):
             seen[top_px] = row_id
@@ -271,7 +279,7 @@ def table_ids(page: Any) -> list[str]:
 def column(page: Any, cell: int) -> list[float]:
     """The numbers of one table column, rows in view only, top to bottom."""
     page.locator("#viewport").evaluate("v => { v.scrollTop = 0; v.dispatchEvent(new Event('scroll')); }")
-    page.wait_for_timeout(30)
+    redrawn(page)
     cells = page.eval_on_selector_all(
         "#spacer .row", f"rows => rows.sort((a, b) => parseInt(a.style.top) - parseInt(b.style.top))"
                         f".map(r => r.children[{cell}].textContent)")
@@ -332,12 +340,11 @@ def test_browser_selected_row_shows_alignment_audio_and_posteriors(page: Any, ev
     assert page.locator("#detail .posteriors svg rect").count() == len(items[index]["post"]["path"])
     audio = page.locator("#detail audio")
     assert audio.evaluate("a => a.canPlayType('audio/mpeg')") in ("maybe", "probably")
-    page.wait_for_function("document.querySelector('#detail audio').readyState >= 2", timeout=10_000)
+    page.wait_for_function("document.querySelector('#detail audio').readyState >= 2", timeout=LOADED_MS)
     assert audio.evaluate("a => a.duration") == pytest.approx(target["duration"], abs=0.1)
-    played = audio.evaluate("""async a => { a.muted = true; await a.play();
-                                            await new Promise(done => setTimeout(done, 300));
-                                            a.pause(); return a.currentTime; }""")
-    assert played > 0
+    audio.evaluate("async a => { a.muted = true; await a.play(); }")
+    page.wait_for_function("document.querySelector('#detail audio').currentTime > 0", timeout=LOADED_MS)  # it plays
+    audio.evaluate("a => a.pause()")
     assert page.evaluate("decodeURIComponent(location.hash.slice(1))") == target["id"]  # a link to this utterance
     assert page.problems == []
 
@@ -392,7 +399,7 @@ def test_browser_plays_flac_ogg_and_converted_wav(browser: Any, recordings_repor
     page.wait_for_selector("html[data-ready]")
     for row in rows(page_data((recordings_report / "index.html").read_text(encoding="utf-8"))):
         page.click(f"#spacer .row[data-id='{row['id']}']")
-        page.wait_for_function("document.querySelector('#detail audio').readyState >= 2", timeout=10_000)
+        page.wait_for_function("document.querySelector('#detail audio').readyState >= 2", timeout=LOADED_MS)
         assert page.eval_on_selector("#detail audio", "a => a.error") is None
         assert page.eval_on_selector("#detail audio", "a => a.currentSrc").endswith(row["audio"])
     assert problems == []

@@ -22,7 +22,7 @@ import yaml
 
 from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
 from ptasr.train.cli import CONFIG_DIR, cli_main
-from helpers import fake_checkpoint, save_half_then
+from helpers import HANG_S, fake_checkpoint, save_half_then
 
 REPO = Path(__file__).resolve().parents[1]
 # The dev split: 50 clips in batches of 8 are 7 updates per epoch. A checkpoint after every update (all kept);
@@ -114,7 +114,7 @@ def _start_fit(tmp_path: Path, config: Path, *extra: str) -> subprocess.Popen:
 
 
 def _finish(fit: subprocess.Popen) -> tuple[int, str]:
-    _, stderr = fit.communicate(timeout=300)
+    _, stderr = fit.communicate(timeout=HANG_S)
     return fit.returncode, stderr[-3000:]
 
 
@@ -172,7 +172,7 @@ def test_a_fit_resumed_from_the_end_of_an_epoch_continues_exactly(runs: tuple[Pa
 
 
 def _wait_for_update(loss_log: Path, fit: subprocess.Popen, update: int) -> None:
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_S
     while not (loss_log.exists() and len(loss_log.read_text().splitlines()) >= update):
         assert fit.poll() is None, fit.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the fit made no progress"
@@ -252,7 +252,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     last = tmp_path / "checkpoints" / "last.ckpt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     killed = subprocess.run([sys.executable, "-c", KILLED_DURING_SAVE, str(last)], env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=HANG_S)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert AtomicCheckpointIO().load_checkpoint(last, weights_only=True)["global_step"] == 1
     # The half-written file was beside the target (same filesystem, so the rename is atomic), hidden from

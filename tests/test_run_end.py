@@ -21,7 +21,7 @@ import yaml
 
 from ptasr.train import LastCheckpoint
 from ptasr.train.cli import CONFIG_DIR, cli_main
-from helpers import SMALL_MODEL, SMALL_RUN
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 # The dev split: 50 clips in batches of 8 are 7 updates per epoch.
 EPOCH = 7
@@ -124,7 +124,7 @@ def test_a_sigterm_during_the_sanity_check_ends_the_run_after_the_first_update(t
                "--trainer.num_sanity_val_steps=1", "--trainer.callbacks+=test_run_end.TermDuringSanityCheck"]
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S)
     # Lightning's own handling would raise SIGTERMException (exit status 0) after the first batch, saving nothing.
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     assert _last(tmp_path)["global_step"] == 1
@@ -157,13 +157,13 @@ def test_sigterm_stops_every_ddp_rank_at_the_same_update_with_last_ckpt(tmp_path
     fit = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + HANG_S
         while not ((tmp_path / "rank0.log").exists() and len((tmp_path / "rank0.log").read_text().split()) >= 2):
             assert fit.poll() is None, fit.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the DDP fit made no progress"
             time.sleep(0.1)
         fit.send_signal(signal.SIGTERM)
-        _, stderr = fit.communicate(timeout=180)
+        _, stderr = fit.communicate(timeout=HANG_S)
     finally:
         if fit.poll() is None:
             os.killpg(fit.pid, signal.SIGKILL)

@@ -24,7 +24,7 @@ from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.testing import make_corpus
 from ptasr.scoring import Counts, edit_counts, error_rate
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL, SMALL_RUN
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCH = 4  # the dev split: 50 clips in batches of 8 are 7 batches, evened out to 8, so 4 per rank
@@ -99,7 +99,7 @@ def _ddp(tmp_path: Path, subcommand: str, *args: str) -> str:
     # One thread per process: two ranks share the two cores. The Recorder is imported from this file.
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in result.stderr + result.stdout  # the second process really ran
     return result.stderr + result.stdout

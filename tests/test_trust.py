@@ -17,7 +17,7 @@ import pytest
 from ptasr.data.testing import make_corpus
 from ptasr.run_log import read_scalars, training_results
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL  # the ~40 k-parameter model of the training tests
+from helpers import HANG_S, SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [*SMALL_MODEL, "--data.num_workers=0", "--data.batch_size=4", "--data.eval_batch_size=4",
@@ -48,7 +48,7 @@ def _args(corpus: Path, save_dir: Path, *extra: str) -> list[str]:
 
 def _train_py(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=HANG_S)
 
 
 def _one_line(result: subprocess.CompletedProcess[str], prog: str = "train.py") -> str:
@@ -165,7 +165,7 @@ def test_validating_a_checkpoint_leaves_the_model_cards_table_alone(trained: Pat
 
 def _ptasr(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ptasr", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, **kwargs)
+                          timeout=HANG_S, **kwargs)
 
 
 def test_export_refuses_a_non_empty_folder_unless_overwrite(trained: Path, tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_evaluate_writes_its_results_even_when_the_reader_leaves(trained: Path, 
                                     "--data", str(corpus), "--output-dir", str(tmp_path / "out"), "--device", "cpu"],
                                    stdout=subprocess.PIPE, stderr=err, cwd=REPO)
         process.stdout.close()  # `| head -0`: the reader is gone before the first line
-        code = process.wait(timeout=300)
+        code = process.wait(timeout=HANG_S)
     assert code in (0, 141), stderr.read_text()
     assert "Traceback" not in stderr.read_text() and "Exception ignored" not in stderr.read_text()
     names = sorted(path.name for path in (tmp_path / "out").iterdir())
@@ -395,7 +395,7 @@ def test_ddp_predict_reports_every_ranks_transcripts(trained: Path, corpus: Path
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "predict", *_args(corpus, trained.parent.parent),
                              f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "--trainer.accelerator=cpu",
                              "--trainer.devices=2", "--trainer.strategy=ddp", "--data.eval_batch_size=1"],
-                            capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted((trained / "predict").glob("predictions_rank*.jsonl"))
     assert [path.name for path in files] == ["predictions_rank0.jsonl", "predictions_rank1.jsonl"]

@@ -18,7 +18,7 @@ import lightning as L
 import pytest
 import torch
 
-from helpers import SMALL_MODEL, SMALL_RUN
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.sources import EvalSource
 from ptasr.data.testing import make_corpus, make_recordings, write_manifest
@@ -318,7 +318,7 @@ def test_two_ddp_processes_log_each_source_over_both_ranks(fitted, manifests, tm
                "--trainer.strategy=ddp"]
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in result.stderr + result.stdout  # the second process really ran
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
