@@ -145,7 +145,7 @@ def export(
     card = model_card(name or push_to_hub or out_dir.resolve().name, recognizer, rows,
                       hyperparameters(recognizer.metadata, run_config(log_dir)),
                       language=language or data.get("language"), dataset=data_name(data, "train"),
-                      validation=data_name(data, "val"), carried=carried)
+                      validation=data_name(data, "val"), carried=carried, lm=lm is not None)
     with staged_folder(out_dir, bytes_needed(recognizer, lm, onnx)) as staging:
         write_hf_folder(recognizer, staging)
         if lm is not None:

@@ -171,12 +171,13 @@ def _model_index_result(dataset: str, kind: str, wer: float, cer: float | None) 
 def model_card(
     name: str, recognizer: Recognizer, rows: list[ResultRow], hparams: dict[str, Any],
     language: str | None = None, dataset: str | None = None, carried: dict[str, Any] | None = None,
-    validation: str | None = None,
+    validation: str | None = None, lm: bool = False,
 ) -> str:
     """README.md text in the layout of transformers' Trainer cards, which the reference model card uses.
 
     ``dataset``: what the model trained on (the intro); ``validation``: what its results are on (the
-    model-index), ``dataset`` where not given.
+    model-index), ``dataset`` where not given. ``lm``: the folder holds an n-gram LM (``export --lm``): the card
+    says how to decode with it.
 
     ``carried``: the training sections of the card of the folder being re-exported (:func:`previous_card`),
     used where this export has no training information of its own (no event files, no checkpoint metadata).
@@ -216,6 +217,7 @@ def model_card(
         "```python\nfrom transformers import pipeline\n\n"
         f"asr = pipeline(\"automatic-speech-recognition\", model=\"{name}\")\n"
         "print(asr(\"audio.flac\", chunk_length_s=20)[\"text\"])\n```\n",
+        lm_usage(name) if lm else "",
         "Transcripts were normalised before training: " + _describe_normalizer(recognizer) + "\n",
         "## Training hyperparameters\n",
         "The following hyperparameters were used during training:\n" + (hparams_text or "- (not recorded)") + "\n",
@@ -225,6 +227,38 @@ def model_card(
         _versions() + "\n",
     ]
     return "\n".join(section for section in sections if section)
+
+
+# transformers releases whose Wav2Vec2ProcessorWithLM.from_pretrained cannot load an LM folder: 5.25.0 raises
+# AttributeError ('super' object has no attribute '_get_arguments_from_pretrained'). tests/test_lm_cli.py checks
+# the folder against the version installed (tests/constraints.txt pins one that loads it).
+TRANSFORMERS_WITHOUT_LM = ("5.25.0",)
+TRANSFORMERS_WITH_LM = "5.24.0"  # the newest release the folder is tested with
+
+
+def lm_usage(name: str) -> str:
+    """The card's section on the n-gram LM of an ``export --lm`` folder: which transformers releases load it,
+    and a decoding snippet that needs pyctcdecode, not transformers' processor."""
+    snippet = f"""import soundfile as sf
+import torch
+from pyctcdecode import BeamSearchDecoderCTC
+from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+model = Wav2Vec2ForCTC.from_pretrained("{name}").eval()
+features = Wav2Vec2FeatureExtractor.from_pretrained("{name}")
+audio, rate = sf.read("audio.flac")  # mono, 16 kHz
+with torch.no_grad():
+    logits = model(**features(audio, sampling_rate=rate, return_tensors="pt")).logits[0]
+decoder = BeamSearchDecoderCTC.load_from_dir("{name}")  # alphabet.json, language_model/ (LM weights: attrs.json)
+print(decoder.decode(logits.numpy()))
+"""
+    return ("### With the n-gram language model\n\n"
+            "`language_model/` holds a KenLM n-gram model and `alphabet.json` the CTC labels, in the layout of "
+            "transformers' `Wav2Vec2ProcessorWithLM` (it needs `pip install pyctcdecode kenlm`). "
+            f"`Wav2Vec2ProcessorWithLM.from_pretrained` (and `AutoProcessor`) loads the folder in transformers up "
+            f"to {TRANSFORMERS_WITH_LM} (tested with it); in {', '.join(TRANSFORMERS_WITHOUT_LM)} it raises "
+            "AttributeError. With any transformers release, pyctcdecode decodes the logits by itself:"
+            f"\n\n```python\n{snippet}```\n")
 
 
 def _describe_normalizer(recognizer: Recognizer) -> str:

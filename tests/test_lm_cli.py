@@ -16,6 +16,7 @@ from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from ptasr.model_card import TRANSFORMERS_WITH_LM, TRANSFORMERS_WITHOUT_LM
 
 pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (pip install 'ptasr[lm]') is not installed")
 
@@ -156,27 +157,63 @@ def test_export_with_lm_loads_in_transformers_and_decodes_like_ptasr(tmp_path: P
 
     pytest.importorskip("pyctcdecode", reason="pyctcdecode is not installed: pip install --no-deps pyctcdecode "
                                               "pygtrie (its numpy<2 pin would downgrade numpy); pip install kenlm")
+    import transformers
+    from pyctcdecode import BeamSearchDecoderCTC
     from transformers import AutoProcessor, Wav2Vec2ProcessorWithLM
 
-    processor = AutoProcessor.from_pretrained(export)
-    assert isinstance(processor, Wav2Vec2ProcessorWithLM)
     rng = np.random.default_rng(0)
     references = sentences["test"]
     emissions = [noisy_emissions(s, vocab, rng) for s in references]
     ours = BeamSearchDecoder(vocab, lm, lm_weight=2.0, word_score=0.5, beam_size=50)
     ptasr_texts = [ours.decode(e[None], torch.tensor([e.shape[0]]))[0] for e in emissions]
-    hf_texts = [processor.decode(e.numpy(), beam_width=50).text for e in emissions]
+    decoder = BeamSearchDecoderCTC.load_from_dir(str(export))  # what the processor loads, and the card's snippet
+    pyctcdecode_texts = [decoder.decode(e.numpy(), beam_width=50) for e in emissions]
     greedy_texts = [vocab.decode(greedy_decode(e[None], torch.tensor([e.shape[0]]), vocab.pad_id)[0]) for e in emissions]
 
     def wer(predictions: list[str]) -> float:
         return error_rates([score_utterance(str(i), r, p) for i, (r, p) in enumerate(zip(references, predictions))])["wer"]
 
-    agreement = sum(a == b for a, b in zip(ptasr_texts, hf_texts)) / len(references)
-    print(f"greedy WER {wer(greedy_texts):.3f}, ptasr LM {wer(ptasr_texts):.3f}, transformers+pyctcdecode LM "
-          f"{wer(hf_texts):.3f}, identical transcripts {agreement:.0%}")
+    agreement = sum(a == b for a, b in zip(ptasr_texts, pyctcdecode_texts)) / len(references)
+    print(f"greedy WER {wer(greedy_texts):.3f}, ptasr LM {wer(ptasr_texts):.3f}, pyctcdecode LM "
+          f"{wer(pyctcdecode_texts):.3f}, identical transcripts {agreement:.0%}")
     assert wer(greedy_texts) > 0.5  # the noise misspells most words
-    assert wer(ptasr_texts) < 0.1 and wer(hf_texts) < 0.1  # both LM decoders repair them
+    assert wer(ptasr_texts) < 0.1 and wer(pyctcdecode_texts) < 0.1  # both LM decoders repair them
     assert agreement >= 0.9  # 100 % when measured; beam pruning differs (pyctcdecode prunes by score, per word)
+
+    if transformers.__version__ in TRANSFORMERS_WITHOUT_LM:  # the card names it; `pytest` without -c meets it
+        with pytest.raises(AttributeError, match="_get_arguments_from_pretrained"):
+            AutoProcessor.from_pretrained(export)
+        return
+    processor = AutoProcessor.from_pretrained(export)
+    assert isinstance(processor, Wav2Vec2ProcessorWithLM)
+    assert [processor.decode(e.numpy(), beam_width=50).text for e in emissions] == pyctcdecode_texts
+
+
+def test_export_with_lm_card_names_the_transformers_releases_and_its_pyctcdecode_snippet_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import soundfile as sf
+
+    sentences = ["um dois tres", "quatro cinco", "dois tres quatro"]
+    vocab = Vocabulary.build(sentences)
+    checkpoint = _checkpoint(tmp_path / "last.ckpt", vocab)
+    (tmp_path / "text.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    lm = tmp_path / "lm.arpa"
+    assert main(["lm", "build", str(tmp_path / "text.txt"), "-o", str(lm), "--order", "2"]) == 0
+    assert main(["export", str(checkpoint), str(tmp_path / "my-model"), "--lm", str(lm)]) == 0
+    card = (tmp_path / "my-model" / "README.md").read_text(encoding="utf-8")
+    section = card.split("### With the n-gram language model\n", 1)[1]
+    assert f"up to {TRANSFORMERS_WITH_LM} (tested with it); in 5.25.0 it raises AttributeError" in section
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'BeamSearchDecoderCTC.load_from_dir("my-model")' in snippet and "ProcessorWithLM" not in snippet
+    plain = main(["export", str(checkpoint), str(tmp_path / "plain")])
+    assert plain == 0 and "n-gram" not in (tmp_path / "plain" / "README.md").read_text(encoding="utf-8")
+
+    pytest.importorskip("pyctcdecode", reason="pyctcdecode is not installed: pip install --no-deps pyctcdecode")
+    monkeypatch.chdir(tmp_path)
+    sf.write("audio.flac", np.random.default_rng(0).normal(0, 0.1, 16_000).astype(np.float32), 16_000)
+    capsys.readouterr()
+    exec(compile(snippet, "model card snippet", "exec"), {})  # noqa: S102 -- the card's own code, as a reader runs it
+    assert capsys.readouterr().out.count("\n") == 1  # the transcript (of noise, by random weights)
 
 
 def test_tune_refuses_report_and_the_results_carry_duplicates(checkpoint: Path, corpus: Path, tmp_path: Path,
