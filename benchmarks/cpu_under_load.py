@@ -9,14 +9,16 @@ loop each); the two policies alternate under each load, in one run of this scrip
   OpenMP runtime's default wait policy) and the demo's one DataLoader worker;
 - ``ptasr``: the policy of ``ptasr/threads.py``, applied as ``train.py`` applies it.
 
-Updates per second are counted between update ``--warmup`` and the last (``--updates``), from a callback's
-stamps; setup, the first updates (kernel selection, worker start) and the final checkpoint are outside. The JSON
+Updates per second are counted between update ``--warmup`` and the last, from a callback's stamps; a fit ends
+after ``--updates`` or once its timed updates took ``--seconds`` (at least 20 timed: torch's defaults under load
+run ten times slower). Setup, the first updates (kernel selection, worker start) and the final checkpoint are
+outside. The JSON
 records the machine, the versions, and the 1-minute load average before each measurement and at the end (other
 people's processes on a shared machine count as load too). Ratios printed: each rate over the same policy's
 rate with no competing process, and ptasr's over torch's under the same load.
 
-    python benchmarks/cpu_under_load.py                   # 0, 1, 2 competing processes: 5-8 min on 2 idle cores
-    python benchmarks/cpu_under_load.py --loads 1 --updates 40   # a quick look
+    python benchmarks/cpu_under_load.py                   # 0, 1, 2 competing processes: about 8 min on 2 cores
+    python benchmarks/cpu_under_load.py --loads 1 --seconds 20   # a quick look
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ RESULTS = REPO / "benchmarks" / "results" / "cpu_under_load_cpu.json"
 POLICIES = ("torch", "ptasr")
 BUSY_LOOP = "while True: pass"
 RESULT_PREFIX = "cpu_under_load result: "
+MIN_TIMED = 20  # updates timed at least, however slow
 
 
 # --- the measured process ------------------------------------------------------------------------------------
@@ -50,14 +53,18 @@ def _update_clock_class() -> type:
 
     class UpdateClock(L.Callback):
         """Stamps the end of every training batch (one per update: the demo does not accumulate) and ends the
-        fit after ``updates`` (the demo's schedule, and so its learning rates, stay those of 2000 updates)."""
+        fit after ``updates``, or once ``seconds`` have passed since update ``warmup`` and at least
+        ``MIN_TIMED`` updates were timed (a slow configuration need not run them all). The demo's schedule, and
+        so its learning rates, stay those of its 2000 updates."""
 
-        def __init__(self, updates: int) -> None:
-            self.updates = updates
+        def __init__(self, updates: int, warmup: int, seconds: float) -> None:
+            self.updates, self.warmup, self.seconds = updates, warmup, seconds
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             STAMPS.append(time.perf_counter())
-            trainer.should_stop = len(STAMPS) >= self.updates
+            timed = len(STAMPS) - 1 - self.warmup
+            out_of_time = timed >= MIN_TIMED and STAMPS[-1] - STAMPS[self.warmup] > self.seconds
+            trainer.should_stop = len(STAMPS) >= self.updates or out_of_time
 
     return UpdateClock
 
@@ -69,7 +76,7 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def child(policy: str, updates: int, warmup: int, run_dir: str) -> None:
+def child(policy: str, updates: int, warmup: int, seconds: float, run_dir: str) -> None:
     """One short demo fit under ``policy``; prints its update stamps as one JSON line."""
     if policy == "ptasr":
         from ptasr import threads
@@ -85,7 +92,8 @@ def child(policy: str, updates: int, warmup: int, run_dir: str) -> None:
 
     args = ["fit", "--trainer.limit_val_batches=0", "--trainer.max_time=null",
             f"--trainer.logger.init_args.save_dir={run_dir}", "--trainer.callbacks+=cpu_under_load.UpdateClock",
-            f"--trainer.callbacks.updates={updates}"]
+            f"--trainer.callbacks.updates={updates}", f"--trainer.callbacks.warmup={warmup}",
+            f"--trainer.callbacks.seconds={seconds}"]
     if policy == "torch":
         args.append("--data.num_workers=1")  # the demo's value before the policy chose it
     cli = cli_main(args)
@@ -110,7 +118,7 @@ def measure(policy: str, args: argparse.Namespace) -> dict:
     load = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as run_dir:
         done = subprocess.run([sys.executable, __file__, "--child", policy, "--updates", str(args.updates),
-                               "--warmup", str(args.warmup), "--run-dir", run_dir],
+                               "--warmup", str(args.warmup), "--seconds", str(args.seconds), "--run-dir", run_dir],
                               capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode != 0:
         sys.exit(f"cpu_under_load.py: the {policy} fit failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -170,7 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 1, 2], help="competing processes per row")
     parser.add_argument("--updates", type=int, default=80, help="updates per fit (default: 80)")
-    parser.add_argument("--warmup", type=int, default=10, help="updates not timed at the start (default: 10)")
+    parser.add_argument("--warmup", type=int, default=5, help="updates not timed at the start (default: 5)")
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="end a fit once its timed updates took this long (at least 20 timed; default: 60)")
     parser.add_argument("--repeats", type=int, default=1, help="fits per policy and load; the best counts")
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. what else ran on the machine)")
@@ -178,9 +188,9 @@ def main() -> None:
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.updates, args.warmup, args.run_dir)
+        return child(args.child, args.updates, args.warmup, args.seconds, args.run_dir)
 
-    report = dict(machine=machine(), note=args.note, updates=args.updates, warmup=args.warmup,
+    report = dict(machine=machine(), note=args.note, updates=args.updates, warmup=args.warmup, seconds=args.seconds,
                   load_average_at_start=[round(x, 2) for x in os.getloadavg()], runs=[])
     for load in args.loads:
         competitors = start_competitors(load)
