@@ -10,9 +10,9 @@ loop each); the two policies alternate under each load, in one run of this scrip
 - ``ptasr``: the policy of ``ptasr/threads.py``, applied as ``train.py`` applies it.
 
 Updates per second are counted between update ``--warmup`` and the last, from a callback's stamps; a fit ends
-after ``--updates`` or once its timed updates took ``--seconds`` (at least 20 timed: torch's defaults under load
+after ``--updates`` or once its timed updates took ``--seconds`` (at least 10 timed: torch's defaults under load
 run ten times slower). Setup, the first updates (kernel selection, worker start) and the final checkpoint are
-outside. The JSON
+outside. The JSON is rewritten after every measurement, so a run cut short keeps what it measured. The JSON
 records the machine, the versions, and the 1-minute load average before each measurement and at the end (other
 people's processes on a shared machine count as load too). Ratios printed: each rate over the same policy's
 rate with no competing process, and ptasr's over torch's under the same load.
@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ RESULTS = REPO / "benchmarks" / "results" / "cpu_under_load_cpu.json"
 POLICIES = ("torch", "ptasr")
 BUSY_LOOP = "while True: pass"
 RESULT_PREFIX = "cpu_under_load result: "
-MIN_TIMED = 20  # updates timed at least, however slow
+MIN_TIMED = 10  # updates timed at least, however slow
 
 
 # --- the measured process ------------------------------------------------------------------------------------
@@ -174,13 +175,20 @@ def summarise(runs: list[dict], loads: list[int]) -> dict:
     return table
 
 
+def save(report: dict, args: argparse.Namespace) -> None:
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["summary"] = summarise(report["runs"], args.loads)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 1, 2], help="competing processes per row")
     parser.add_argument("--updates", type=int, default=80, help="updates per fit (default: 80)")
-    parser.add_argument("--warmup", type=int, default=5, help="updates not timed at the start (default: 5)")
+    parser.add_argument("--warmup", type=int, default=3, help="updates not timed at the start (default: 3)")
     parser.add_argument("--seconds", type=float, default=60.0,
-                        help="end a fit once its timed updates took this long (at least 20 timed; default: 60)")
+                        help="end a fit once its timed updates took this long (at least 10 timed; default: 60)")
     parser.add_argument("--repeats", type=int, default=1, help="fits per policy and load; the best counts")
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. what else ran on the machine)")
@@ -190,6 +198,8 @@ def main() -> None:
     if args.child:
         return child(args.child, args.updates, args.warmup, args.seconds, args.run_dir)
 
+    # A TERM (a timeout, a kill) ends the competing processes too, through the finally below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     report = dict(machine=machine(), note=args.note, updates=args.updates, warmup=args.warmup, seconds=args.seconds,
                   load_average_at_start=[round(x, 2) for x in os.getloadavg()], runs=[])
     for load in args.loads:
@@ -200,15 +210,13 @@ def main() -> None:
                 for policy in POLICIES:
                     run = dict(competitors=load, **measure(policy, args))
                     report["runs"].append(run)
+                    save(report, args)
                     print(f"{load} competing, {policy:5}: {run['updates_per_second']:.2f} updates/s "
                           f"(threads {run['intra_op_threads']}/{run['inter_op_threads']}, workers "
                           f"{run['num_workers']}, load average {run['load_average_before']})", flush=True)
         finally:
             stop(competitors)
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["summary"] = summarise(report["runs"], args.loads)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    save(report, args)
     for key, row in report["summary"].items():
         print(f"{key:8} {row['updates_per_second']:6.2f} updates/s  {row['of_idle']}x its idle rate  "
               f"{row['of_torch']}x torch's under the same load")
