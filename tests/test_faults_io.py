@@ -37,7 +37,7 @@ from ptasr.export import write_hf_folder
 from ptasr.inference import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from helpers import SMALL_MODEL
+from helpers import HANG_S, SMALL_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 # names a file system allows and a TSV line does not: newline, tab, carriage return, backslash, quotes, unicode
@@ -258,7 +258,7 @@ def test_a_fit_with_home_under_a_file_says_one_line_about_the_cache(tmp_path: Pa
          f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=1",
          "--data.num_workers=0", "--data.batch_size=4", "--trainer.enable_model_summary=false",
          "--model.schedule=linear", "--model.warmup_steps=1", *SMALL_MODEL],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "cache" in line.lower()]
