@@ -46,6 +46,20 @@ def cpu_has_native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def conv_with(
+    conv: torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Conv3d,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``conv``'s computation (stride, padding and padding mode, dilation, groups) with other weights.
+
+    ``_conv_forward`` is the one place where torch applies a non-zero padding mode before ``F.convNd``; the
+    precision probe calls it to run a module's configuration in another dtype without touching its parameters.
+    """
+    return conv._conv_forward(x, weight, bias)
+
+
 def dataset_fingerprint(dataset: Any) -> str:
     """The content hash 🤗 datasets keeps for a ``Dataset`` (changes whenever its data or transforms do).
 

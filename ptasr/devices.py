@@ -33,7 +33,9 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
     Native bf16 means CUDA GPUs from Ampere on and CPUs with AVX512-BF16 or AMX units. There the matrix
     products and convolutions that are nearly all of inference move half the bytes and run on the wider bf16
     units, and greedy transcripts score the WER of float32 (measured by ``benchmarks/transcribe_rtf.py``).
-    Elsewhere bf16 is emulated and slower than float32, so "auto" stays in float32.
+    Elsewhere bf16 is emulated and slower than float32, so "auto" stays in float32. On a CPU, a model moved to
+    bf16 by :meth:`ptasr.inference.Recognizer.to` runs the convolutions and linear layers whose bf16 kernel is
+    wrong on this machine in float32 (:mod:`ptasr.precision_probe`), so "auto" does not change the transcript.
     """
     if dtype != "auto":
         return getattr(torch, dtype) if isinstance(dtype, str) else dtype

@@ -32,6 +32,7 @@ from ptasr.data.audio import SAMPLE_RATE, normalize_waveform
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decode import greedy_decode
 from ptasr.devices import resolve_device, resolve_dtype
+from ptasr.precision_probe import guard_low_precision
 from ptasr.errors import CheckpointError, SettingError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
@@ -172,6 +173,8 @@ class Recognizer:
         """Move to ``device`` (``"auto"``: CUDA if available) in ``dtype`` (``"auto"``: see :func:`ptasr.devices.resolve_dtype`)."""
         device = resolve_device(device)
         self.model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, device))
+        # CPU bf16/fp16 kernels are wrong for some shapes on some CPUs: those modules run in float32 instead.
+        guard_low_precision(self.model, self.dtype, device)
         return self
 
     @property

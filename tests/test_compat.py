@@ -35,6 +35,14 @@ def test_cpu_has_native_bf16_answers() -> None:
     assert compat.cpu_has_native_bf16() == compat.cpu_has_native_bf16()  # a property of the machine
 
 
+def test_conv_with_is_the_modules_computation_with_other_weights() -> None:
+    conv = torch.nn.Conv1d(4, 6, 3, padding=1, groups=2, padding_mode="reflect")
+    x = torch.randn(2, 4, 10)
+    assert torch.equal(compat.conv_with(conv, x, conv.weight, conv.bias), conv(x))
+    weight = torch.randn_like(conv.weight)
+    assert not torch.allclose(compat.conv_with(conv, x, weight, None), conv(x))
+
+
 def test_dataset_fingerprint_changes_with_the_data() -> None:
     first = datasets.Dataset.from_dict({"text": ["a", "b"]})
     same = datasets.Dataset.from_dict({"text": ["a", "b"]})

@@ -28,6 +28,7 @@ from ptasr.train.build import build_model
 from ptasr.train.data_match import check_data_fits_model, text_side_after_loading
 from ptasr.train.empty_batches import empty_training_loss, log_empty_evaluation_loss
 from ptasr.train.gradients import clip_with_norm, drop_skipped_layer_gradients, dropped_layers
+from ptasr.train.low_precision import LowPrecisionProbe
 from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged, nonfinite_weights
 from ptasr.train.optim import drop_gradients, optimizer_and_schedule
 from ptasr.train.random_state import RandomStateCheckpoint
@@ -132,8 +133,9 @@ class Wav2Vec2CTCModule(L.LightningModule):
             self._compiled = True
 
     def configure_callbacks(self) -> list[L.Callback]:
-        # Part of what this module's checkpoints are, whatever the config's callbacks: the random streams.
-        return [RandomStateCheckpoint()]
+        # Part of every run, whatever the config's callbacks: the random streams in its checkpoints;
+        # and, in bf16/fp16 on a CPU, the kernels this machine computes wrongly run in float32.
+        return [RandomStateCheckpoint(), LowPrecisionProbe()]
 
     def configure_optimizers(self) -> dict[str, Any]:
         total_steps = self.hparams.total_steps or int(self.trainer.estimated_stepping_batches)
