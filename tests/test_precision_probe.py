@@ -59,8 +59,10 @@ class WrongKernel(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func is torch.ops.aten.convolution.default and args[0].dtype == torch.bfloat16 \
-                and args[8] > 1 and args[1].shape[1] == 4:
+        # aten.convolution under autograd; conv1d/conv2d themselves under inference_mode (not decomposed)
+        groups = {"aten.convolution.default": 8, "aten.conv1d.default": 6, "aten.conv2d.default": 6}.get(str(func))
+        if groups is not None and args[0].dtype == torch.bfloat16 and len(args) > groups and args[groups] > 1 \
+                and args[1].shape[1] == 4:
             return torch.randn_like(out)
         return out
 
@@ -141,18 +143,19 @@ def test_a_bf16_fit_on_cpu_runs_the_wrong_kernels_module_in_float32(
     assert cli.model.model._ptasr_float32_calls.failing  # the mode around the wav2vec2's forward
 
 
-def test_bf16_evaluation_scores_the_wer_of_float32_where_the_kernel_is_wrong(wrong_kernel: None) -> None:
-    # A random model whose head is sharpened so that its transcripts are many and stable under bf16 rounding
-    # (a briefly trained one says only blanks): the bundled test split's WER in bf16, with the wrong kernel
-    # caught, is float32's.
+def test_bf16_evaluation_scores_what_float32_does_where_the_kernel_is_wrong(wrong_kernel: None) -> None:
+    # A random model with a sharpened head, so that it writes characters rather than blanks (a briefly trained
+    # one says only blanks). Random, it has no margins: bf16's own rounding changes some characters, so the
+    # CER bound is loose; the unguarded model (WER 1.035, CER 2.89 against 1.0 and 2.13 here) fails both.
     data = load_eval_set(BUNDLED_CORPUS, "test", TextNormalizer()).take(None)
     vocab = Vocabulary.build(data.references)
     model = demo_shaped_model(len(vocab))
     model.lm_head.weight.data *= 30
-    scores = {}
+    rates = {}
     for dtype in ("float32", "bfloat16"):
         recognizer = Recognizer(copy.deepcopy(model), vocab, TextNormalizer()).to("cpu", dtype)
         scored = evaluate(recognizer, data).scored
-        scores[dtype] = error_rates(scored)["wer"]
-    assert 0.5 < scores["float32"] < 5  # transcripts with words in them, not all blank
-    assert abs(scores["bfloat16"] - scores["float32"]) <= 0.005
+        assert all(s.prediction for s in scored)
+        rates[dtype] = error_rates(scored)
+    assert abs(rates["bfloat16"]["wer"] - rates["float32"]["wer"]) <= 0.005
+    assert abs(rates["bfloat16"]["cer"] - rates["float32"]["cer"]) <= 0.1
