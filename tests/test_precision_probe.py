@@ -57,12 +57,16 @@ class WrongKernel(TorchDispatchMode):
     A dispatch mode sits below autocast, so it sees the bf16 tensors autocast made, as the kernel does.
     """
 
+    def __init__(self, channels_per_group: int = 4) -> None:
+        super().__init__()
+        self.channels_per_group = channels_per_group
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         # aten.convolution under autograd; conv1d/conv2d themselves under inference_mode (not decomposed)
         groups = {"aten.convolution.default": 8, "aten.conv1d.default": 6, "aten.conv2d.default": 6}.get(str(func))
         if groups is not None and args[0].dtype == torch.bfloat16 and len(args) > groups and args[groups] > 1 \
-                and args[1].shape[1] == 4:
+                and args[1].shape[1] == self.channels_per_group:
             return torch.randn_like(out)
         return out
 
