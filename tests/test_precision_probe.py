@@ -32,20 +32,30 @@ def relative_error(low: torch.Tensor, reference: torch.Tensor) -> float:
 # --- the kernel itself, without ptasr ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("channels", "kernel"), [(64, 128), (64, 16), (256, 128), (1024, 128)])
-def test_bf16_grouped_conv1d_computes_what_float32_does(channels: int, kernel: int) -> None:
-    # torch 2.14.1's oneDNN on Intel AMX: ~1.05 for 4 channels per group (64 in 16 groups, the demo's positional
-    # conv), 0.003 for 16 or 64 (256, 1024: XLS-R's). This fails on any CPU whose bf16 kernel is wrong for the
-    # shape; the probe is what keeps ptasr right there. Inputs are bf16-rounded on both sides: only the kernel
-    # differs, so a right one is off by its output rounding (~0.003).
+@pytest.mark.parametrize("channels_last", [False, True], ids=["conv1d", "conv2d-channels-last"])
+@pytest.mark.parametrize(("channels", "kernel"), [(64, 128), (64, 16), (192, 128), (256, 128), (1024, 128)])
+def test_bf16_grouped_conv_computes_what_float32_does(channels: int, kernel: int, channels_last: bool) -> None:
+    # torch 2.14.1's oneDNN on Intel AMX: ~1.05 for 4 channels per group (64 in 16 groups, as the issue measured
+    # it with F.conv1d), 0.003 for 16 or 64 (256, 1024: XLS-R's); 192 in 16 groups is the demo's positional conv
+    # (12 per group, not measured on AMX), and the model calls it as a channels-last conv2d of height 1. This
+    # fails on any CPU whose bf16 kernel is wrong for the shape; the probe is what keeps ptasr right there.
+    # Inputs are bf16-rounded on both sides: only the kernel differs, so a right one is off by its output
+    # rounding (~0.003).
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, 200, generator=generator).bfloat16()
     weight = (torch.randn(channels, channels // 16, kernel, generator=generator) / (channels // 16 * kernel) ** 0.5)
     weight, bias = weight.bfloat16(), torch.randn(channels, generator=generator).bfloat16()
-    low = F.conv1d(x, weight, bias, padding=kernel // 2, groups=16)
-    reference = F.conv1d(x.float(), weight.float(), bias.float(), padding=kernel // 2, groups=16)
+
+    def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if not channels_last:
+            return F.conv1d(x, weight, bias, padding=kernel // 2, groups=16)
+        image = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, 1, T)
+        weight = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(image, weight, bias, padding=(0, kernel // 2), groups=16).squeeze(2)
+
+    low = conv(x, weight, bias)
     assert low.dtype == torch.bfloat16
-    assert relative_error(low, reference) < 0.02
+    assert relative_error(low, conv(x.float(), weight.float(), bias.float())) < 0.02
 
 
 # --- the probe and the fallback, with a wrong kernel injected ------------------------------------------------
