@@ -188,7 +188,7 @@ def record_calls(model: nn.Module, dtype: torch.dtype, example: Sequence[Any]) -
     for name, module in model.named_modules():
         hooks.append(module.register_forward_pre_hook(functools.partial(enter, name=name)))
         hooks.append(module.register_forward_hook(leave, always_call=True))
-    training = model.training
+    modes = {module: module.training for module in model.modules()}  # some may be in eval on purpose (frozen)
     weights_dtype = next(model.parameters()).dtype
     example = [e.to(weights_dtype) if torch.is_tensor(e) and e.is_floating_point() else e for e in example]
     recorder = _Record(where)
@@ -198,7 +198,8 @@ def record_calls(model: nn.Module, dtype: torch.dtype, example: Sequence[Any]) -
             model.eval()
             model(*example)
     finally:
-        model.train(training)
+        for module, training in modes.items():
+            module.training = training
         for hook in hooks:
             hook.remove()
     return recorder.calls
