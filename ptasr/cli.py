@@ -54,8 +54,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a train.py checkpoint (.ckpt), an exported model folder, or a hub id")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="precision of the network; auto (default): bfloat16 where the device computes it "
-                             "natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), else float32")
+                        help="precision of the network; auto (default): bfloat16 on a GPU that computes it natively "
+                             "(Ampere+), float32 on a CPU (bf16 there changes transcripts and depends on the CPU)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="audio chunks per forward pass (default: 8)")
     parser.add_argument("--chunk-length-s", type=float, default=20.0,
                         help="cut longer recordings into chunks of this many seconds; 0 disables (default: 20)")
