@@ -41,7 +41,7 @@ def _lines(caplog: pytest.LogCaptureFixture, start: str) -> list[str]:
 def test_a_model_that_emits_symbols_but_no_words_is_said_to_be_not_learning_once(
         tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     # The blank's bias at -100: no frame is blank (BlankPlateauWatch stays silent), and no word comes out right.
-    _fit(tmp_path, "--trainer.max_steps=6", "--trainer.val_check_interval=2",
+    _fit(tmp_path, "--trainer.max_steps=6", "--trainer.val_check_interval=2", "--trainer.precision=bf16-mixed",
          _callback("test_blank_watch.BlankBias", value=-100.0),
          _callback("ptasr.train.BlankPlateauWatch", after_updates=1),
          _callback("ptasr.train.NotLearningWatch", after_updates=3))

@@ -76,11 +76,12 @@ def not_learning_advice(trainer: L.Trainer, pl_module: L.LightningModule, after_
     blank = metrics.get("train/blank_share")
     seen = (f"validation WER {_share(metrics.get('val/wer'))} / CER {_share(metrics.get('val/cer'))} at update "
             f"{trainer.global_step}" + (f" (blank share {float(blank):.2f})" if blank is not None else ""))
+    low_precision = not str(trainer.precision).startswith(("32", "64"))  # a float32 run has no such kernel
     causes = [
         f"a learning rate too low or too high (model.lr={settings.get('lr')}, now {_number(settings.get('lr_now'))}, "
         f"model.warmup_steps={settings.get('warmup_steps')})",
-        f"a low-precision kernel that computes wrongly on this machine (trainer.precision={trainer.precision}: "
-        f"compare a short run with --trainer.precision 32)",
+        *([f"a low-precision kernel that computes wrongly on this machine (trainer.precision={trainer.precision}: "
+           f"compare a short run with --trainer.precision 32)"] if low_precision else []),
         "labels that do not match the audio (compare the sample predictions in TensorBoard with their references, "
         "read the alphabet table at start-up, check that each manifest row's text is its own clip's)",
         "too few updates (a small batch can take thousands to leave CTC's plateau, while train/loss falls)",
