@@ -2,8 +2,8 @@
 bf16/fp16 against float32 on this machine, and the calls that fail run in float32.
 
 Why: CPU kernels for bf16 are not the same on every CPU. On Intel Xeons with AMX, torch 2.14.1's oneDNN computes
-a grouped convolution with 4 channels per group wrongly (relative error ~1.05 against float32; the demo's
-positional conv, 64 channels in 16 groups), while the same call is right on AMD's AVX512-BF16 and for other
+a grouped convolution with 4 channels per group wrongly (relative error ~1.05 against float32 for 64
+channels in 16 groups, kernel 128 or 16, the shape of a small model's positional conv), while the same call is right on AMD's AVX512-BF16 and for other
 shapes. A model trained or run in bf16 there learns nothing or transcribes garbage, silently.
 
 How: one forward pass of the model on a second of random audio, in eval mode and with the random streams left as
