@@ -7,6 +7,7 @@ A plain module (not a test module), imported by the test files and by ``conftest
 from __future__ import annotations
 
 import io
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,12 @@ def word_arpa(path: Path, bigrams: dict[str, float]) -> Path:
     lines += ["", "\\2-grams:", *(f"{p:g}\t{pair}" for pair, p in bigrams.items()), "", "\\end\\", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def train_py_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The error line of a ``train.py`` run that failed: exactly one, the last thing on stderr, no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("train.py: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
+    return errors[0]

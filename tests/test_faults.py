@@ -23,7 +23,7 @@ import lightning as L
 import pytest
 import torch
 
-from helpers import SMALL_MODEL, SMALL_RUN, fake_checkpoint
+from helpers import SMALL_MODEL, SMALL_RUN, fake_checkpoint, train_py_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,11 +55,7 @@ def _step(checkpoint: Path) -> int:
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:
     """The error line of a fit that must fail: exactly one, the last thing on stderr, no traceback."""
     assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = result.stderr.splitlines()
-    errors = [line for line in lines if line.startswith("train.py: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
-    return errors[0]
+    return train_py_error_line(result)
 
 
 # --- signals ---------------------------------------------------------------------------------------------------
