@@ -7,11 +7,13 @@ loop each); the two policies alternate under each load, in one run of this scrip
 
 - ``torch``: what ptasr did before ``ptasr/threads.py``: torch's defaults (one intra-op thread per core, the
   OpenMP runtime's default wait policy) and the demo's one DataLoader worker;
-- ``ptasr``: the policy of ``ptasr/threads.py``, applied as ``train.py`` applies it.
+- ``ptasr``: the policy of ``ptasr/threads.py``, applied as ``train.py`` applies it: it looks at the other
+  processes' CPU use when the fit starts (the competing processes are running by then) and keeps torch's
+  spinning threads on free CPUs, sleeping ones on busy CPUs; each result records which it chose.
 
 Updates per second are counted between update ``--warmup`` and the last, from a callback's stamps; a fit ends
 after ``--updates`` or once its timed updates took ``--seconds`` (at least 10 timed: torch's defaults under load
-run ten times slower). Setup, the first updates (kernel selection, worker start) and the final checkpoint are
+run several times slower). Setup, the first updates (kernel selection, worker start) and the final checkpoint are
 outside. The JSON is rewritten after every measurement, so a run cut short keeps what it measured. The JSON
 records the machine, the versions, and the 1-minute load average before each measurement and at the end (other
 people's processes on a shared machine count as load too). Ratios printed: each rate over the same policy's

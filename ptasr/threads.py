@@ -1,19 +1,24 @@
 """ptasr's CPU thread policy: how many threads torch and the data loader use, and how idle OpenMP threads wait.
 
 Why: torch runs its CPU ops on an OpenMP team of one thread per core, and the OpenMP runtime's idle threads spin
-(libgomp polls 300,000 times) before they sleep. When another process wants the same cores (someone else's job,
-or our own DataLoader worker), the spinning threads burn the time it needs, and every parallel region then waits
-for a team member the kernel has descheduled. On 2 cores beside one CPU-bound process the demo trained at 0.53
-updates/s with torch's defaults, about a tenth of its idle rate. Threads that sleep as soon as they have no work
-give the core back at once, and the kernel, which favours threads that sleep, wakes them promptly when work
-comes: a busy machine then slows a run in proportion to the load. The figures are in ``benchmarks/README.md``
-(``benchmarks/cpu_under_load.py``).
+(libgomp polls 300,000 times) before they sleep. On free cores that is what makes small ops fast: the team is
+awake when the next parallel region starts. When another process wants the same cores (someone else's job), the
+spinning threads burn the time it needs, and every parallel region then waits for a team member the kernel has
+descheduled: on 2 cores beside one CPU-bound process the demo trained at about a quarter of its idle rate with
+torch's defaults. Threads that sleep as soon as they have no work (``OMP_WAIT_POLICY=PASSIVE``) give the core
+back at once and slow a busy machine's run in proportion to the load, but each wake-up costs time, about a fifth
+of the demo's rate on free cores. So the policy looks before it chooses: other processes' CPU use over a short
+window (:func:`busy_cpus`), and sleeping threads only where the CPUs are busy. The figures are in
+``benchmarks/README.md`` (``benchmarks/cpu_under_load.py``).
 
 What :func:`decide` chooses, each only where the user has not chosen (their environment variables and config
 values, such as ``data.num_workers``, win):
 
-- ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep at once. Not set when the user set
-  ``OMP_WAIT_POLICY``, or tuned the spinning through ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``.
+- ``OMP_WAIT_POLICY=PASSIVE`` when other processes keep at least :data:`BUSY_CPUS` of this process's CPUs busy
+  (or their use cannot be read); torch's spinning threads otherwise. Not set when the user set
+  ``OMP_WAIT_POLICY``, or tuned the spinning through ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``. The choice holds
+  for the process: the OpenMP runtime reads it once. A machine that gets busy later (a second job started
+  beside a long run) keeps spinning threads; set ``OMP_WAIT_POLICY=PASSIVE`` for runs that share their cores.
 - intra-op threads (``OMP_NUM_THREADS``): the CPUs this process may run on (its CPU affinity, and a cgroup CPU
   quota such as ``docker --cpus``), where torch counts every core of the host. Not set when the user set
   ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +47,11 @@ WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # torch takes its intra-op thread count from either.
 THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 MAX_WORKERS = 8  # decoding and resampling keep up with an XLS-R step on a GPU with this many (the recipes' value)
+# Other processes' CPU use, in CPUs' worth, from which idle OpenMP threads sleep: one CPU-bound process beside
+# the run costs torch's spinning threads about 3/4 of the rate, sleeping threads about 1/2; light background
+# work (a shell, an editor, a monitor: a few hundredths of a CPU) costs neither.
+BUSY_CPUS = 0.5
+BUSY_WINDOW_SECONDS = 0.15  # /proc/stat counts in 10 ms ticks: 15 per CPU, enough to tell 0.5 CPUs from 0
 
 
 @dataclass(frozen=True)
@@ -59,22 +70,66 @@ class ThreadPolicy:
                 f"otherwise")
 
 
-def decide(environ: Mapping[str, str], cpus: int, host_cpus: int) -> ThreadPolicy:
-    """The policy for a process that may use ``cpus`` of the host's ``host_cpus``, given the user's ``environ``.
+def decide(environ: Mapping[str, str], cpus: int, host_cpus: int, busy: float | None) -> ThreadPolicy:
+    """The policy for a process that may use ``cpus`` of the host's ``host_cpus`` while other processes keep
+    ``busy`` of those CPUs busy (``None``: unknown), given the user's ``environ``.
 
-    >>> decide({}, cpus=2, host_cpus=2).environment
+    >>> decide({}, cpus=2, host_cpus=2, busy=1.0).environment
     {'OMP_WAIT_POLICY': 'PASSIVE'}
-    >>> decide({"OMP_WAIT_POLICY": "ACTIVE"}, cpus=2, host_cpus=8).environment
+    >>> decide({}, cpus=2, host_cpus=2, busy=0.02).environment
+    {}
+    >>> decide({"OMP_WAIT_POLICY": "ACTIVE"}, cpus=2, host_cpus=8, busy=1.0).environment
     {'OMP_NUM_THREADS': '2'}
     """
     environment, reasons = {}, []
-    if not any(name in environ for name in WAIT_VARIABLES):
+    if not any(name in environ for name in WAIT_VARIABLES) and (busy is None or busy >= BUSY_CPUS):
         environment["OMP_WAIT_POLICY"] = "PASSIVE"
-        reasons.append("idle threads sleep instead of spinning")
+        seen = ("other processes' CPU use is unknown" if busy is None
+                else f"other processes keep {busy:.1f} of {cpus} CPUs busy")
+        reasons.append(f"{seen}: idle threads sleep instead of spinning")
     if not any(name in environ for name in THREAD_COUNT_VARIABLES) and cpus < host_cpus:
         environment["OMP_NUM_THREADS"] = str(cpus)
         reasons.append(f"this process may use {cpus} of the {host_cpus} CPUs")
     return ThreadPolicy(environment, tuple(reasons))
+
+
+def busy_cpus(window: float = BUSY_WINDOW_SECONDS, stat: Path = Path("/proc/stat")) -> float | None:
+    """CPUs' worth of time other processes used on this process's CPUs over the next ``window`` seconds, while
+    this process sleeps; ``None`` where ``stat`` (Linux's ``/proc/stat``) cannot be read.
+
+    Counts user, nice, system, irq and softirq time; steal (a hypervisor's other guests) and I/O wait do not
+    take this process's cores.
+    """
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    before = _cpu_ticks(stat, allowed)
+    if before is None:
+        return None
+    time.sleep(window)
+    after = _cpu_ticks(stat, allowed)
+    if after is None or after[1] <= before[1]:
+        return None
+    busy, total = after[0] - before[0], after[1] - before[1]
+    cpus = len(allowed) if allowed else os.cpu_count() or 1
+    return cpus * busy / total
+
+
+def _cpu_ticks(stat: Path, allowed: set[int] | None) -> tuple[int, int] | None:
+    """(busy, all) ticks summed over the CPUs in ``allowed`` (all where ``None``), from ``/proc/stat``'s
+    ``cpuN user nice system idle iowait irq softirq steal ...`` lines."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()) or (allowed and int(name[3:]) not in allowed):
+            continue
+        ticks = [int(field) for field in fields[:8]] + [0] * (8 - len(fields[:8]))
+        user, nice, system, idle, iowait, irq, softirq, _steal = ticks
+        busy += user + nice + system + irq + softirq
+        total += user + nice + system + idle + iowait + irq + softirq
+    return (busy, total) if total else None
 
 
 def usable_cpus() -> int:
@@ -111,7 +166,9 @@ def apply_before_torch(environ: MutableMapping[str, str] = os.environ, announce:
     """
     if "torch" in sys.modules:
         return None
-    policy = decide(environ, usable_cpus(), os.cpu_count() or 1)
+    # the window is spent only where the wait policy is still to be chosen
+    busy = None if any(name in environ for name in WAIT_VARIABLES) else busy_cpus()
+    policy = decide(environ, usable_cpus(), os.cpu_count() or 1, busy)
     environ.update(policy.environment)
     if announce and (line := policy.describe()):
         print(f"ptasr: {line}", file=sys.stderr, flush=True)

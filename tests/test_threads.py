@@ -5,34 +5,69 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ptasr import threads
-from ptasr.threads import ThreadPolicy, cgroup_cpu_quota, dataloader_workers, decide
+from ptasr.threads import ThreadPolicy, _cpu_ticks, cgroup_cpu_quota, dataloader_workers, decide
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_idle_openmp_threads_sleep_unless_the_user_chose_how_they_wait() -> None:
-    assert decide({}, cpus=2, host_cpus=2).environment == {"OMP_WAIT_POLICY": "PASSIVE"}
+def test_idle_openmp_threads_sleep_on_busy_cpus_unless_the_user_chose_how_they_wait() -> None:
+    assert decide({}, cpus=2, host_cpus=2, busy=1.0).environment == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert decide({}, cpus=2, host_cpus=2, busy=None).environment == {"OMP_WAIT_POLICY": "PASSIVE"}  # unknown
     for name, value in [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "10000"), ("KMP_BLOCKTIME", "200")]:
-        assert decide({name: value}, cpus=2, host_cpus=2).environment == {}, name
+        assert decide({name: value}, cpus=2, host_cpus=2, busy=1.0).environment == {}, name
+
+
+def test_free_cpus_keep_torchs_spinning_threads() -> None:
+    # spinning is what makes small ops fast on free cores; light background work does not count as busy
+    assert decide({}, cpus=2, host_cpus=2, busy=0.0).environment == {}
+    assert decide({}, cpus=64, host_cpus=64, busy=threads.BUSY_CPUS - 0.01).environment == {}
+    assert decide({}, cpus=64, host_cpus=64, busy=threads.BUSY_CPUS).environment == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_thread_count_follows_the_usable_cpus_unless_the_user_set_one() -> None:
-    assert "OMP_NUM_THREADS" not in decide({}, cpus=4, host_cpus=4).environment  # torch's own count is right
-    assert decide({}, cpus=3, host_cpus=64).environment["OMP_NUM_THREADS"] == "3"  # affinity or cgroup quota
+    assert "OMP_NUM_THREADS" not in decide({}, cpus=4, host_cpus=4, busy=0.0).environment  # torch's count is right
+    assert decide({}, cpus=3, host_cpus=64, busy=0.0).environment["OMP_NUM_THREADS"] == "3"  # affinity, cgroup
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        assert "OMP_NUM_THREADS" not in decide({name: "8"}, cpus=3, host_cpus=64).environment, name
+        assert "OMP_NUM_THREADS" not in decide({name: "8"}, cpus=3, host_cpus=64, busy=0.0).environment, name
 
 
 def test_the_policy_says_what_it_chose_in_one_line_and_nothing_when_torch_defaults_stand() -> None:
     assert ThreadPolicy().describe() is None
-    assert decide({"OMP_WAIT_POLICY": "ACTIVE"}, cpus=2, host_cpus=2).describe() is None
-    line = decide({}, cpus=3, host_cpus=64).describe()
+    assert decide({"OMP_WAIT_POLICY": "ACTIVE"}, cpus=2, host_cpus=2, busy=1.0).describe() is None
+    assert decide({}, cpus=2, host_cpus=2, busy=0.0).describe() is None
+    line = decide({}, cpus=3, host_cpus=64, busy=1.2).describe()
     assert "\n" not in line and "OMP_WAIT_POLICY=PASSIVE" in line and "OMP_NUM_THREADS=3" in line
+    assert "other processes keep 1.2 of 3 CPUs busy" in line
+
+
+def test_cpu_ticks_count_busy_time_of_the_allowed_cpus_only(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    #                 user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  300 0 30 600 10 0 0 50 0 0\n"
+                    "cpu0 100 0 10 400 10 0 0 50 0 0\n"
+                    "cpu1 200 0 20 200 0 0 0 0 0 0\n"
+                    "intr 1 2 3\n")
+    assert _cpu_ticks(stat, None) == (330, 940)  # steal is neither busy nor ours
+    assert _cpu_ticks(stat, {1}) == (220, 420)
+    assert _cpu_ticks(tmp_path / "missing", None) is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="busy_cpus reads Linux's /proc/stat")
+def test_a_cpu_bound_process_beside_us_counts_as_busy() -> None:
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # running before the window opens
+        busy = threads.busy_cpus(window=0.5)
+    finally:
+        competitor.kill()
+        competitor.wait()
+    assert busy is not None and busy >= 0.8  # one CPU's worth, give or take the scheduler's ticks
 
 
 def test_cgroup_quota_v2_and_v1(tmp_path: Path) -> None:
@@ -77,13 +112,20 @@ def test_nothing_is_set_once_torch_is_loaded() -> None:
     assert threads.apply_before_torch(environ) is None and environ == {}
 
 
-def _spin_count(command: list[str], **extra: str) -> tuple[str, str]:
+def _spin_count(command: list[str], competing: bool = True, **extra: str) -> tuple[str, str]:
     """GOMP_SPINCOUNT as libgomp reports it when it loads in ``command`` (run without the user's OpenMP
-    variables), and the command's stderr."""
+    variables, beside one competing CPU-bound process where ``competing``, so that the policy sees busy
+    CPUs), and the command's stderr."""
     env = {name: value for name, value in os.environ.items()
            if name not in (*threads.WAIT_VARIABLES, *threads.THREAD_COUNT_VARIABLES)}
     env.update(OMP_DISPLAY_ENV="VERBOSE", PYTHONPATH=str(REPO), **extra)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if competing else None
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    finally:
+        if competitor is not None:
+            competitor.kill()
+            competitor.wait()
     output = done.stdout + done.stderr
     values = [line.split("=", 1)[1].strip(" '") for line in output.splitlines()
               if line.strip().startswith("GOMP_SPINCOUNT =")]
@@ -103,12 +145,13 @@ ENTRY_POINTS = {
 
 
 def test_torch_alone_spins_so_the_entry_point_checks_can_fail() -> None:
-    spin, _ = _spin_count([sys.executable, "-c", "import torch"])
+    spin, _ = _spin_count([sys.executable, "-c", "import torch"], competing=False)
     assert spin != "0"  # libgomp's default: 300000 polls before an idle thread sleeps
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_entry_points_apply_the_policy_before_torch_loads_openmp(entry: str) -> None:
+    # beside a competing process: the policy's choice (sleeping threads) differs from torch's default
     spin, stderr = _spin_count(ENTRY_POINTS[entry])
     assert spin == "0", f"{entry}: libgomp loaded before OMP_WAIT_POLICY=PASSIVE was set"
     if entry != "tests' conftest":  # the suite keeps quiet
