@@ -167,12 +167,96 @@ def apply_before_torch(environ: MutableMapping[str, str] = os.environ, announce:
     if "torch" in sys.modules:
         return None
     # the window is spent only where the wait policy is still to be chosen
+    global _ADAPTS
     busy = None if any(name in environ for name in WAIT_VARIABLES) else busy_cpus()
     policy = decide(environ, usable_cpus(), os.cpu_count() or 1, busy)
+    _ADAPTS = meets_later_load(environ, policy)
     environ.update(policy.environment)
     if announce and (line := policy.describe()):
         print(f"ptasr: {line}", file=sys.stderr, flush=True)
     return policy
+
+
+_ADAPTS = False  # set by apply_before_torch
+
+
+def meets_later_load(environ: Mapping[str, str], policy: ThreadPolicy) -> bool:
+    """Whether a run under ``policy`` may shrink its thread team when other processes come later: only with
+    spinning threads (sleeping ones were chosen for busy CPUs and lose little) on a thread count and wait policy
+    the user left to ptasr.
+
+    >>> meets_later_load({}, decide({}, cpus=2, host_cpus=2, busy=0.0))
+    True
+    >>> meets_later_load({}, decide({}, cpus=2, host_cpus=2, busy=1.0)), meets_later_load({"OMP_NUM_THREADS": "2"}, ThreadPolicy())
+    (False, False)
+    """
+    users = any(name in environ for name in (*WAIT_VARIABLES, *THREAD_COUNT_VARIABLES))
+    return not users and "OMP_WAIT_POLICY" not in policy.environment
+
+
+def adapts_to_load() -> bool:
+    """Whether this process's entry point left the threads to ptasr with spinning threads (the user set none of
+    the OpenMP variables, and the CPUs were free at start): then :func:`threads_beside` may shrink the team
+    when other processes come."""
+    return _ADAPTS
+
+
+def threads_beside(busy: float, base: int) -> int:
+    """Intra-op threads for a process whose team has ``base`` spinning threads while other processes keep
+    ``busy`` CPUs' worth busy: the CPUs they leave free (at least 1), ``base`` when they use less than
+    :data:`BUSY_CPUS`. A team no larger than the free CPUs never waits on a descheduled member.
+
+    >>> threads_beside(0.1, 2), threads_beside(1.0, 2), threads_beside(2.3, 2), threads_beside(1.4, 8)
+    (2, 1, 1, 7)
+    """
+    if busy < BUSY_CPUS:
+        return base
+    return max(1, min(base, round(base - busy)))
+
+
+class OtherProcessesMeter:
+    """CPUs' worth of time other processes used on this process's CPUs between two calls of :meth:`sample`:
+    all CPU time on them (``/proc/stat``) less this process's own and its children's (DataLoader workers)."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self.proc = proc
+        self.allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        self.cpus = len(self.allowed) if self.allowed else os.cpu_count() or 1
+        self._last = self._read()
+
+    def _read(self) -> tuple[int, int, int] | None:
+        """(busy ticks of the CPUs, all their ticks, this process tree's ticks), or ``None`` off Linux."""
+        ticks = _cpu_ticks(self.proc / "stat", self.allowed)
+        own = _process_ticks(self.proc / "self")
+        if ticks is None or own is None:
+            return None
+        children = self.proc / "self" / "task"
+        for task in children.iterdir() if children.is_dir() else ():
+            try:
+                pids = (task / "children").read_text().split()
+            except OSError:  # a thread that ended meanwhile, or a kernel without the children file
+                continue
+            own += sum(_process_ticks(self.proc / pid) or 0 for pid in pids)
+        return ticks[0], ticks[1], own
+
+    def sample(self) -> float | None:
+        """Other processes' CPUs' worth since the previous call (or construction); ``None`` off Linux, or when
+        no tick has passed."""
+        now, last = self._read(), self._last
+        self._last = now
+        if now is None or last is None or now[1] <= last[1]:
+            return None
+        others = (now[0] - last[0]) - (now[2] - last[2])  # a child that exited took its ticks along: >= 0 below
+        return max(0.0, self.cpus * others / (now[1] - last[1]))
+
+
+def _process_ticks(process: Path) -> int | None:
+    """User + system ticks of all threads of ``process`` (``/proc/<pid>``), from its ``stat`` file."""
+    try:
+        fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15, counted from the state (3)
 
 
 def dataloader_workers(accelerator: str, processes_per_host: int = 1, cpus: int | None = None) -> int:

@@ -161,3 +161,100 @@ def test_entry_points_apply_the_policy_before_torch_loads_openmp(entry: str) -> 
 def test_the_users_wait_policy_wins_in_the_entry_point() -> None:
     spin, stderr = _spin_count(ENTRY_POINTS["python -m ptasr"], OMP_WAIT_POLICY="ACTIVE")
     assert spin != "0" and "CPU threads" not in stderr
+
+
+# --- load that comes after the run started -------------------------------------------------------------------
+
+
+def test_the_team_shrinks_to_the_cpus_other_processes_leave() -> None:
+    assert threads.threads_beside(0.0, 2) == threads.threads_beside(threads.BUSY_CPUS - 0.01, 2) == 2
+    assert threads.threads_beside(1.0, 2) == 1 and threads.threads_beside(3.0, 2) == 1  # never below one
+    assert threads.threads_beside(2.0, 16) == 14
+
+
+def _busy_process_outside_our_tree() -> int:
+    """The pid of a CPU-bound process that is not our child (a shell starts it and exits: init adopts it)."""
+    done = subprocess.run(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="the meter reads Linux's /proc")
+def test_the_meter_counts_other_processes_but_not_our_own_workers() -> None:
+    stranger = _busy_process_outside_our_tree()
+    try:
+        meter = threads.OtherProcessesMeter()
+        time.sleep(0.6)
+        assert meter.sample() >= 0.8  # someone else's CPU-bound process: about one CPU
+    finally:
+        os.kill(stranger, 9)
+    worker = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # ours, like a DataLoader worker
+    try:
+        time.sleep(0.2)
+        meter = threads.OtherProcessesMeter()
+        first, worker_first = meter._read(), threads._process_ticks(Path(f"/proc/{worker.pid}"))
+        time.sleep(0.6)
+        last, worker_last = meter._read(), threads._process_ticks(Path(f"/proc/{worker.pid}"))
+    finally:
+        worker.kill()
+        worker.wait()
+    assert worker_last > worker_first  # it ran, however busy the machine
+    assert last[2] - first[2] >= worker_last - worker_first  # and its ticks count as ours, not as others'
+
+
+class _Meter:
+    """Stands in for OtherProcessesMeter: the busy CPUs each sample reports, in turn."""
+
+    def __init__(self, busy: list[float]) -> None:
+        self.busy, self.cpus = list(busy), 2
+
+    def sample(self) -> float:
+        return self.busy.pop(0)
+
+
+def test_the_callback_shrinks_the_team_while_others_run_and_restores_it(caplog) -> None:
+    import torch
+    from lightning.pytorch.trainer.trainer import Trainer
+
+    from ptasr.train.cpu_threads import CPUThreadsUnderLoad
+
+    base = torch.get_num_threads()
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    torch.set_num_threads(2)
+    try:
+        callback = CPUThreadsUnderLoad(every_seconds=0.0, enabled=True)
+        callback.on_train_start(trainer, None)
+        callback._meter = _Meter([0.1, 1.1, 1.0, 0.2])
+        with caplog.at_level("INFO"):
+            seen = []
+            for _ in range(4):
+                callback.on_train_batch_end(trainer)
+                seen.append(torch.get_num_threads())
+        assert seen == [2, 1, 1, 2]
+        lines = [record.getMessage() for record in caplog.records if "CPU threads" in record.getMessage()]
+        assert lines == ["CPU threads: 2 -> 1 at update 0 (other processes keep 1.1 of 2 CPUs busy)",
+                         "CPU threads: 1 -> 2 at update 0 (the CPUs are free again)"]
+        callback._meter = _Meter([1.5])
+        callback.on_train_batch_end(trainer)
+        callback.on_train_end(trainer, None)
+        assert torch.get_num_threads() == 2  # the team back for what follows in the process
+    finally:
+        torch.set_num_threads(base)
+
+
+def test_the_callback_leaves_threads_the_user_or_a_busy_start_chose() -> None:
+    import torch
+    from lightning.pytorch.trainer.trainer import Trainer
+
+    from ptasr.train.cpu_threads import CPUThreadsUnderLoad
+
+    assert threads.meets_later_load({}, decide({}, cpus=2, host_cpus=2, busy=0.0))
+    assert not threads.meets_later_load({}, decide({}, cpus=2, host_cpus=2, busy=1.0))  # sleeping threads
+    for name in (*threads.WAIT_VARIABLES, *threads.THREAD_COUNT_VARIABLES):
+        assert not threads.meets_later_load({name: "1"}, decide({name: "1"}, cpus=2, host_cpus=2, busy=0.0)), name
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    off = CPUThreadsUnderLoad(every_seconds=0.0, enabled=False)
+    off.on_train_start(trainer, None)
+    threads_before = torch.get_num_threads()
+    off.on_train_batch_end(trainer)
+    assert off._meter is None and torch.get_num_threads() == threads_before

@@ -25,6 +25,7 @@ from ptasr.decode import greedy_decode
 from ptasr.errors import CheckpointError
 from ptasr.model.loss import config_ctc_loss
 from ptasr.train.build import build_model
+from ptasr.train.cpu_threads import CPUThreadsUnderLoad
 from ptasr.train.data_match import check_data_fits_model, text_side_after_loading
 from ptasr.train.empty_batches import empty_training_loss, log_empty_evaluation_loss
 from ptasr.train.gradients import clip_with_norm, drop_skipped_layer_gradients, dropped_layers
@@ -134,8 +135,9 @@ class Wav2Vec2CTCModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Part of every run, whatever the config's callbacks: the random streams in its checkpoints;
-        # and, in bf16/fp16 on a CPU, the kernels this machine computes wrongly run in float32.
-        return [RandomStateCheckpoint(), LowPrecisionProbe()]
+        # in bf16/fp16 on a CPU, the kernels this machine computes wrongly run in float32; on a CPU whose cores
+        # other processes take later, a thread team no larger than the CPUs they leave.
+        return [RandomStateCheckpoint(), LowPrecisionProbe(), CPUThreadsUnderLoad()]
 
     def configure_optimizers(self) -> dict[str, Any]:
         total_steps = self.hparams.total_steps or int(self.trainer.estimated_stepping_batches)
