@@ -84,7 +84,9 @@ def main() -> None:
 
     report: dict[str, Any] = {"benchmark": "demo_matrix", "date": str(date.today()), "cpu": cpu_name(),
                               "cores": os.cpu_count(), "torch": torch.__version__, "threads_per_cell": 1,
-                              "parallel_cells": args.parallel, "max_time": args.max_time, "cells": []}
+                              "parallel_cells": args.parallel, "max_time": args.max_time,
+                              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                       capture_output=True, text=True).stdout.strip(), "cells": []}
     if args.out.is_file():
         report["cells"] = json.loads(args.out.read_text())["cells"]
     done = {(c["seed"], c["precision"], c["kernels"]) for c in report["cells"] if c["returncode"] == 0}
