@@ -1,4 +1,4 @@
-"""What verifying a checkpoint costs: ``ptasr.checkpoint.checkpoint_damage`` (every record's CRC-32, read back
+"""What verifying a checkpoint costs: ``ptasr.recognition.trained_model.checkpoint_damage`` (every record's CRC-32, read back
 with ``zipfile``) in milliseconds per MB, beside ``torch.load`` of the same file and a sha256 of its bytes (the
 sidecar digest not chosen); and what holding CRC-32 on costs ``torch.save`` (on against off).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ptasr.checkpoint import _damage
+from ptasr.recognition.trained_model import _damage
 from ptasr.train.checkpoint_io import AtomicCheckpointIO
 from train_throughput import cpu_name  # the script beside this one
 

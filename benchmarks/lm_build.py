@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptasr.ngram import build
+from ptasr.decoding.ngram import build
 
 
 def synthetic_sentences(words: int, vocabulary: int = 50_000, seed: int = 0) -> list[str]:

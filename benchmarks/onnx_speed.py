@@ -29,9 +29,9 @@ import torch
 
 from ptasr import Wav2Vec2CTC, Wav2Vec2Config
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.export import write_hf_folder
-from ptasr.inference import Recognizer
-from ptasr.onnx import ONNX_FILE, export_onnx, onnx_recognizer
+from ptasr.export.hf_folder import write_hf_folder
+from ptasr.recognition.recognizer import Recognizer
+from ptasr.export.onnx import ONNX_FILE, export_onnx, onnx_recognizer
 
 RESULTS = Path(__file__).parent / "results" / "onnx_speed_cpu.json"
 Runner = Callable[[], list[str]]

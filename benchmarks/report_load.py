@@ -1,6 +1,6 @@
 """Load time of the evaluation report (``ptasr evaluate --report``) in headless Chromium, for 10 000 utterances.
 
-The report is written by the real writer (``ptasr.report.EvaluationReport``) from synthetic utterances shaped
+The report is written by the real writer (``ptasr.evaluation.report.EvaluationReport``) from synthetic utterances shaped
 like a Common Voice test split: sentences of the bundled corpus with random word edits, 2 to 8 s clips (the
 bundled MP3 hard-linked for every row), 20 ms frames of random CTC posteriors over 40 tokens, and random
 gender, age and accent. The peer is the plain way to show the same table: the same data and the same cells,
@@ -36,9 +36,9 @@ import torch
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import read_tsv
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.report import EvaluationReport
-from ptasr.scoring import Scored, breakdown, error_rates, score_utterance
-from ptasr.transcript import Transcript
+from ptasr.evaluation.report import EvaluationReport
+from ptasr.evaluation.scoring import Scored, breakdown, error_rates, score_utterance
+from ptasr.recognition.transcript import Transcript
 from train_throughput import cpu_name  # the script beside this one
 
 CORPUS = Path(BUNDLED_CORPUS)

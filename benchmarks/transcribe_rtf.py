@@ -46,9 +46,9 @@ import torch
 from ptasr.compat import cpu_has_native_bf16
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.export import write_hf_folder
-from ptasr.devices import resolve_dtype
-from ptasr.inference import Chunking, Recognizer
+from ptasr.export.hf_folder import write_hf_folder
+from ptasr.recognition.devices import resolve_dtype
+from ptasr.recognition.recognizer import Chunking, Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 from train_throughput import cpu_name  # the script beside this one

@@ -1,6 +1,6 @@
 """The ``ptasr`` command: ``transcribe``, ``evaluate`` and ``export`` a trained model.
 
-MODEL is anything :meth:`ptasr.inference.Recognizer.load` takes: a ``train.py`` checkpoint (``.ckpt``), a
+MODEL is anything :meth:`ptasr.recognition.recognizer.Recognizer.load` takes: a ``train.py`` checkpoint (``.ckpt``), a
 folder written by ``ptasr export`` (or any Hugging Face wav2vec2 CTC folder), or a hub id.
 
 A wrong path, a checkpoint that does not fit, or unreadable data ends the command with one line on stderr
@@ -9,7 +9,7 @@ saying what and where, and exit status 1; ``PTASR_TRACEBACK=1`` shows the traceb
 nothing; output to a closed pipe ends quietly with status 141.
 
 This module turns arguments into calls: reading, scoring and summarising an evaluation set (and the LM weight
-search of ``evaluate --tune``) live in ``ptasr/evaluation.py``, which Python code calls without the command.
+search of ``evaluate --tune``) live in ``ptasr/evaluation/evaluate.py``, which Python code calls without the command.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _recognizer(args: argparse.Namespace) -> Any:
-    from ptasr.inference import Recognizer
+    from ptasr.recognition.recognizer import Recognizer
 
     if getattr(args, "backend", "torch") == "onnx":
         return _onnx_recognizer(args)
@@ -207,7 +207,7 @@ def _recognizer(args: argparse.Namespace) -> Any:
 
 
 def _onnx_recognizer(args: argparse.Namespace) -> Any:
-    from ptasr.onnx import onnx_recognizer
+    from ptasr.export.onnx import onnx_recognizer
 
     if args.device not in ("auto", "cpu") or args.dtype not in ("auto", "float32"):
         raise SettingError(f"--backend onnx runs on the CPU in float32, not --device {args.device} --dtype "
@@ -219,7 +219,7 @@ def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
     """The beam search decoder the LM options ask for, or None for greedy decoding."""
     if args.lm is None and not args.beam:
         return None
-    from ptasr.lm import BeamSearchDecoder
+    from ptasr.decoding.lm import BeamSearchDecoder
 
     lm_weight, word_score = _lm_weights(args)
     return BeamSearchDecoder(recognizer.vocab, args.lm, unit=args.lm_unit, words=args.lm_words,
@@ -229,7 +229,7 @@ def _decoder(args: argparse.Namespace, recognizer: Any) -> Any:
 
 def _lm_weights(args: argparse.Namespace) -> tuple[float, float]:
     """LM weight and word score: the flags where given, else the tuned pair saved beside the LM, else 2 and 0."""
-    from ptasr.lm import resolve_weights, weights_path
+    from ptasr.decoding.lm import resolve_weights, weights_path
 
     lm_weight, word_score, tuned = resolve_weights(args.lm, args.lm_weight, args.word_score)
     if tuned:
@@ -239,7 +239,7 @@ def _lm_weights(args: argparse.Namespace) -> tuple[float, float]:
 
 
 def _chunking(args: argparse.Namespace) -> Any:
-    from ptasr.inference import Chunking
+    from ptasr.recognition.recognizer import Chunking
 
     return Chunking(args.chunk_length_s or None, args.stride_length_s)
 
@@ -337,7 +337,7 @@ def _format(transcript: Any, fmt: str, with_source: bool) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ptasr.evaluation import check_results_free, evaluate, load_eval_set, summarise
+    from ptasr.evaluation.evaluate import check_results_free, evaluate, load_eval_set, summarise
 
     if args.tune:
         return run_tune(args)
@@ -357,7 +357,7 @@ def _finish_evaluation(args: argparse.Namespace, data: Any, evaluation: Any, res
                        page: Any = None) -> int:
     """What every evaluation ends with: the notes on duplicate and skipped rows, the results files (and the
     ``--report`` page), then the printed results."""
-    from ptasr.evaluation import format_results, results_written
+    from ptasr.evaluation.evaluate import format_results, results_written
 
     results["duplicates"] = data.duplicates
     if data.duplicates:
@@ -384,10 +384,10 @@ def _check_output_dir(args: argparse.Namespace) -> None:
 
 
 def _evaluation_report(directory: str | None, recognizer: Any) -> Any:
-    """The ``--report`` collector (``ptasr.report.EvaluationReport``), or None without the flag."""
+    """The ``--report`` collector (``ptasr.evaluation.report.EvaluationReport``), or None without the flag."""
     if directory is None:
         return None
-    from ptasr.report import EvaluationReport
+    from ptasr.evaluation.report import EvaluationReport
 
     return EvaluationReport(directory, recognizer)
 
@@ -396,7 +396,7 @@ def _evaluation_report(directory: str | None, recognizer: Any) -> Any:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ptasr.export import export
+    from ptasr.export.hf_folder import export
 
     out = export(args.model, args.out_dir, logs=args.logs, name=args.name, language=args.language,
                  push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, lm=args.lm,
@@ -410,10 +410,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_lm_build(args: argparse.Namespace) -> int:
     from ptasr.data.text import TextNormalizer
-    from ptasr.ngram import build_from_files
+    from ptasr.decoding.ngram import build_from_files
 
     if args.model is not None:
-        from ptasr.checkpoint import load_any
+        from ptasr.recognition.trained_model import load_any
 
         normalizer = load_any(args.model).normalizer
     else:
@@ -439,8 +439,8 @@ def _floats(text: str) -> list[float]:
 def run_tune(args: argparse.Namespace) -> int:
     """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
-    from ptasr.evaluation import check_results_free, load_eval_set, summarise, transcribe_once, tune
-    from ptasr.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, can_choose, save_weights
+    from ptasr.evaluation.evaluate import check_results_free, load_eval_set, summarise, transcribe_once, tune
+    from ptasr.decoding.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, can_choose, save_weights
 
     if args.lm is None:
         raise SettingError("--tune searches the weights of an n-gram LM: give one with --lm LM")

@@ -19,8 +19,8 @@ from ptasr.cli import main
 from ptasr.data.commonvoice import read_tsv
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.devices import resolve_dtype
-from ptasr.inference import Chunking, Recognizer, chunk_recording, kept_frames
+from ptasr.recognition.devices import resolve_dtype
+from ptasr.recognition.recognizer import Chunking, Recognizer, chunk_recording, kept_frames
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ptasr.model_card import TRANSFORMERS_WITHOUT_LM
+from ptasr.export.model_card import TRANSFORMERS_WITHOUT_LM
 
 REPO = Path(__file__).resolve().parents[1]
 CONSTRAINTS = "tests/constraints.txt"

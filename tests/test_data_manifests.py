@@ -213,7 +213,7 @@ def test_several_sources_from_the_command_line_train(recordings, tmp_path):
 def test_fit_on_a_manifest_of_own_recordings(recordings, tmp_path):
     from helpers import SMALL_MODEL, SMALL_RUN
 
-    from ptasr.evaluation import load_eval_set
+    from ptasr.evaluation.evaluate import load_eval_set
     from ptasr.train.cli import cli_main
 
     folder, recs = recordings

@@ -6,7 +6,7 @@ import itertools
 
 import torch
 
-from ptasr.decode import greedy_decode
+from ptasr.decoding.greedy import greedy_decode
 
 
 def _reference_greedy(ids: list[int], blank: int) -> list[int]:

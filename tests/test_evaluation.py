@@ -1,4 +1,4 @@
-"""``ptasr.evaluation`` from Python, without the command: an in-memory set scored, and the weight search's choice."""
+"""``ptasr.evaluation.evaluate`` from Python, without the command: an in-memory set scored, and the weight search's choice."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from ptasr.data.audio import AudioDecodeError
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import DataError
-from ptasr.evaluation import EvalSet, evaluate, summarise, transcribe_once, tune, write_results
-from ptasr.inference import Recognizer
-from ptasr.lm import can_choose
+from ptasr.evaluation.evaluate import EvalSet, evaluate, summarise, transcribe_once, tune, write_results
+from ptasr.recognition.recognizer import Recognizer
+from ptasr.decoding.lm import can_choose
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 

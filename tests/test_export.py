@@ -18,10 +18,10 @@ from ptasr.cli import main
 from ptasr.data.audio import load_audio
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.testing import make_corpus
-from ptasr.export import preprocessor_config
-from ptasr.inference import Chunking, Recognizer
+from ptasr.export.hf_folder import preprocessor_config
+from ptasr.recognition.recognizer import Chunking, Recognizer
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.model_card import results_table
+from ptasr.export.model_card import results_table
 from ptasr.run_log import read_scalars, training_results
 from ptasr.train import WERMetrics
 from ptasr.train.module import Wav2Vec2CTCModule

@@ -184,7 +184,7 @@ def test_a_resume_from_a_checkpoint_with_flipped_bytes_is_refused_naming_an_inta
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
 def test_a_damaged_checkpoint_is_refused_by_the_model_loader_naming_an_intact_one(trained: Path, tmp_path: Path,
                                                                                   damage: str) -> None:
-    from ptasr.checkpoint import load_any
+    from ptasr.recognition.trained_model import load_any
     from ptasr.errors import CheckpointError
 
     folder = _checkpoints(_copy(trained, tmp_path))
@@ -202,7 +202,7 @@ def test_a_damaged_checkpoint_is_refused_by_the_model_loader_naming_an_intact_on
 
 
 def test_a_checkpoint_saved_without_checksums_still_loads(trained: Path, tmp_path: Path) -> None:
-    from ptasr.checkpoint import load_any
+    from ptasr.recognition.trained_model import load_any
 
     checkpoint = torch.load(_checkpoints(trained) / "last.ckpt", map_location="cpu", weights_only=True)
     before = torch.serialization.get_crc32_options()

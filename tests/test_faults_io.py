@@ -33,8 +33,8 @@ from ptasr.data.cache import HeaderDurationCache
 from ptasr.data.filters import FilterSettings, filter_manifest
 from ptasr.data.manifests import ManifestFile
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.export import write_hf_folder
-from ptasr.inference import Recognizer
+from ptasr.export.hf_folder import write_hf_folder
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 from helpers import HANG_S, SMALL_MODEL
@@ -294,7 +294,7 @@ def test_a_failed_overwrite_leaves_the_previous_export_intact(model_folder: Path
     assert main(["export", str(model_folder), str(target), "--language", "pt"]) == 0
     (target / "notes.txt").write_text("mine\n", encoding="utf-8")
     before = _digests(target)
-    for step in ("ptasr.export.write_json", "ptasr.onnx.export_onnx"):  # early, and the ONNX part last
+    for step in ("ptasr.export.hf_folder.write_json", "ptasr.export.onnx.export_onnx"):  # early, and the ONNX part last
         monkeypatch.setattr(step, _raise(errno.ENOSPC))
         assert main(["export", str(model_folder), str(target), "--overwrite", "--onnx"]) == 1
         assert "No space left on device" in capsys.readouterr().err
@@ -356,7 +356,7 @@ def test_evaluate_into_a_folder_that_cannot_be_written_writes_nothing(eval_manif
     monkeypatch.chdir(tmp_path)  # the default --output-dir
     (tmp_path / "a-file").write_text("x\n", encoding="utf-8")
     before = sorted(p.name for p in tmp_path.iterdir())
-    monkeypatch.setattr("ptasr.evaluation.evaluate", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr("ptasr.evaluation.evaluate.evaluate", lambda *a, **k: pytest.fail("the model ran"))
     for args, named in ((["--report", str(tmp_path / "a-file" / "report")], tmp_path / "a-file" / "report"),
                         (["--output-dir", str(tmp_path / "a-file" / "out")], tmp_path / "a-file" / "out")):
         assert _evaluate(eval_manifest, *args) == 1
@@ -370,7 +370,7 @@ def test_a_full_disk_while_evaluate_writes_leaves_none_of_its_outputs(full: str,
                                                                      monkeypatch, capsys) -> None:
     out, report = tmp_path / "out", tmp_path / "report"
     if full == "report audio":
-        monkeypatch.setattr("ptasr.report.copy_playable", _raise(errno.ENOSPC))
+        monkeypatch.setattr("ptasr.evaluation.report.copy_playable", _raise(errno.ENOSPC))
         named = report
     else:
         real_write_text = Path.write_text

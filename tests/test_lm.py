@@ -11,11 +11,11 @@ import torch
 from helpers import word_arpa
 
 from ptasr.data.text import Vocabulary
-from ptasr.decode import greedy_decode
+from ptasr.decoding.greedy import greedy_decode
 
 pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (pip install 'ptasr[lm]') is not installed")
 
-from ptasr.lm import BeamSearchDecoder, LMUnavailableError, arpa_words, lm_words  # noqa: E402
+from ptasr.decoding.lm import BeamSearchDecoder, LMUnavailableError, arpa_words, lm_words  # noqa: E402
 
 VOCAB = Vocabulary.build(["casa mesa caza"])  # ['|', 'a', 'c', 'e', 'm', 's', 'z', '[UNK]', '[PAD]']
 
@@ -133,8 +133,8 @@ def test_missing_flashlight_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_search_weights_reuses_emissions_and_finds_the_lm_helps(word_lm: Path) -> None:
-    from ptasr.scoring import error_rates, score_utterance
-    from ptasr.lm import best_trial, search_weights
+    from ptasr.evaluation.scoring import error_rates, score_utterance
+    from ptasr.decoding.lm import best_trial, search_weights
 
     references = ["casa mesa", "casa"]
     emissions = [CAZA_MEZA[0], CAZA[0]]  # (T_i, V) each, different lengths
@@ -152,7 +152,7 @@ def test_search_weights_reuses_emissions_and_finds_the_lm_helps(word_lm: Path) -
 
 
 def test_tuned_weights_round_trip(tmp_path: Path) -> None:
-    from ptasr.lm import Trial, load_weights, save_weights, weights_path
+    from ptasr.decoding.lm import Trial, load_weights, save_weights, weights_path
 
     lm = tmp_path / "lm.arpa"
     assert load_weights(lm) is None

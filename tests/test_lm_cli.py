@@ -16,7 +16,7 @@ from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from ptasr.model_card import TRANSFORMERS_WITH_LM, TRANSFORMERS_WITHOUT_LM
+from ptasr.export.model_card import TRANSFORMERS_WITH_LM, TRANSFORMERS_WITHOUT_LM
 
 pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (pip install 'ptasr[lm]') is not installed")
 
@@ -131,9 +131,9 @@ def noisy_emissions(sentence: str, vocab: Vocabulary, rng: np.random.Generator) 
 
 def test_export_with_lm_loads_in_transformers_and_decodes_like_ptasr(tmp_path: Path, capsys) -> None:
     from ptasr.data.commonvoice import read_tsv
-    from ptasr.decode import greedy_decode
-    from ptasr.lm import BeamSearchDecoder, Trial, save_weights
-    from ptasr.scoring import error_rates, score_utterance
+    from ptasr.decoding.greedy import greedy_decode
+    from ptasr.decoding.lm import BeamSearchDecoder, Trial, save_weights
+    from ptasr.evaluation.scoring import error_rates, score_utterance
 
     # A model whose vocabulary is the bundled corpus' characters (random weights: only its files matter here).
     normalizer = TextNormalizer()

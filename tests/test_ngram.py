@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ptasr.cli import main
-from ptasr.ngram import BOS, EOS, UNK, build, build_from_files, discounts, read_sentences
+from ptasr.decoding.ngram import BOS, EOS, UNK, build, build_from_files, discounts, read_sentences
 
 # <s> a b </s> (twice), <s> b a c </s>, <s> c a b </s>
 TINY = ["a b", "a b", "b a c", "c a b"]

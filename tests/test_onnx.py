@@ -15,12 +15,12 @@ import torch
 from ptasr import Wav2Vec2CTC, Wav2Vec2Config
 from ptasr.cli import main
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.export import write_hf_folder
-from ptasr.inference import Recognizer
+from ptasr.export.hf_folder import write_hf_folder
+from ptasr.recognition.recognizer import Recognizer
 
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
-from ptasr.onnx import ONNX_FILE, OnnxCTC, export_onnx, min_samples  # noqa: E402 (after the skips)
+from ptasr.export.onnx import ONNX_FILE, OnnxCTC, export_onnx, min_samples  # noqa: E402 (after the skips)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 ATOL = 1e-4

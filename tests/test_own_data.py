@@ -22,7 +22,7 @@ from ptasr.data.manifests import ManifestFile
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import DataError
-from ptasr.evaluation import evaluate, load_eval_set
+from ptasr.evaluation.evaluate import evaluate, load_eval_set
 
 SENTENCES = ["o gato dorme no sofá", "a casa é azul", "chove muito hoje"]
 
@@ -48,7 +48,7 @@ def _write(path: Path, header: list[str], rows: list[list[str]], delimiter: str 
 
 
 def _recognizer():
-    from ptasr.inference import Recognizer
+    from ptasr.recognition.recognizer import Recognizer
     from ptasr.model.config import Wav2Vec2Config
     from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
@@ -252,7 +252,7 @@ def test_m_evaluate_help_names_what_data_takes(capsys: pytest.CaptureFixture[str
 
 
 def test_b_latin1_text_for_an_lm_is_one_line(tmp_path: Path) -> None:
-    from ptasr.ngram import read_sentences
+    from ptasr.decoding.ngram import read_sentences
 
     for name in ("sentences.txt", "train.csv"):
         (tmp_path / name).write_bytes("text\no gato dorme no sofá\n".encode("latin-1"))

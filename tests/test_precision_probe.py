@@ -16,12 +16,12 @@ from torch.utils._python_dispatch import TorchDispatchMode  # torch's own tests 
 from ptasr import precision_probe
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.evaluation import evaluate, load_eval_set
-from ptasr.inference import Recognizer
+from ptasr.evaluation.evaluate import evaluate, load_eval_set
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 from ptasr.precision_probe import guard_low_precision
-from ptasr.scoring import error_rates
+from ptasr.evaluation.scoring import error_rates
 from ptasr.train.cli import cli_main
 from helpers import SMALL_MODEL, SMALL_RUN
 

@@ -25,11 +25,11 @@ from ptasr.cli import main
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import read_tsv
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.export import write_hf_folder
-from ptasr.inference import Recognizer
+from ptasr.export.hf_folder import write_hf_folder
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from ptasr.report import MAX_COLUMNS, aligned_words, copy_playable, summarise_posteriors
+from ptasr.evaluation.report import MAX_COLUMNS, aligned_words, copy_playable, summarise_posteriors
 
 CORPUS = Path(BUNDLED_CORPUS)
 SPLIT_ROWS = 50  # utterances in the bundled corpus's test split
@@ -415,7 +415,7 @@ def test_a_report_that_fails_halfway_leaves_nothing_and_the_next_run_writes_it(m
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr("ptasr.report.EvaluationReport._write_details", disk_full)
+        patch.setattr("ptasr.evaluation.report.EvaluationReport._write_details", disk_full)
         assert main(argv) == 1  # one line (tests/test_faults_io.py), and neither the report nor the results
     assert not report.exists() and not any((tmp_path / "results").iterdir())
     assert main(argv) == 0 and len(details(report)) == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptasr.scoring import error_rate
+from ptasr.evaluation.scoring import error_rate
 from ptasr.train.callbacks import WERMetrics, ctc_infeasible
 
 

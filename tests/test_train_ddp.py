@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.testing import make_corpus
-from ptasr.scoring import Counts, edit_counts, error_rate
+from ptasr.evaluation.scoring import Counts, edit_counts, error_rate
 from ptasr.train.cli import cli_main
 from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 

@@ -18,9 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ptasr.data.audio import normalize_waveform
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import Vocabulary
-from ptasr.inference import Recognizer
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.scoring import collapse_whitespace, edit_counts, error_rate
+from ptasr.evaluation.scoring import collapse_whitespace, edit_counts, error_rate
 from ptasr.train.cli import cli_main
 from ptasr.train.module import Wav2Vec2CTCModule
 from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, small_module

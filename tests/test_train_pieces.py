@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptasr.checkpoint import checkpoint_entry
+from ptasr.recognition.trained_model import checkpoint_entry
 from ptasr.data.filters import FilterSettings
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import DataError, SettingError, UserError

@@ -184,7 +184,7 @@ def test_export_refuses_a_non_empty_folder_unless_overwrite(trained: Path, tmp_p
 
 def test_re_exporting_a_folder_keeps_its_training_sections(trained: Path, tmp_path: Path) -> None:
     from ptasr.cli import main
-    from ptasr.model_card import previous_card
+    from ptasr.export.model_card import previous_card
 
     first = tmp_path / "first"
     assert main(["export", str(trained / "checkpoints" / "last.ckpt"), str(first), "--language", "pt"]) == 0

@@ -24,7 +24,7 @@ from ptasr.data.sources import EvalSource
 from ptasr.data.testing import make_corpus, make_recordings, write_manifest
 from ptasr.data.text import TextNormalizer
 from ptasr.errors import SettingError
-from ptasr.scoring import edit_counts
+from ptasr.evaluation.scoring import edit_counts
 from ptasr.train.callbacks import WERMetrics, _table
 from ptasr.train.cli import cli_main
 

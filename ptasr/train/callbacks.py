@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ptasr.compat import should_update_logs
-from ptasr.scoring import Scored, error_rate, score_utterance, worst
+from ptasr.evaluation.scoring import Scored, error_rate, score_utterance, worst
 
 
 class WERMetrics(L.Callback):

@@ -12,7 +12,7 @@ A kill during a write (SIGKILL, pre-emption, power loss) leaves its hidden tempo
 start of a run in that folder (``RunLock``) and the next successful save into it remove such leftovers.
 
 Every record of the archive carries its CRC-32 (torch's default, held on here), and a local checkpoint is checked
-against them before Lightning restores anything (:func:`ptasr.checkpoint.verify_checkpoint`). A write that fails
+against them before Lightning restores anything (:func:`ptasr.recognition.trained_model.verify_checkpoint`). A write that fails
 for want of space or permission is one line naming the checkpoint, with the space it needs and the space free;
 the previous checkpoint under that name stays as it was.
 """
@@ -35,7 +35,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ptasr.checkpoint import verify_checkpoint
+from ptasr.recognition.trained_model import verify_checkpoint
 from ptasr.errors import MissingPathError, StorageError
 from ptasr.storage import storage_error
 

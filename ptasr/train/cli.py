@@ -37,7 +37,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ptasr.checkpoint import load_folder_vocabulary, read_text_side, verify_checkpoint
+from ptasr.recognition.trained_model import load_folder_vocabulary, read_text_side, verify_checkpoint
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import MissingPathError, SettingError, UserError
@@ -231,7 +231,7 @@ def _require_trained_model(subcommand: str, config: Any) -> None:
 
 def _check_checkpoint_file(ckpt_path: str, subcommand: str = "fit") -> None:
     """A local checkpoint file that is missing, cut short or damaged is one line here, not a traceback from
-    torch.load (or a resume of damaged weights: see :func:`ptasr.checkpoint.verify_checkpoint`); an exported
+    torch.load (or a resume of damaged weights: see :func:`ptasr.recognition.trained_model.verify_checkpoint`); an exported
     model folder is named as one, with the option that takes it (``--model.pretrained``)."""
     if ckpt_path in ("last", "best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
         return  # Lightning's own names, and remote paths fsspec reads

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ptasr.checkpoint import text_side
+from ptasr.recognition.trained_model import text_side
 from ptasr.data.datamodule import check_checkpoint_vocabulary
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import SettingError

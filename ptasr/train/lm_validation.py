@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ptasr.errors import MissingPathError, SettingError
-from ptasr.scoring import error_rate, score_utterance
+from ptasr.evaluation.scoring import error_rate, score_utterance
 from ptasr.train.callbacks import clip_sources, source_names
 
 
@@ -70,7 +70,7 @@ class LMValidation(L.Callback):
 
     def _decoder_for(self, pl_module: L.LightningModule) -> Any:
         if self._decoder is None:
-            from ptasr.lm import BeamSearchDecoder, resolve_weights
+            from ptasr.decoding.lm import BeamSearchDecoder, resolve_weights
 
             lm_weight, word_score, _ = resolve_weights(self.lm, self.lm_weight, self.word_score)
             self._decoder = BeamSearchDecoder(pl_module.vocab, self.lm, unit=self.unit, beam_size=self.beam_size,

@@ -18,10 +18,10 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from ptasr.checkpoint import ENTRY, checkpoint_entry
+from ptasr.recognition.trained_model import ENTRY, checkpoint_entry
 from ptasr.compat import should_update_logs
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.decode import greedy_decode
+from ptasr.decoding.greedy import greedy_decode
 from ptasr.errors import CheckpointError
 from ptasr.model.loss import config_ctc_loss
 from ptasr.train.build import build_model

@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ptasr.checkpoint import ENTRY
+from ptasr.recognition.trained_model import ENTRY
 
 
 def rng_states() -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
 if TYPE_CHECKING:
-    from ptasr.inference import Recognizer
+    from ptasr.recognition.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,13 @@ class OnnxCTC(nn.Module):
 
 
 def onnx_recognizer(source: str | Path, threads: int | None = None) -> Recognizer:
-    """A :class:`~ptasr.inference.Recognizer` for an exported folder, its network run by ONNX Runtime.
+    """A :class:`~ptasr.recognition.recognizer.Recognizer` for an exported folder, its network run by ONNX Runtime.
 
     The folder is what ``ptasr export ... --onnx`` writes: the vocabulary and normaliser come from its HF files,
     the network from ``model.onnx``.
     """
-    from ptasr.checkpoint import load_folder_normalizer, load_folder_vocabulary
-    from ptasr.inference import Recognizer
+    from ptasr.recognition.trained_model import load_folder_normalizer, load_folder_vocabulary
+    from ptasr.recognition.recognizer import Recognizer
 
     folder = Path(source)
     path = folder / ONNX_FILE

@@ -1,5 +1,5 @@
 """Where and in which precision a trained model runs: ``--device`` and ``--dtype`` of ``ptasr`` and
-:meth:`ptasr.inference.Recognizer.to`."""
+:meth:`ptasr.recognition.recognizer.Recognizer.to`."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
     0.0087 from float32's), and its kernels differ by vendor and ISA (oneDNN's AMX grouped conv is wrong), so
     the speed it buys is not worth a transcript that depends on the machine. ``--dtype bfloat16`` on a CPU
     still works, with the convolutions and linear layers whose bf16 kernel is wrong on this machine run in
-    float32 (:mod:`ptasr.precision_probe`, applied by :meth:`ptasr.inference.Recognizer.to`).
+    float32 (:mod:`ptasr.precision_probe`, applied by :meth:`ptasr.recognition.recognizer.Recognizer.to`).
     """
     if dtype != "auto":
         return getattr(torch, dtype) if isinstance(dtype, str) else dtype

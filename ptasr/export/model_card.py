@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ptasr.inference import Recognizer
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.run_log import ResultRow
 
 

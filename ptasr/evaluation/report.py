@@ -39,11 +39,11 @@ from ptasr.errors import SettingError
 from ptasr.storage import check_writable, staged_folder
 
 if TYPE_CHECKING:
-    from ptasr.inference import Recognizer
-    from ptasr.scoring import Scored
-    from ptasr.transcript import Transcript
+    from ptasr.recognition.recognizer import Recognizer
+    from ptasr.evaluation.scoring import Scored
+    from ptasr.recognition.transcript import Transcript
 
-ASSETS = Path(__file__).parent / "assets" / "report"
+ASSETS = Path(__file__).parents[1] / "assets" / "report"
 DETAIL_SHARD = 100  # utterances per detail/NNNNN.js file
 MAX_COLUMNS = 600  # posterior columns drawn per utterance (12 s of 20 ms frames); longer clips are pooled
 GENERATOR = "ptasr evaluate --report"  # marks a folder as ours, so a new report may replace an old one
@@ -208,7 +208,7 @@ class EvaluationReport:
 
 
 def _row(scored: Scored, duration: float, audio: str) -> list[Any]:
-    from ptasr.scoring import error_rate
+    from ptasr.evaluation.scoring import error_rate
 
     values = {"id": scored.id, "reference": scored.reference, "prediction": scored.prediction,
               "wer": round(error_rate(scored.word_counts), 6), "cer": round(error_rate(scored.char_counts), 6),

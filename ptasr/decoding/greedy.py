@@ -1,6 +1,6 @@
 """CTC decoding of model logits into token ids.
 
-Greedy (best-path) decoding; beam search with an n-gram LM is in :mod:`ptasr.lm`.
+Greedy (best-path) decoding; beam search with an n-gram LM is in :mod:`ptasr.decoding.lm`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ The folder is what transformers' ``run_speech_recognition_ctc.py`` leaves behind
 - ``preprocessor_config.json`` (a ``Wav2Vec2FeatureExtractor``: 16 kHz, zero-mean unit-variance),
 - ``normalizer.json`` (ptasr's transcript normaliser, so ``ptasr evaluate`` scores an export as it scored the
   checkpoint),
-- ``README.md``: the model card (:mod:`ptasr.model_card`), with the training results read from the run's
+- ``README.md``: the model card (:mod:`ptasr.export.model_card`), with the training results read from the run's
   TensorBoard event files (:mod:`ptasr.run_log`).
 
 The folder is written beside its place and moved there once complete (:func:`ptasr.storage.staged_folder`): a
@@ -27,9 +27,9 @@ from typing import Any
 
 from ptasr.data.text import Vocabulary
 from ptasr.errors import HubError, MissingPathError, SettingError
-from ptasr.inference import Recognizer
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.model_card import data_name, hyperparameters, model_card, previous_card
+from ptasr.export.model_card import data_name, hyperparameters, model_card, previous_card
 from ptasr.run_log import find_log_dir, read_scalars, run_config, training_results
 from ptasr.storage import staged_folder
 
@@ -120,11 +120,11 @@ def export(
         overwrite: write into ``out_dir`` even if it is not empty: its files of the same names are replaced once
             the whole export is written (:func:`staged_folder`).
         lm: a KenLM model to ship in ``Wav2Vec2ProcessorWithLM``'s layout, with its tuned weights
-            (:func:`ptasr.lm.write_processor_with_lm`).
-        onnx: also write ``model.onnx`` (:mod:`ptasr.onnx`).
+            (:func:`ptasr.decoding.lm.write_processor_with_lm`).
+        onnx: also write ``model.onnx`` (:mod:`ptasr.export.onnx`).
 
     Re-exporting an exported folder (in place with ``overwrite``, or elsewhere) keeps its card's training
-    sections (:func:`ptasr.model_card.previous_card`).
+    sections (:func:`ptasr.export.model_card.previous_card`).
     """
     out_dir = Path(out_dir)
     check_target(out_dir, overwrite)
@@ -134,7 +134,7 @@ def export(
     if log_dir is not None and not log_dir.is_dir():
         raise MissingPathError(f"no TensorBoard run folder at {log_dir}")
     if lm is not None:
-        from ptasr.lm import resolve_weights
+        from ptasr.decoding.lm import resolve_weights
 
         lm_weight, word_score, tuned = resolve_weights(lm)
         if tuned is None:
@@ -149,12 +149,12 @@ def export(
     with staged_folder(out_dir, bytes_needed(recognizer, lm, onnx)) as staging:
         write_hf_folder(recognizer, staging)
         if lm is not None:
-            from ptasr.lm import write_processor_with_lm
+            from ptasr.decoding.lm import write_processor_with_lm
 
             write_processor_with_lm(staging, recognizer.vocab, lm, lm_weight, word_score)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if onnx:
-            from ptasr.onnx import ONNX_FILE, export_onnx
+            from ptasr.export.onnx import ONNX_FILE, export_onnx
 
             export_onnx(recognizer.model, staging / ONNX_FILE)
     if push_to_hub:

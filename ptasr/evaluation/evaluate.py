@@ -3,25 +3,25 @@
 ``ptasr evaluate`` is this module behind its arguments; from Python the same run reads::
 
     from pathlib import Path
-    from ptasr.evaluation import evaluate, format_results, load_eval_set, summarise, write_results
-    from ptasr.inference import Recognizer
+    from ptasr.evaluation.evaluate import evaluate, format_results, load_eval_set, summarise, write_results
+    from ptasr.recognition.recognizer import Recognizer
 
     recognizer = Recognizer.load("runs/best.ckpt", device="auto")
     data = load_eval_set("cv-corpus-21.0/pt", "test", recognizer.normalizer).take(None)
-    evaluation = evaluate(recognizer, data)  # decoder=ptasr.lm.BeamSearchDecoder(...) for beam search
+    evaluation = evaluate(recognizer, data)  # decoder=ptasr.decoding.lm.BeamSearchDecoder(...) for beam search
     results = summarise(evaluation, recognizer, model="runs/best.ckpt")
     write_results(Path("results"), data.name, results, evaluation.scored)
     print(format_results(results))
 
 :func:`transcribe_once` and :func:`tune` are ``evaluate --tune``: the network runs once, every (LM weight,
-word score) pair of a grid decodes its log-probabilities. Rates come from ``ptasr.scoring``, the one WER/CER;
-the browsable page of ``--report`` from ``ptasr.report``.
+word score) pair of a grid decodes its log-probabilities. Rates come from ``ptasr.evaluation.scoring``, the one WER/CER;
+the browsable page of ``--report`` from ``ptasr.evaluation.report``.
 
 An evaluation set need not come from files (a random tiny model here, so only the counts are known):
 
 >>> import torch
 >>> from ptasr.data.text import TextNormalizer, Vocabulary
->>> from ptasr.inference import Recognizer
+>>> from ptasr.recognition.recognizer import Recognizer
 >>> from ptasr.model.config import Wav2Vec2Config
 >>> from ptasr.model.wav2vec2 import Wav2Vec2CTC
 >>> vocab = Vocabulary.build(["ab"])
@@ -45,15 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 from ptasr.data.audio import AudioDecodeError
 from ptasr.errors import DataError, MissingPathError, SettingError
-from ptasr.scoring import Scored, breakdown, error_rates, score_utterance, worst
+from ptasr.evaluation.scoring import Scored, breakdown, error_rates, score_utterance, worst
 from ptasr.storage import staged_files, storage_error
 
 if TYPE_CHECKING:
-    from ptasr.audio_input import AudioInput
+    from ptasr.recognition.inputs import AudioInput
     from ptasr.data.text import TextNormalizer
-    from ptasr.inference import Chunking, Recognizer
-    from ptasr.lm import BeamSearchDecoder, Trial
-    from ptasr.transcript import Transcript
+    from ptasr.recognition.recognizer import Chunking, Recognizer
+    from ptasr.decoding.lm import BeamSearchDecoder, Trial
+    from ptasr.recognition.transcript import Transcript
 
 BREAKDOWN_COLUMNS = ("gender", "age", "accent")
 
@@ -189,10 +189,10 @@ def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunkin
     """Transcribe and score every row of ``data``, greedy or with ``decoder``.
 
     ``observe(row, transcript)`` sees every scored row's transcript, in the order of the scored utterances,
-    with its log-probabilities (for ``ptasr.report.EvaluationReport``). Raises when ``data`` is empty or
+    with its log-probabilities (for ``ptasr.evaluation.report.EvaluationReport``). Raises when ``data`` is empty or
     none of its clips can be read: a rate of 0 over no utterance would read as perfect.
     """
-    from ptasr.inference import Chunking
+    from ptasr.recognition.recognizer import Chunking
 
     if not data.ids:
         raise DataError(f"{data.source} ({data.split}) has no utterances with a non-empty transcript")
@@ -352,7 +352,7 @@ class Emissions:
 def transcribe_once(recognizer: Recognizer, data: EvalSet, batch_size: int = 8,
                     chunking: Chunking | None = None) -> Emissions:
     """Run the network over ``data`` once, keeping each clip's (T, V) log-probabilities."""
-    from ptasr.inference import Chunking
+    from ptasr.recognition.recognizer import Chunking
 
     started = time.perf_counter()
     transcripts = list(recognizer.transcribe_iter(data.audio, batch_size=batch_size, keep_log_probs=True,
@@ -385,8 +385,8 @@ class Tuning:
 def tune(emissions: Emissions, decoder: BeamSearchDecoder, lm_weights: Sequence[float],
          word_scores: Sequence[float], on_trial: Callable[[Trial], None] | None = None) -> Tuning:
     """Decode ``emissions`` with every (LM weight, word score) pair and score each; ``on_trial`` sees each trial
-    as it finishes. Whether the trials can choose at all is ``ptasr.lm.can_choose(tuning.trials)``."""
-    from ptasr.lm import best_trial, search_weights
+    as it finishes. Whether the trials can choose at all is ``ptasr.decoding.lm.can_choose(tuning.trials)``."""
+    from ptasr.decoding.lm import best_trial, search_weights
 
     started = time.perf_counter()
     transcripts = emissions.transcripts

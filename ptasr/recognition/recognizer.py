@@ -1,14 +1,14 @@
 """Running a trained model: transcribe audio of any length, with word timestamps if asked.
 
 A :class:`Recognizer` is a model with its vocabulary and text normaliser; :meth:`Recognizer.load` takes a
-``train.py`` checkpoint, an exported or Hugging Face model folder, or a hub id (``ptasr.checkpoint``).
+``train.py`` checkpoint, an exported or Hugging Face model folder, or a hub id (``ptasr.recognition.trained_model``).
 
 Long recordings are cut into overlapping chunks exactly as transformers' ASR pipeline does with
 ``chunk_length_s``/``stride_length_s``: each chunk sees ``stride`` seconds of context on both sides, and only
 the frames of its middle part are kept, so the stitched frames cover the recording once. The chunks of many
 files are sorted by length and run in batches; decoding (greedy, or beam search with an n-gram LM) runs on
 the stitched frames of each file, which is where word timestamps come from. What comes back is in
-``ptasr.transcript``; what audio goes in, in ``ptasr.audio_input``.
+``ptasr.recognition.transcript``; what audio goes in, in ``ptasr.recognition.inputs``.
 
 Notation: S samples (16 kHz), T frames (one per ``samples_per_frame`` samples, 320 = 20 ms for wav2vec2),
 V vocabulary size.
@@ -26,20 +26,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn.utils import parametrize
 
-from ptasr.audio_input import AudioInput, describe_input, read_input
-from ptasr.checkpoint import load_any
+from ptasr.recognition.inputs import AudioInput, describe_input, read_input
+from ptasr.recognition.trained_model import load_any
 from ptasr.data.audio import SAMPLE_RATE, normalize_waveform
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.decode import greedy_decode
-from ptasr.devices import resolve_device, resolve_dtype
+from ptasr.decoding.greedy import greedy_decode
+from ptasr.recognition.devices import resolve_device, resolve_dtype
 from ptasr.precision_probe import guard_low_precision
 from ptasr.errors import CheckpointError, SettingError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from ptasr.transcript import Transcript, token_spans, word_spans
+from ptasr.recognition.transcript import Transcript, token_spans, word_spans
 
 if TYPE_CHECKING:
-    from ptasr.lm import BeamSearchDecoder
+    from ptasr.decoding.lm import BeamSearchDecoder
 
 
 # --- chunking, as transformers' pipeline does it -----------------------------------------------------------
@@ -163,14 +163,14 @@ class Recognizer:
         """From a Lightning checkpoint, an exported/HF folder, or a hub id (see the module docstring).
 
         ``dtype`` is the network's precision: ``"auto"`` (bfloat16 where the device runs it natively, see
-        :func:`ptasr.devices.resolve_dtype`), float32, bfloat16 or float16 (GPUs). Emissions are decoded in float32 either way.
+        :func:`ptasr.recognition.devices.resolve_dtype`), float32, bfloat16 or float16 (GPUs). Emissions are decoded in float32 either way.
         """
         model, vocab, normalizer, metadata = load_any(source)
         recognizer = cls(model, vocab, normalizer, {**metadata, "source": str(source)})
         return recognizer.to(device, dtype)
 
     def to(self, device: str | torch.device | None, dtype: torch.dtype | str | None = None) -> Recognizer:
-        """Move to ``device`` (``"auto"``: CUDA if available) in ``dtype`` (``"auto"``: see :func:`ptasr.devices.resolve_dtype`)."""
+        """Move to ``device`` (``"auto"``: CUDA if available) in ``dtype`` (``"auto"``: see :func:`ptasr.recognition.devices.resolve_dtype`)."""
         device = resolve_device(device)
         self.model.to(device=device, dtype=None if dtype is None else resolve_dtype(dtype, device))
         # CPU bf16/fp16 kernels are wrong for some shapes on some CPUs: those modules run in float32 instead.
@@ -240,7 +240,7 @@ class Recognizer:
             batch_size: chunks per forward pass.
             chunking: how long recordings are cut (default: 20 s chunks with 3.3 s of context each side).
             word_timestamps: also return each word's start and end time.
-            decoder: a beam search decoder (``ptasr.lm.BeamSearchDecoder``); greedy decoding when None.
+            decoder: a beam search decoder (``ptasr.decoding.lm.BeamSearchDecoder``); greedy decoding when None.
             group_size: inputs read and batched together (default ``8 * batch_size``); bounds memory.
             keep_log_probs: also return each input's (T, V) log-probabilities (``Transcript.log_probs``).
         """

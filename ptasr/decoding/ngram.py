@@ -102,7 +102,7 @@ class NGramModel:
         return path
 
     def write_unigrams(self, path: str | Path) -> Path:
-        """``unigrams.txt``: one word per line, the list pyctcdecode and ``ptasr.lm`` read beside a binary LM."""
+        """``unigrams.txt``: one word per line, the list pyctcdecode and ``ptasr.decoding.lm`` read beside a binary LM."""
         path = Path(path)
         path.write_text("".join(f"{word}\n" for word in self.words()), encoding="utf-8")
         return path
