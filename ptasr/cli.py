@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--format", choices=("text", "jsonl"), default="text",
                             help="text: one transcript per line (prefixed by the file when several); jsonl: one "
                                  "JSON object per file")
-    transcribe.add_argument("--word-timestamps", action="store_true", help="start and end time of every word")
+    transcribe.add_argument("--word-timestamps", action="store_true", help="start and end time of every word, and its confidence "
+                            "(0-1, entropy-based: ptasr.decoding.confidence)")
     transcribe.add_argument("--output", "-o", default=None, help="write here instead of stdout")
     _add_backend_argument(transcribe)
     _add_lm_arguments(transcribe)
@@ -330,7 +331,7 @@ def _format(transcript: Any, fmt: str, with_source: bool) -> str:
     line = f"{escape_field(transcript.source)}\t{transcript.text}\n" if with_source else f"{transcript.text}\n"
     if transcript.words is None:
         return line
-    return line + "".join(f"{w.start:.2f}\t{w.end:.2f}\t{w.word}\n" for w in transcript.words)
+    return line + "".join(f"{w.start:.2f}\t{w.end:.2f}\t{w.word}\t{w.confidence:.2f}\n" for w in transcript.words)
 
 
 # --- evaluate ------------------------------------------------------------------------------------------------

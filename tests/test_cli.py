@@ -96,6 +96,8 @@ def test_transcribe_text_and_jsonl_with_word_timestamps(checkpoint: Path, clips:
         assert [w["word"] for w in record["words"]] == text.split()
         times = [t for w in record["words"] for t in (w["start"], w["end"])]
         assert times == sorted(times) and 0 <= times[0] and times[-1] <= record["duration"]
+        assert all(set(w) == {"word", "start", "end", "confidence"} and 0 <= w["confidence"] <= 1
+                   for w in record["words"])
 
 
 def test_formats_rates_and_channels_give_the_same_transcript(checkpoint: Path, clips: list[Path], tmp_path: Path,

@@ -179,3 +179,11 @@ def test_log_add_sums_alignments_where_the_maximum_deletes() -> None:
     doubt = emissions([{"a": 0.4, "_": 0.6}, {"a": 0.4, "_": 0.6}])
     assert BeamSearchDecoder(VOCAB).decode(doubt, frames_of(doubt)) == ["a"]
     assert BeamSearchDecoder(VOCAB, log_add=False).decode(doubt, frames_of(doubt)) == [""]
+
+
+def test_beam_spans_cover_each_tokens_repeated_frames() -> None:
+    # "ca" said over five frames: c c _ a a; the spans give each letter both of its frames, as greedy's do
+    log_probs = emissions([{"c": 0.9}, {"c": 0.9}, {"_": 0.9}, {"a": 0.9}, {"a": 0.9}])
+    hypothesis = BeamSearchDecoder(VOCAB)(log_probs, frames_of(log_probs))[0]
+    c, a = VOCAB.tokens.index("c"), VOCAB.tokens.index("a")
+    assert hypothesis.spans == [(c, 0, 2), (a, 3, 5)] and hypothesis.timesteps == [0, 3]

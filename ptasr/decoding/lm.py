@@ -29,7 +29,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,11 +57,14 @@ class Hypothesis:
         tokens: collapsed token ids, blanks removed (the word delimiter included where it was emitted).
         timesteps: the frame at which each token was emitted, one per entry of ``tokens``.
         score: total beam score (acoustic + weighted LM + word bonuses).
+        spans: ``(token, first frame, end frame)`` of each entry of ``tokens``: the frames of the beam's path
+            that emit it, its repeats included (what word confidence is read from, as for greedy decoding).
     """
 
     tokens: list[int]
     timesteps: list[int]
     score: float
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def _flashlight() -> Any:
@@ -335,9 +338,15 @@ class BeamSearchDecoder:
         blank = self.vocab.pad_id
         # CTC collapse: the first frame of each run of one token, blanks dropped. Path index i is frame i - 1;
         # the delimiters flashlight puts in the start and end states were never emitted.
-        kept = [(token, i - 1) for i, token in enumerate(path)
-                if token != blank and (i == 0 or token != path[i - 1]) and 1 <= i <= frames]
-        return Hypothesis([token for token, _ in kept], [frame for _, frame in kept], float(results[0].score))
+        spans: list[tuple[int, int, int]] = []
+        for i in range(1, frames + 1):
+            token = path[i]
+            if token != blank and token != path[i - 1]:
+                spans.append((token, i - 1, i))
+            elif token != blank and spans and spans[-1][2] == i - 1:  # a repeat extends the token it repeats
+                spans[-1] = (token, spans[-1][1], i)
+        return Hypothesis([token for token, _, _ in spans], [first for _, first, _ in spans], float(results[0].score),
+                          spans)
 
     def decode(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
         """Transcripts of a batch: (B, T, V) log-probabilities, (B,) frames -> B strings."""

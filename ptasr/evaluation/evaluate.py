@@ -197,8 +197,9 @@ def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunkin
     if not data.ids:
         raise DataError(f"{data.source} ({data.split}) has no utterances with a non-empty transcript")
     started = time.perf_counter()
+    # word timestamps bring each word's confidence; the kept log-probabilities, the baseline's (word_scores)
     transcripts = recognizer.transcribe_iter(data.audio, batch_size=batch_size, chunking=chunking or Chunking(),
-                                             decoder=decoder, keep_log_probs=observe is not None)
+                                             decoder=decoder, word_timestamps=True, keep_log_probs=True)
     scored, skipped, seconds = [], [], 0.0
     for row, transcript in enumerate(transcripts):
         if transcript.error is not None:
@@ -207,7 +208,9 @@ def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunkin
         seconds += transcript.duration
         if observe is not None:
             observe(row, transcript)
-        scored.append(_score_row(data, recognizer.normalizer, row, transcript.text))
+        item = _score_row(data, recognizer.normalizer, row, transcript.text)
+        item.confidences = word_scores(recognizer, transcript, item.prediction)
+        scored.append(item)
     if not scored:
         raise AudioDecodeError(f"none of the {len(data.ids)} clips of {data.source} could be read; first: {skipped[0]}")
     return Evaluation(data, scored, skipped, seconds, time.perf_counter() - started)
@@ -216,6 +219,47 @@ def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunkin
 def _score_row(data: EvalSet, normalizer: TextNormalizer, row: int, prediction: str) -> Scored:
     # the reference was normalised on reading: the same normalisation on both sides
     return score_utterance(data.ids[row], data.references[row], normalizer(prediction), data.groups[row])
+
+
+def word_scores(recognizer: Recognizer, transcript: Transcript, prediction: str) -> dict[str, tuple[float, ...]]:
+    """Each word of the scored ``prediction``'s confidence under the recognizer's measure and the baseline's
+    (``Scored.confidences``), from a transcript with words, log-probabilities and spans.
+
+    Words are normalised one by one as the whole prediction was; where that does not give the prediction's
+    words (a normaliser that joins words), the utterance has no confidences rather than misplaced ones.
+    """
+    from ptasr.decoding.confidence import BASELINE_MEASURE, word_confidences
+
+    if transcript.words is None or transcript.log_probs is None or transcript.spans is None:
+        return {}
+    baseline = word_confidences(transcript.log_probs, transcript.spans, recognizer.vocab.word_delimiter_id,
+                                BASELINE_MEASURE)
+    pairs = [(word.confidence, other) for word, other in zip(transcript.words, baseline, strict=True)
+             for _ in recognizer.normalizer(word.word).split()]  # a word the normaliser empties has none
+    if len(pairs) != len(prediction.split()):
+        return {}
+    return {recognizer.confidence.name: tuple(round(c, 4) for c, _ in pairs),
+            BASELINE_MEASURE.name: tuple(round(c, 4) for _, c in pairs)}
+
+
+def confidence_results(scored: Sequence[Scored], measure: str) -> dict[str, Any] | None:
+    """How well the confidences of ``measure`` (and the baseline's) find the wrong predicted words of
+    ``scored``: AUROC over every word with a confidence; None where no utterance has any."""
+    from ptasr.decoding.confidence import BASELINE_MEASURE
+    from ptasr.evaluation.scoring import auroc, wrong_words
+
+    rows = [s for s in scored if measure in s.confidences]
+    if not rows:
+        return None
+    wrong = [flag for s in rows for flag in wrong_words(s.reference, s.prediction)]
+
+    def area(name: str) -> float | None:
+        value = auroc([c for s in rows for c in s.confidences[name]], wrong)
+        return None if value is None else round(value, 4)
+
+    return {"measure": measure, "auroc": area(measure), "baseline": BASELINE_MEASURE.name,
+            "baseline_auroc": area(BASELINE_MEASURE.name), "words": len(wrong), "wrong_words": sum(wrong),
+            "utterances_without": len(scored) - len(rows)}
 
 
 def describe_decoder(decoder: BeamSearchDecoder | None) -> dict[str, Any]:
@@ -247,6 +291,7 @@ def summarise(evaluation: Evaluation, recognizer: Recognizer, model: str, decode
         "by": {column: breakdown(scored, column) for column in BREAKDOWN_COLUMNS},
         "worst": [{"id": s.id, "errors": s.word_errors, "reference": s.reference, "prediction": s.prediction}
                   for s in worst(scored, worst_count)],
+        "confidence": confidence_results(scored, recognizer.confidence.name),
     }
 
 
@@ -260,6 +305,8 @@ def format_results(results: dict[str, Any]) -> str:
              f"WER: {results['wer']:.4f}", f"CER: {results['cer']:.4f}",
              f"utterances: {results['utterances']} ({results['skipped']} skipped), words: {results['words']}, "
              f"audio: {results['audio_hours'] * 60:.1f} min, real-time factor: {results['real_time_factor']:.3f}"]
+    if results.get("confidence"):
+        lines.append(format_confidence(results["confidence"]))
     for column, table in results["by"].items():
         if set(table) == {"(unknown)"}:
             continue  # the data has no such metadata
@@ -270,6 +317,17 @@ def format_results(results: dict[str, Any]) -> str:
         lines += ["", "| worst utterances | word errors | reference | prediction |", "|---|---:|---|---|"]
         lines += [f"| {w['id']} | {w['errors']} | {w['reference']} | {w['prediction']} |" for w in results["worst"]]
     return "\n".join(lines)
+
+
+def format_confidence(confidence: dict[str, Any]) -> str:
+    """The summary's line on word confidence: the AUROC of wrong-word detection, the measure's and the baseline's."""
+
+    def area(value: float | None) -> str:
+        return "n/a (needs right and wrong words)" if value is None else f"{value:.4f}"
+
+    return (f"word confidence AUROC (finding the {confidence['wrong_words']} wrong of {confidence['words']} predicted "
+            f"words): {area(confidence['auroc'])} with {confidence['measure']}, "
+            f"{area(confidence['baseline_auroc'])} with {confidence['baseline']}")
 
 
 def check_results_free(directory: Path, name: str, origin: str) -> None:
@@ -303,9 +361,13 @@ def results_written(directory: Path, name: str, results: dict[str, Any], scored:
     block completes (``evaluate --report`` writes its page in it): all of them, or, if anything fails, none.
 
     Fields of the predictions TSV are escaped (``ptasr.data.cache.escape_field``): a clip path may hold a tab or
-    a newline. A write that fails is one line naming the file (``ptasr.storage``).
+    a newline. Its ``confidence`` column holds one number per word of ``prediction``, space-separated in the
+    same order (the results' ``confidence.measure``), or nothing where the utterance has none. A write that
+    fails is one line naming the file (``ptasr.storage``).
     """
     from ptasr.data.cache import escape_field
+
+    measure = (results.get("confidence") or {}).get("measure", "")
 
     check_results_free(directory, name, results.get("origin", ""))
     stem = directory / name
@@ -318,10 +380,14 @@ def results_written(directory: Path, name: str, results: dict[str, Any], scored:
         txt.write_text(f"WER: {results['wer']}\nCER: {results['cer']}\n", encoding="utf-8")
         jsn.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         with open(tsv, "w", encoding="utf-8") as f:
-            f.write("id\tword_errors\treference_words\treference\tprediction\n")
+            f.write("id\tword_errors\treference_words\treference\tprediction\tconfidence\n")
             f.writelines(f"{escape_field(s.id)}\t{s.word_errors}\t{s.reference_words}\t{escape_field(s.reference)}\t"
-                         f"{escape_field(s.prediction)}\n" for s in scored)
+                         f"{escape_field(s.prediction)}\t{_confidence_field(s, measure)}\n" for s in scored)
         yield f"results written to {stem}_eval_results.txt, .json and {stem.name}_predictions.tsv"
+
+
+def _confidence_field(scored: Scored, measure: str) -> str:
+    return " ".join(f"{c:.3f}" for c in scored.confidences.get(measure, ()))
 
 
 # --- the LM weight search (evaluate --tune) ------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch
 
 from ptasr.data.audio import SAMPLE_RATE, AudioSource
 from ptasr.errors import SettingError
+from ptasr.evaluation.scoring import aligned_words
 from ptasr.storage import check_writable, staged_folder
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ COLUMNS = ("id", "reference", "prediction", "wer", "cer", "errors", "words", "du
 BREAKDOWNS = ("gender", "age", "accent")
 # what Chromium, Firefox and Safari play from an <audio> element (by extension; soundfile's format names)
 PLAYABLE = {".mp3": "MP3", ".wav": "WAV", ".ogg": "OGG", ".oga": "OGG", ".opus": "OGG", ".flac": "FLAC"}
-_OPS = {"equal": "e", "substitute": "s", "delete": "d", "insert": "i"}
 
 
 # --- what the page shows of one utterance -------------------------------------------------------------------
@@ -105,31 +105,6 @@ def summarise_posteriors(log_probs: torch.Tensor, blank: int, seconds_per_frame:
 
     return Posteriors(step, round(step * seconds_per_frame, 6), array("i", probs.argmax(dim=-1).tolist()),
                       percent(probs[:, blank]), array("i", top.tolist()), percent(top_prob))
-
-
-def aligned_words(reference: str, prediction: str) -> list[tuple[str, str, str]]:
-    """Reference and prediction aligned word by word: (op, reference word, predicted word), from jiwer's chunks.
-
-    op is ``e`` (equal), ``s`` (substitution), ``d`` (deletion: no predicted word) or ``i`` (insertion: no
-    reference word).
-
-    >>> aligned_words("a b c", "a x c d")
-    [('e', 'a', 'a'), ('s', 'b', 'x'), ('e', 'c', 'c'), ('i', '', 'd')]
-    """
-    import jiwer
-
-    if not reference.split():  # jiwer refuses an empty reference
-        return [("i", "", word) for word in prediction.split()]
-    result = jiwer.process_words(reference, prediction)
-    ref, hyp = result.references[0], result.hypotheses[0]
-    pairs = []
-    for chunk in result.alignments[0]:
-        op = _OPS[chunk.type]
-        ref_words = ref[chunk.ref_start_idx:chunk.ref_end_idx]
-        hyp_words = hyp[chunk.hyp_start_idx:chunk.hyp_end_idx]
-        length = max(len(ref_words), len(hyp_words))  # equal and substitute chunks have the same on both sides
-        pairs += [(op, ref_words[k] if ref_words else "", hyp_words[k] if hyp_words else "") for k in range(length)]
-    return pairs
 
 
 # --- the report -------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import jiwer
 # (substitutions, deletions, insertions, hits), in this order everywhere.
 Counts = tuple[int, int, int, int]
 _COUNT_NAMES = ("substitutions", "deletions", "insertions", "hits")
+_OPS = {"equal": "e", "substitute": "s", "delete": "d", "insert": "i"}
 
 
 def edit_counts(reference: str | Sequence[str], prediction: str | Sequence[str]) -> tuple[Counts, Counts]:
@@ -69,6 +70,8 @@ class Scored:
     word_counts: Counts
     char_counts: Counts
     groups: dict[str, str] = field(default_factory=dict)
+    # measure name -> confidence of each word of ``prediction``, in order (ptasr.decoding.confidence)
+    confidences: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def word_errors(self) -> int:
@@ -143,3 +146,64 @@ def worst(scored: Sequence[Scored], count: int) -> list[Scored]:
     ['2', '1']
     """
     return heapq.nlargest(count, scored, key=_severity)
+
+
+# --- which predicted words are wrong, and how well a confidence finds them ------------------------------------
+
+
+def aligned_words(reference: str, prediction: str) -> list[tuple[str, str, str]]:
+    """Reference and prediction aligned word by word: (op, reference word, predicted word), from jiwer's chunks.
+
+    op is ``e`` (equal), ``s`` (substitution), ``d`` (deletion: no predicted word) or ``i`` (insertion: no
+    reference word).
+
+    >>> aligned_words("a b c", "a x c d")
+    [('e', 'a', 'a'), ('s', 'b', 'x'), ('e', 'c', 'c'), ('i', '', 'd')]
+    """
+    if not reference.split():  # jiwer refuses an empty reference
+        return [("i", "", word) for word in prediction.split()]
+    result = jiwer.process_words(reference, prediction)
+    ref, hyp = result.references[0], result.hypotheses[0]
+    pairs = []
+    for chunk in result.alignments[0]:
+        op = _OPS[chunk.type]
+        ref_words = ref[chunk.ref_start_idx:chunk.ref_end_idx]
+        hyp_words = hyp[chunk.hyp_start_idx:chunk.hyp_end_idx]
+        length = max(len(ref_words), len(hyp_words))  # equal and substitute chunks have the same on both sides
+        pairs += [(op, ref_words[k] if ref_words else "", hyp_words[k] if hyp_words else "") for k in range(length)]
+    return pairs
+
+
+def wrong_words(reference: str, prediction: str) -> list[bool]:
+    """For each word of ``prediction``: whether the alignment makes it a substitution or an insertion.
+
+    >>> wrong_words("a b c", "a x c d")
+    [False, True, False, True]
+    """
+    return [op in ("s", "i") for op, _, _ in aligned_words(reference, prediction) if op != "d"]
+
+
+def auroc(confidences: Sequence[float], wrong: Sequence[bool]) -> float | None:
+    """How well low confidence finds wrong words: the chance that a random wrong word has a lower confidence
+    than a random right one (ties count half; 1 finds them all, 0.5 is chance). None without both kinds.
+
+    Ranks, not a threshold sweep, so it is exact: the Mann-Whitney U statistic over (wrong x right) pairs.
+
+    >>> auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]), auroc([0.5, 0.5], [True, False])
+    (1.0, 0.5)
+    """
+    wrong_count = sum(wrong)
+    right_count = len(wrong) - wrong_count
+    if not wrong_count or not right_count:
+        return None
+    order = sorted(range(len(confidences)), key=lambda i: -confidences[i])  # most confident first
+    rank_sum, position = 0.0, 0
+    while position < len(order):  # a run of equal confidences shares its mean rank
+        end = position
+        while end < len(order) and confidences[order[end]] == confidences[order[position]]:
+            end += 1
+        mean_rank = (position + end + 1) / 2  # ranks position+1 .. end
+        rank_sum += mean_rank * sum(wrong[i] for i in order[position:end])
+        position = end
+    # wrong words ranked among the least confident: U counts (wrong, right) pairs with the wrong one lower
+    return (rank_sum - wrong_count * (wrong_count + 1) / 2) / (wrong_count * right_count)

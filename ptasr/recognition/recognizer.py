@@ -30,7 +30,7 @@ from ptasr.recognition.inputs import AudioInput, describe_input, read_input
 from ptasr.recognition.trained_model import load_any
 from ptasr.data.audio import SAMPLE_RATE, normalize_waveform
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.decoding.greedy import greedy_decode
+from ptasr.decoding.confidence import DEFAULT_MEASURE, ConfidenceMeasure, word_confidences
 from ptasr.recognition.devices import resolve_device, resolve_dtype
 from ptasr.precision_probe import guard_low_precision
 from ptasr.errors import CheckpointError, SettingError
@@ -147,6 +147,7 @@ class Recognizer:
     vocab: Vocabulary
     normalizer: TextNormalizer
     metadata: dict[str, Any] = field(default_factory=dict)
+    confidence: ConfidenceMeasure = DEFAULT_MEASURE  # how word confidences are computed
 
     def __post_init__(self) -> None:
         head = self.model.config.vocab_size
@@ -239,16 +240,17 @@ class Recognizer:
                 ``(samples, sample_rate)`` pairs with samples (S,) or (C, S).
             batch_size: chunks per forward pass.
             chunking: how long recordings are cut (default: 20 s chunks with 3.3 s of context each side).
-            word_timestamps: also return each word's start and end time.
+            word_timestamps: also return each word's start and end time and confidence (``self.confidence``).
             decoder: a beam search decoder (``ptasr.decoding.lm.BeamSearchDecoder``); greedy decoding when None.
             group_size: inputs read and batched together (default ``8 * batch_size``); bounds memory.
-            keep_log_probs: also return each input's (T, V) log-probabilities (``Transcript.log_probs``).
+            keep_log_probs: also return each input's (T, V) log-probabilities (``Transcript.log_probs``) and the
+                token spans of its decoded path (``Transcript.spans``).
         """
         inputs = iter(inputs)
         group_size = group_size or max(16, 8 * batch_size)
         while group := list(islice(inputs, group_size)):
             for transcript in self._transcribe_group(group, batch_size, chunking, word_timestamps, decoder):
-                yield transcript if keep_log_probs else replace(transcript, log_probs=None)
+                yield transcript if keep_log_probs else replace(transcript, log_probs=None, spans=None)
 
     def _transcribe_group(
         self, group: list[AudioInput], batch_size: int, chunking: Chunking, word_timestamps: bool,
@@ -285,15 +287,16 @@ class Recognizer:
         self, source: str, log_probs: torch.Tensor, duration: float, word_timestamps: bool,
         decoder: BeamSearchDecoder | None,
     ) -> Transcript:
-        """Decode one recording's stitched (T, V) log-probabilities."""
+        """Decode one recording's stitched (T, V) log-probabilities; its words carry their confidence."""
         frames = torch.tensor([log_probs.shape[0]])
         if decoder is not None:
             hypothesis = decoder(log_probs[None], frames)[0]
-            ids = hypothesis.tokens
-            spans = [(token, t, t + 1) for token, t in zip(ids, hypothesis.timesteps, strict=True)]
+            ids, spans = hypothesis.tokens, hypothesis.spans
         else:
-            ids = greedy_decode(log_probs[None], frames, self.vocab.pad_id)[0]
-            spans = token_spans(log_probs.argmax(dim=-1).tolist(), self.vocab.pad_id) if word_timestamps else []
-        words = word_spans(spans, self.vocab, self.samples_per_frame / SAMPLE_RATE) if word_timestamps else None
-        return Transcript(source, self.vocab.decode(ids), duration, words)
-
+            spans = token_spans(log_probs.argmax(dim=-1).tolist(), self.vocab.pad_id)
+            ids = [token for token, _, _ in spans]  # what greedy_decode gives, read off the same best path
+        words = None
+        if word_timestamps:
+            confidences = word_confidences(log_probs, spans, self.vocab.word_delimiter_id, self.confidence)
+            words = word_spans(spans, self.vocab, self.samples_per_frame / SAMPLE_RATE, confidences)
+        return Transcript(source, self.vocab.decode(ids), duration, words, spans=spans)
