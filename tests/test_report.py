@@ -7,6 +7,7 @@ Without either they skip, saying which is missing.
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import re
@@ -130,6 +131,15 @@ def test_details_align_the_words_and_hold_the_posteriors_the_transcript_came_fro
         ids = [t for k, t in enumerate(post["path"]) if t != data["blank"] and (k == 0 or post["path"][k - 1] != t)]
         assert normalizer(vocab.decode(ids)) == row["prediction"]  # the greedy path of the same model outputs
     assert sum(r["errors"] for r in rows(data)) > 0
+
+
+def test_details_hold_each_predicted_words_confidence(evaluated: dict[str, Any]) -> None:
+    data, items, results = evaluated["data"], evaluated["details"], evaluated["results"]
+    confidence = results["confidence"]
+    assert data["meta"]["confidence"] == confidence and confidence["words"] > 0
+    for row, item in zip(rows(data), items, strict=True):
+        assert len(item["conf"]) == len(row["prediction"].split()) and all(0 <= c <= 1 for c in item["conf"])
+    assert sum(len(item["conf"]) for item in items) == confidence["words"]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -346,6 +356,32 @@ def test_browser_selected_row_shows_alignment_audio_and_posteriors(page: Any, ev
     page.wait_for_function("document.querySelector('#detail audio').currentTime > 0", timeout=LOADED_MS)  # it plays
     audio.evaluate("a => a.pause()")
     assert page.evaluate("decodeURIComponent(location.hash.slice(1))") == target["id"]  # a link to this utterance
+    assert page.problems == []
+
+
+def test_browser_colours_each_predicted_word_by_its_confidence(page: Any, evaluated: dict[str, Any]) -> None:
+    table, items = rows(evaluated["data"]), evaluated["details"]
+    index = max(range(SPLIT_ROWS), key=lambda i: max(items[i]["conf"], default=0) - min(items[i]["conf"], default=1))
+    target, conf = table[index], items[index]["conf"]
+    page.fill("#filter", target["id"])
+    page.click(f"#spacer .row[data-id='{target['id']}']")
+    page.wait_for_selector("#detail .confidence .word")
+    words = page.eval_on_selector_all(
+        "#detail .confidence .word",
+        "ws => ws.map(w => [w.textContent, Number(w.dataset.confidence), getComputedStyle(w).backgroundColor])")
+    assert [w for w, _, _ in words] == target["prediction"].split() and [c for _, c, _ in words] == conf
+    for _, c, colour in words:  # hsl(120 c, 70 %, 80 %): red when unsure, green when sure
+        expected = [round(255 * x) for x in colorsys.hls_to_rgb(round(120 * c) / 360, 0.8, 0.7)]
+        assert [int(x) for x in re.findall(r"\d+", colour)] == pytest.approx(expected, abs=1)
+    least, most = min(words, key=lambda w: w[1])[2], max(words, key=lambda w: w[1])[2]
+    assert least != most  # the page shows the difference
+    legend = page.text_content("#detail .confidence-legend")
+    confidence = evaluated["results"]["confidence"]
+    assert "unsure 0" in legend and "1 sure" in legend and confidence["measure"] in legend
+    # a random model gets every word wrong: no right word to rank against, no AUROC ("–")
+    area = "–" if confidence["auroc"] is None else f"{confidence['auroc']:.3f}"
+    assert f"AUROC of wrong-word detection {area}" in legend
+    assert page.locator("#detail .confidence-legend .swatch").count() == 5
     assert page.problems == []
 
 

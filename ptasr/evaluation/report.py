@@ -4,7 +4,7 @@
 
 - ``DIR/index.html``: the page, with its style, its script and the table data (one JSON document) inlined,
   so it needs no server, no network and no other file to show the rates, the charts and the table;
-- ``DIR/detail/NNNNN.js``: the word alignments and CTC posteriors of :data:`DETAIL_SHARD` utterances each,
+- ``DIR/detail/NNNNN.js``: the word alignments, word confidences and CTC posteriors of :data:`DETAIL_SHARD` utterances each,
   loaded by a ``<script>`` tag when one of them is selected. A page opened from ``file://`` cannot ``fetch``,
   and posteriors are the bulk of the data (a few kB per utterance), so keeping them out of the page keeps its
   load time independent of the clips' length, and one selection reads one small file;
@@ -152,7 +152,7 @@ class EvaluationReport:
         # failure leaves the folder as it was, and is one line (ptasr.storage)
         with staged_folder(self.directory) as staging:
             files = self._write_audio(staging / "audio", audio)
-            self._write_details(staging / "detail", scored)
+            self._write_details(staging / "detail", scored, (results.get("confidence") or {}).get("measure", ""))
             rows = [_row(s, duration, f"audio/{name}")
                     for s, duration, name in zip(scored, self.durations, files, strict=True)]
             (staging / "index.html").write_text(render_page(self.page_data(results, rows)), encoding="utf-8")
@@ -163,11 +163,14 @@ class EvaluationReport:
         folder.mkdir()
         return [copy_playable(audio[index], folder, f"{n:05d}") for n, index in enumerate(self.rows)]
 
-    def _write_details(self, folder: Path, scored: Sequence[Scored]) -> None:
-        """``detail/NNNNN.js``: alignments, edit counts and posteriors of DETAIL_SHARD rows each."""
+    def _write_details(self, folder: Path, scored: Sequence[Scored], measure: str) -> None:
+        """``detail/NNNNN.js``: alignments, edit counts, posteriors and the confidence of each predicted word
+        (``measure``'s; null where there is none) of DETAIL_SHARD rows each."""
         folder.mkdir()
         details = [{"align": aligned_words(s.reference, s.prediction), "counts": list(s.word_counts),
-                    "post": None if p is None else p.to_dict()} for s, p in zip(scored, self.posteriors, strict=True)]
+                    "post": None if p is None else p.to_dict(),
+                    "conf": list(s.confidences[measure]) if measure in s.confidences else None}
+                   for s, p in zip(scored, self.posteriors, strict=True)]
         for shard, start in enumerate(range(0, len(details), DETAIL_SHARD)):
             payload = json.dumps(details[start:start + DETAIL_SHARD], ensure_ascii=False, separators=(",", ":"))
             (folder / f"{shard:05d}.js").write_text(f"ptasrDetail({shard},{payload});\n", encoding="utf-8")
@@ -176,6 +179,7 @@ class EvaluationReport:
         """The JSON document inlined in the page."""
         meta = {key: results.get(key) for key in ("model", "data", "split", "decoder", "dtype", "device",
                                                   "utterances", "skipped", "audio_hours", "wer", "cer", "words")}
+        meta["confidence"] = results.get("confidence")  # the measure and its AUROC, for the legend
         meta["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         by = {key: table for key, table in results.get("by", {}).items() if set(table) != {"(unknown)"}}
         return {"meta": meta, "by": by, "columns": list(COLUMNS), "rows": rows, "tokens": self.tokens,

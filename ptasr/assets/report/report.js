@@ -219,11 +219,14 @@
     box.append(el("audio", { controls: "", preload: "auto", src: r[col.audio] }));
     const alignment = el("div", { class: "alignment", "aria-busy": "true" });
     const posteriors = el("div");
-    box.append(el("h3", {}, "Reference and hypothesis, word by word"), alignment, el("h3", {}, "CTC posteriors"), posteriors);
+    const confidence = el("div", { class: "confidence" });
+    box.append(el("h3", {}, "Reference and hypothesis, word by word"), alignment,
+      el("h3", {}, "Hypothesis by word confidence"), confidence, el("h3", {}, "CTC posteriors"), posteriors);
     loadShard(Math.floor(i / data.shard)).then((items) => {
       if (state.selected !== i) return;
       const item = items[i % data.shard];
       renderAlignment(alignment, item);
+      renderConfidence(confidence, item.conf, String(r[col.prediction]).split(" ").filter(Boolean));
       renderPosteriors(posteriors, item.post, box.clientWidth - 34);
     }).catch((error) => {
       alignment.textContent = error.message;
@@ -250,6 +253,28 @@
       legend.append(entry);
     }
     legend.append(el("span", {}, `correct ${hits}`));
+    box.after(legend);
+  }
+
+  // red (0: unsure) through yellow to green (1: sure); ptasr/decoding/confidence.py says what the number is
+  function confidenceColour(c) {
+    return `hsl(${Math.round(120 * c)} 70% 80%)`;
+  }
+
+  function renderConfidence(box, conf, words) {
+    if (!conf || conf.length !== words.length) {
+      box.append(el("p", { class: "note" }, "No word confidences for this utterance."));
+      return;
+    }
+    words.forEach((word, k) => box.append(el("span", { class: "word", "data-confidence": conf[k],
+      title: `confidence ${fmt(conf[k], 2)}`, style: `background: ${confidenceColour(conf[k])}` }, word)));
+    const legend = el("div", { class: "legend confidence-legend" });
+    const scale = el("span", { class: "scale" });
+    for (const c of [0, 0.25, 0.5, 0.75, 1]) scale.append(el("span", { class: "swatch", style: `background: ${confidenceColour(c)}` }));
+    const m = data.meta.confidence;
+    legend.append(el("span", {}, "unsure 0"), scale, el("span", {}, "1 sure"));
+    if (m) legend.append(el("span", {}, `${m.measure}; AUROC of wrong-word detection ${fmt(m.auroc)} ` +
+      `(${m.baseline}: ${fmt(m.baseline_auroc)})`));
     box.after(legend);
   }
 
