@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ptasr.recognition.inputs import AudioInput
     from ptasr.data.text import TextNormalizer
     from ptasr.recognition.recognizer import Chunking, Recognizer
+    from ptasr.decoding.confidence import ConfidenceMeasure
     from ptasr.decoding.lm import BeamSearchDecoder, Trial
     from ptasr.recognition.transcript import Transcript
 
@@ -185,15 +186,21 @@ class Evaluation:
 
 def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunking: Chunking | None = None,
              decoder: BeamSearchDecoder | None = None,
-             observe: Callable[[int, Transcript], None] | None = None) -> Evaluation:
+             observe: Callable[[int, Transcript], None] | None = None,
+             measures: Sequence[ConfidenceMeasure] | None = None) -> Evaluation:
     """Transcribe and score every row of ``data``, greedy or with ``decoder``.
+
+    Every predicted word gets its confidence under each of ``measures`` (default: the recognizer's and the
+    max-probability baseline, ``ptasr.decoding.confidence``) in ``Scored.confidences``.
 
     ``observe(row, transcript)`` sees every scored row's transcript, in the order of the scored utterances,
     with its log-probabilities (for ``ptasr.evaluation.report.EvaluationReport``). Raises when ``data`` is empty or
     none of its clips can be read: a rate of 0 over no utterance would read as perfect.
     """
+    from ptasr.decoding.confidence import BASELINE_MEASURE
     from ptasr.recognition.recognizer import Chunking
 
+    measures = (recognizer.confidence, BASELINE_MEASURE) if measures is None else measures
     if not data.ids:
         raise DataError(f"{data.source} ({data.split}) has no utterances with a non-empty transcript")
     started = time.perf_counter()
@@ -209,7 +216,7 @@ def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunkin
         if observe is not None:
             observe(row, transcript)
         item = _score_row(data, recognizer.normalizer, row, transcript.text)
-        item.confidences = word_scores(recognizer, transcript, item.prediction)
+        item.confidences = word_scores(recognizer, transcript, item.prediction, measures)
         scored.append(item)
     if not scored:
         raise AudioDecodeError(f"none of the {len(data.ids)} clips of {data.source} could be read; first: {skipped[0]}")
@@ -221,45 +228,52 @@ def _score_row(data: EvalSet, normalizer: TextNormalizer, row: int, prediction: 
     return score_utterance(data.ids[row], data.references[row], normalizer(prediction), data.groups[row])
 
 
-def word_scores(recognizer: Recognizer, transcript: Transcript, prediction: str) -> dict[str, tuple[float, ...]]:
-    """Each word of the scored ``prediction``'s confidence under the recognizer's measure and the baseline's
+def word_scores(recognizer: Recognizer, transcript: Transcript, prediction: str,
+                measures: Sequence[ConfidenceMeasure]) -> dict[str, tuple[float, ...]]:
+    """Each word of the scored ``prediction``'s confidence under each of ``measures``, by measure name
     (``Scored.confidences``), from a transcript with words, log-probabilities and spans.
 
     Words are normalised one by one as the whole prediction was; where that does not give the prediction's
     words (a normaliser that joins words), the utterance has no confidences rather than misplaced ones.
     """
-    from ptasr.decoding.confidence import BASELINE_MEASURE, word_confidences
+    from ptasr.decoding.confidence import word_confidences
 
     if transcript.words is None or transcript.log_probs is None or transcript.spans is None:
         return {}
-    baseline = word_confidences(transcript.log_probs, transcript.spans, recognizer.vocab.word_delimiter_id,
-                                BASELINE_MEASURE)
-    pairs = [(word.confidence, other) for word, other in zip(transcript.words, baseline, strict=True)
-             for _ in recognizer.normalizer(word.word).split()]  # a word the normaliser empties has none
-    if len(pairs) != len(prediction.split()):
+    copies = [len(recognizer.normalizer(word.word).split()) for word in transcript.words]  # 0: normalised away
+    if sum(copies) != len(prediction.split()):
         return {}
-    return {recognizer.confidence.name: tuple(round(c, 4) for c, _ in pairs),
-            BASELINE_MEASURE.name: tuple(round(c, 4) for _, c in pairs)}
+    delimiter = recognizer.vocab.word_delimiter_id
+    return {measure.name: tuple(c for c, n in zip(
+                word_confidences(transcript.log_probs, transcript.spans, delimiter, measure), copies, strict=True)
+                for _ in range(n))
+            for measure in measures}
+
+
+def confidence_auroc(scored: Sequence[Scored], measure: str) -> float | None:
+    """AUROC of finding the wrong predicted words of ``scored`` by the confidences of ``measure`` (rounded to 4
+    digits), over the utterances that have them; None without both right and wrong words."""
+    from ptasr.evaluation.scoring import auroc, wrong_words
+
+    rows = [s for s in scored if measure in s.confidences]
+    wrong = [flag for s in rows for flag in wrong_words(s.reference, s.prediction)]
+    value = auroc([c for s in rows for c in s.confidences[measure]], wrong)
+    return None if value is None else round(value, 4)
 
 
 def confidence_results(scored: Sequence[Scored], measure: str) -> dict[str, Any] | None:
-    """How well the confidences of ``measure`` (and the baseline's) find the wrong predicted words of
-    ``scored``: AUROC over every word with a confidence; None where no utterance has any."""
+    """How well the confidences of ``measure`` and of the baseline find the wrong predicted words of ``scored``
+    (the results' ``confidence``); None where no utterance has any."""
     from ptasr.decoding.confidence import BASELINE_MEASURE
-    from ptasr.evaluation.scoring import auroc, wrong_words
+    from ptasr.evaluation.scoring import wrong_words
 
     rows = [s for s in scored if measure in s.confidences]
     if not rows:
         return None
     wrong = [flag for s in rows for flag in wrong_words(s.reference, s.prediction)]
-
-    def area(name: str) -> float | None:
-        value = auroc([c for s in rows for c in s.confidences[name]], wrong)
-        return None if value is None else round(value, 4)
-
-    return {"measure": measure, "auroc": area(measure), "baseline": BASELINE_MEASURE.name,
-            "baseline_auroc": area(BASELINE_MEASURE.name), "words": len(wrong), "wrong_words": sum(wrong),
-            "utterances_without": len(scored) - len(rows)}
+    return {"measure": measure, "auroc": confidence_auroc(rows, measure), "baseline": BASELINE_MEASURE.name,
+            "baseline_auroc": confidence_auroc(rows, BASELINE_MEASURE.name), "words": len(wrong),
+            "wrong_words": sum(wrong), "utterances_without": len(scored) - len(rows)}
 
 
 def describe_decoder(decoder: BeamSearchDecoder | None) -> dict[str, Any]:

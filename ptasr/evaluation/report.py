@@ -169,7 +169,7 @@ class EvaluationReport:
         folder.mkdir()
         details = [{"align": aligned_words(s.reference, s.prediction), "counts": list(s.word_counts),
                     "post": None if p is None else p.to_dict(),
-                    "conf": list(s.confidences[measure]) if measure in s.confidences else None}
+                    "conf": [round(c, 3) for c in s.confidences[measure]] if measure in s.confidences else None}
                    for s, p in zip(scored, self.posteriors, strict=True)]
         for shard, start in enumerate(range(0, len(details), DETAIL_SHARD)):
             payload = json.dumps(details[start:start + DETAIL_SHARD], ensure_ascii=False, separators=(",", ":"))
