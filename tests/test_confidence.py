@@ -177,3 +177,16 @@ def test_transcribe_gives_every_word_its_confidence(monkeypatch: pytest.MonkeyPa
     assert 1 >= first["confidence"] > second["confidence"] >= 0
     (plain,) = recognizer.transcribe([torch.zeros(8000)])
     assert plain.words is None and "words" not in plain.to_dict()
+
+
+def test_beam_search_words_carry_the_confidence_of_their_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("flashlight.lib.text.decoder")
+    from ptasr.decoding.lm import BeamSearchDecoder
+
+    # "ab" spoken over repeated frames, then a doubtful "b": without an LM the beam keeps greedy's path, so its
+    # words, times and confidences are greedy's (spans cover each letter's repeats, not its first frame only)
+    recognizer = recognizer_saying([("a", SURE), ("a", SURE), ("b", SURE), ("|", SURE), ("b", UNSURE)], monkeypatch)
+    greedy, = recognizer.transcribe([torch.zeros(8000)], word_timestamps=True)
+    beam, = recognizer.transcribe([torch.zeros(8000)], word_timestamps=True, decoder=BeamSearchDecoder(VOCAB))
+    assert beam.words == greedy.words and beam.words[0].confidence > beam.words[1].confidence
+    assert (beam.words[0].start, beam.words[0].end) == (0.0, 0.06)
