@@ -95,3 +95,21 @@ def test_data_sources_scale_runs_and_records_the_load_it_saw(tmp_path: Path) -> 
     assert machine["cpus"] == os.cpu_count() and "shared" not in json.dumps(machine)
     for load in (machine["load_average_before"], machine["load_average_after"]):
         assert len(load) == 3 and all(isinstance(x, float) and x >= 0 for x in load)
+
+
+def test_confidence_auroc_folds_and_bootstrap_on_known_scores() -> None:
+    from confidence_auroc import bootstrap_gain, two_fold
+
+    from ptasr.decoding.confidence import BASELINE_MEASURE, DEFAULT_MEASURE
+    from ptasr.evaluation.scoring import score_utterance
+
+    scored = []
+    for k in range(8):  # "a" right and sure, "x" wrong: the default measure finds it, the baseline is useless
+        item = score_utterance(str(k), "a b", "a x")
+        item.confidences = {DEFAULT_MEASURE.name: (0.9, 0.1), BASELINE_MEASURE.name: (0.5, 0.5)}
+        scored.append(item)
+    assert bootstrap_gain(scored, DEFAULT_MEASURE.name, resamples=20) == [0.5, 0.5]
+    assert bootstrap_gain(scored, BASELINE_MEASURE.name, resamples=20) == [0.0, 0.0]
+    for fold in two_fold(scored, [BASELINE_MEASURE, DEFAULT_MEASURE]):
+        assert fold["best"] == DEFAULT_MEASURE.name and fold[DEFAULT_MEASURE.name] == 1.0
+        assert fold[BASELINE_MEASURE.name] == 0.5
