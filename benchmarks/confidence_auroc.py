@@ -29,7 +29,7 @@ import torch
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.decoding.confidence import BASELINE_MEASURE, DEFAULT_MEASURE, ConfidenceMeasure
 from ptasr.evaluation.evaluate import confidence_auroc, evaluate, load_eval_set
-from ptasr.evaluation.scoring import Scored, error_rates, wrong_words
+from ptasr.evaluation.scoring import Scored, auroc, error_rates, wrong_words
 from ptasr.recognition.recognizer import Recognizer
 
 ALPHAS = (1.0, 0.5, 0.33, 0.25)
@@ -67,10 +67,15 @@ def two_fold(scored: list[Scored], grid: list[ConfidenceMeasure]) -> list[dict[s
 def bootstrap_gain(scored: list[Scored], measure: str, resamples: int, seed: int = 0) -> list[float]:
     """95 % interval of AUROC(measure) - AUROC(baseline), resampling utterances with replacement (paired)."""
     rng = random.Random(seed)
+    # each utterance's (wrong flags, measure's confidences, baseline's), aligned once
+    rows = [(wrong_words(s.reference, s.prediction), s.confidences[measure], s.confidences[BASELINE_MEASURE.name])
+            for s in scored if measure in s.confidences]
     gains = []
     for _ in range(resamples):
-        sample = [rng.choice(scored) for _ in scored]
-        ours, theirs = confidence_auroc(sample, measure), confidence_auroc(sample, BASELINE_MEASURE.name)
+        sample = [rng.choice(rows) for _ in rows]
+        wrong = [flag for flags, _, _ in sample for flag in flags]
+        ours = auroc([c for _, values, _ in sample for c in values], wrong)
+        theirs = auroc([c for _, _, values in sample for c in values], wrong)
         if ours is not None and theirs is not None:
             gains.append(ours - theirs)
     gains.sort()
