@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import time
@@ -116,7 +117,7 @@ def main() -> None:
         "two_fold": two_fold(scored, grid),
         "gain_over_baseline_95": {m.name: bootstrap_gain(scored, m.name, args.resamples)
                                   for m in dict.fromkeys([DEFAULT_MEASURE, best])},
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": round(time.perf_counter() - started, 1), "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     width = max(len(m.name) for m in grid)
     for m in grid:

@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--format", choices=("text", "jsonl"), default="text",
                             help="text: one transcript per line (prefixed by the file when several); jsonl: one "
                                  "JSON object per file")
-    transcribe.add_argument("--word-timestamps", action="store_true", help="start and end time of every word, and its confidence "
-                            "(0-1, entropy-based: ptasr.decoding.confidence)")
+    transcribe.add_argument("--word-timestamps", action="store_true",
+                            help="start and end time of every word, and its confidence (0-1, entropy-based: "
+                                 "ptasr.decoding.confidence)")
     transcribe.add_argument("--output", "-o", default=None, help="write here instead of stdout")
     _add_backend_argument(transcribe)
     _add_lm_arguments(transcribe)

@@ -21,7 +21,8 @@ from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 from ptasr.recognition.recognizer import Recognizer
 
-MEASURES = [ConfidenceMeasure("max_prob"), ConfidenceMeasure("gibbs", 1.0, "lin"), ConfidenceMeasure("gibbs", 0.5, "exp"),
+MEASURES = [ConfidenceMeasure("max_prob"), ConfidenceMeasure("gibbs", 1.0, "lin"),
+            ConfidenceMeasure("gibbs", 0.5, "exp"),
             ConfidenceMeasure("tsallis", 0.33, "lin"), ConfidenceMeasure("tsallis", 0.33, "exp")]
 
 
@@ -40,10 +41,12 @@ def test_frame_measures_equal_their_formulas() -> None:
     v, log_p = 3, p.log()[None]
     assert frame_confidence(log_p, ConfidenceMeasure("max_prob")).item() == pytest.approx((3 * 0.5 - 1) / 2, abs=1e-6)
     shannon = -(p * p.log()).sum().item()
-    assert frame_confidence(log_p, ConfidenceMeasure("gibbs", 1.0, "lin")).item() == pytest.approx(1 - shannon / math.log(v), abs=1e-6)
+    gibbs = frame_confidence(log_p, ConfidenceMeasure("gibbs", 1.0, "lin")).item()
+    assert gibbs == pytest.approx(1 - shannon / math.log(v), abs=1e-6)
     a = 0.33
     tsallis, largest = (1 - (p ** a).sum().item()) / (a - 1), (1 - v ** (1 - a)) / (a - 1)
-    assert frame_confidence(log_p, ConfidenceMeasure("tsallis", a, "lin")).item() == pytest.approx(1 - tsallis / largest, abs=1e-6)
+    linear = frame_confidence(log_p, ConfidenceMeasure("tsallis", a, "lin")).item()
+    assert linear == pytest.approx(1 - tsallis / largest, abs=1e-6)
     exp_form = (math.exp(-tsallis) - math.exp(-largest)) / (1 - math.exp(-largest))
     assert frame_confidence(log_p, ConfidenceMeasure("tsallis", a, "exp")).item() == pytest.approx(exp_form, abs=1e-6)
 

@@ -4,8 +4,8 @@
 
 - ``DIR/index.html``: the page, with its style, its script and the table data (one JSON document) inlined,
   so it needs no server, no network and no other file to show the rates, the charts and the table;
-- ``DIR/detail/NNNNN.js``: the word alignments, word confidences and CTC posteriors of :data:`DETAIL_SHARD` utterances each,
-  loaded by a ``<script>`` tag when one of them is selected. A page opened from ``file://`` cannot ``fetch``,
+- ``DIR/detail/NNNNN.js``: the word alignments, word confidences and CTC posteriors of :data:`DETAIL_SHARD`
+  utterances each, loaded by a ``<script>`` tag when one of them is selected. A page opened from ``file://`` cannot ``fetch``,
   and posteriors are the bulk of the data (a few kB per utterance), so keeping them out of the page keeps its
   load time independent of the clips' length, and one selection reads one small file;
 - ``DIR/audio/``: every clip, hard-linked or copied when a browser plays its format (MP3, WAV, Ogg, FLAC,

@@ -81,6 +81,6 @@ def word_spans(spans: Sequence[tuple[int, int, int]], vocab: Vocabulary, seconds
     """
     words = word_groups(spans, vocab.word_delimiter_id)
     confidences = [None] * len(words) if confidences is None else confidences
-    return [WordSpan("".join(vocab.tokens[token] for token, _, _ in letters), round(letters[0][1] * seconds_per_frame, 3),
-                     round(letters[-1][2] * seconds_per_frame, 3), confidence)
+    return [WordSpan("".join(vocab.tokens[token] for token, _, _ in letters),
+                     round(letters[0][1] * seconds_per_frame, 3), round(letters[-1][2] * seconds_per_frame, 3), confidence)
             for letters, confidence in zip(words, confidences, strict=True)]
