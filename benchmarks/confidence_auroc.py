@@ -3,7 +3,7 @@ checkpoint and the bundled corpus's test split (issue #27, item 2).
 
 The network runs once (greedy decoding, or beam search with ``--lm``); every measure of
 ``ptasr.decoding.confidence`` in the grid below then scores the same predicted words, and
-``ptasr.evaluation.evaluate.confidence_auroc`` (what ``ptasr evaluate`` reports) says how well low confidence
+``ptasr.evaluation.scoring.confidence_auroc`` (what ``ptasr evaluate`` reports) says how well low confidence
 finds the wrong ones (substitutions and insertions of the alignment with the reference; 1 finds them all, 0.5 is
 chance). The demo trains on train + dev, so only test is unseen: a choice is made on one half of its utterances
 (even rows) and judged on the other (odd rows), and the other way round. With a few hundred words the AUROC
@@ -29,8 +29,8 @@ import torch
 
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.decoding.confidence import BASELINE_MEASURE, DEFAULT_MEASURE, ConfidenceMeasure
-from ptasr.evaluation.evaluate import confidence_auroc, evaluate, load_eval_set
-from ptasr.evaluation.scoring import Scored, auroc, error_rates, wrong_words
+from ptasr.evaluation.evaluate import evaluate, load_eval_set
+from ptasr.evaluation.scoring import Scored, auroc, confidence_auroc, error_rates, wrong_words
 from ptasr.recognition.recognizer import Recognizer
 
 ALPHAS = (1.0, 0.5, 0.33, 0.25)

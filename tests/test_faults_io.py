@@ -344,7 +344,8 @@ def test_evaluate_predictions_keep_odd_clip_names_one_row_each(eval_manifest: Pa
     assert _evaluate(eval_manifest, "--output-dir", str(tmp_path / "out")) == 0
     [predictions] = (tmp_path / "out").glob("*_predictions.tsv")
     rows = predictions.read_text(encoding="utf-8").split("\n")[1:-1]
-    assert len(rows) == len(ODD_NAMES) and all(len(row.split("\t")) == 5 for row in rows), rows
+    # id, word_errors, reference_words, reference, prediction, confidence
+    assert len(rows) == len(ODD_NAMES) and all(len(row.split("\t")) == 6 for row in rows), rows
     from ptasr.data.cache import unescape_field
 
     assert sorted(unescape_field(row.split("\t")[0]) for row in rows) == sorted(

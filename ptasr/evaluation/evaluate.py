@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptasr.data.audio import AudioDecodeError
 from ptasr.errors import DataError, MissingPathError, SettingError
-from ptasr.evaluation.scoring import Scored, breakdown, error_rates, score_utterance, worst
+from ptasr.evaluation.scoring import Scored, breakdown, confidence_results, error_rates, score_utterance, worst
 from ptasr.storage import staged_files, storage_error
 
 if TYPE_CHECKING:
@@ -250,32 +250,6 @@ def word_scores(recognizer: Recognizer, transcript: Transcript, prediction: str,
             for measure in measures}
 
 
-def confidence_auroc(scored: Sequence[Scored], measure: str) -> float | None:
-    """AUROC of finding the wrong predicted words of ``scored`` by the confidences of ``measure`` (rounded to 4
-    digits), over the utterances that have them; None without both right and wrong words."""
-    from ptasr.evaluation.scoring import auroc, wrong_words
-
-    rows = [s for s in scored if measure in s.confidences]
-    wrong = [flag for s in rows for flag in wrong_words(s.reference, s.prediction)]
-    value = auroc([c for s in rows for c in s.confidences[measure]], wrong)
-    return None if value is None else round(value, 4)
-
-
-def confidence_results(scored: Sequence[Scored], measure: str) -> dict[str, Any] | None:
-    """How well the confidences of ``measure`` and of the baseline find the wrong predicted words of ``scored``
-    (the results' ``confidence``); None where no utterance has any."""
-    from ptasr.decoding.confidence import BASELINE_MEASURE
-    from ptasr.evaluation.scoring import wrong_words
-
-    rows = [s for s in scored if measure in s.confidences]
-    if not rows:
-        return None
-    wrong = [flag for s in rows for flag in wrong_words(s.reference, s.prediction)]
-    return {"measure": measure, "auroc": confidence_auroc(rows, measure), "baseline": BASELINE_MEASURE.name,
-            "baseline_auroc": confidence_auroc(rows, BASELINE_MEASURE.name), "words": len(wrong),
-            "wrong_words": sum(wrong), "utterances_without": len(scored) - len(rows)}
-
-
 def describe_decoder(decoder: BeamSearchDecoder | None) -> dict[str, Any]:
     """The results' ``decoder`` entry, and ``lm`` with the weights it ran with when there is one."""
     if decoder is None:
@@ -292,6 +266,8 @@ def summarise(evaluation: Evaluation, recognizer: Recognizer, model: str, decode
 
     ``model`` names the model as the user gave it; ``decoder`` is the one the transcripts came from.
     """
+    from ptasr.decoding.confidence import BASELINE_MEASURE
+
     scored, seconds = evaluation.scored, evaluation.seconds
     return {
         "model": model, "data": evaluation.data.source, "split": evaluation.data.split,
@@ -305,7 +281,7 @@ def summarise(evaluation: Evaluation, recognizer: Recognizer, model: str, decode
         "by": {column: breakdown(scored, column) for column in BREAKDOWN_COLUMNS},
         "worst": [{"id": s.id, "errors": s.word_errors, "reference": s.reference, "prediction": s.prediction}
                   for s in worst(scored, worst_count)],
-        "confidence": confidence_results(scored, recognizer.confidence.name),
+        "confidence": confidence_results(scored, recognizer.confidence.name, BASELINE_MEASURE.name),
     }
 
 

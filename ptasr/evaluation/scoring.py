@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import jiwer
 
@@ -207,3 +208,24 @@ def auroc(confidences: Sequence[float], wrong: Sequence[bool]) -> float | None:
         position = end
     # wrong words ranked among the least confident: U counts (wrong, right) pairs with the wrong one lower
     return (rank_sum - wrong_count * (wrong_count + 1) / 2) / (wrong_count * right_count)
+
+
+def confidence_auroc(scored: Sequence[Scored], measure: str) -> float | None:
+    """AUROC of finding the wrong predicted words of ``scored`` by the confidences of ``measure`` (rounded to 4
+    digits), over the utterances that have them; None without both right and wrong words."""
+    rows = [s for s in scored if measure in s.confidences]
+    wrong = [flag for s in rows for flag in wrong_words(s.reference, s.prediction)]
+    value = auroc([c for s in rows for c in s.confidences[measure]], wrong)
+    return None if value is None else round(value, 4)
+
+
+def confidence_results(scored: Sequence[Scored], measure: str, baseline: str) -> dict[str, Any] | None:
+    """How well the confidences of ``measure`` and of ``baseline`` find the wrong predicted words of ``scored``
+    (the results' ``confidence``); None where no utterance has any."""
+    rows = [s for s in scored if measure in s.confidences]
+    if not rows:
+        return None
+    wrong = [flag for s in rows for flag in wrong_words(s.reference, s.prediction)]
+    return {"measure": measure, "auroc": confidence_auroc(rows, measure), "baseline": baseline,
+            "baseline_auroc": confidence_auroc(rows, baseline), "words": len(wrong), "wrong_words": sum(wrong),
+            "utterances_without": len(scored) - len(rows)}
