@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 
 from ptasr.lengths import conv_output_lengths
@@ -347,7 +348,9 @@ class Transformer(nn.Module):
         layers = self.draw_layers(None) if layers is None else layers
         for layer, runs in zip(self.layers, layers, strict=True):
             if not runs:
-                if torch.is_grad_enabled():
+                # A sharded layer (FSDP2) reduces its gradients itself, and not at all when it did not run;
+                # reading its shards here would gather them: only a DDP-replicated layer needs the zero.
+                if torch.is_grad_enabled() and not isinstance(layer, FSDPModule):
                     packed = packed + _zero_through(layer)
             elif self.gradient_checkpointing and self.training:
                 packed = checkpoint(layer, packed, packing, varlen, use_reentrant=False)

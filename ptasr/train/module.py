@@ -34,6 +34,7 @@ from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged, nonfinite_
 from ptasr.train.optim import drop_gradients, optimizer_and_schedule
 from ptasr.train.random_state import RandomStateCheckpoint
 from ptasr.train.schedules import ScheduleName
+from ptasr.train.sharding import ShardedStrategy, full_norm
 from ptasr.train.step_randomness import layerdrop_generator, spec_augment_generator
 
 __all__ = ["TrainingDiverged", "Wav2Vec2CTCModule"]  # TrainingDiverged: where train.py and callers import it
@@ -132,6 +133,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if self.hparams.compile and not self._compiled:
             self.model.compile_blocks()  # in place, so checkpoints keep plain parameter names
             self._compiled = True
+        if isinstance(self.trainer.strategy, ShardedStrategy):  # its mesh exists from here on
+            self.trainer.strategy.shard(self.model)
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Part of every run, whatever the config's callbacks: the random streams in its checkpoints;
@@ -229,7 +232,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         self._grad_norm = None
         if not grads:
             return
-        grad_norm = torch.nn.utils.get_total_norm(grads)  # before clipping, as HF logs it
+        grad_norm = full_norm(torch.nn.utils.get_total_norm(grads))  # before clipping, as HF logs it
         if should_update_logs(self.trainer):  # where Lightning writes step values: each `log` costs host time
             self.log("train/grad_norm", grad_norm)
         self._grad_norm = grad_norm  # reused by the clipping that follows

@@ -1,0 +1,101 @@
+"""A short fit of the small model on fixed synthetic batches, in 1 process or under ``torchrun`` with the sharded
+strategy; each update's loss (averaged over the ranks) and every gradient (gathered whole) go to
+``<out>/updates.pt``, and the final weights to ``<out>/weights.pt``. Run by ``tests/test_train_sharded.py``.
+
+Every update's global batch is the same 4 clips of equal length whichever the world size; rank R of W takes its
+4/W of them, so the ranks' mean loss and averaged gradient are the single process's (CTC "mean" reduction).
+SpecAugment and dropout are off: SpecAugment masks per rank by design, so no rank count could match another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.train.sharding import ShardedStrategy
+from helpers import small_module
+
+VOCAB = Vocabulary(["|", "a", "e", "o", "[UNK]", "[PAD]"])
+CLIPS, SAMPLES, LABELS = 4, 6000, 4
+UPDATES_PER_EPOCH = 5
+
+
+def global_batch(index: int) -> dict:
+    """The 4 clips of batch ``index``: seeded, so every process builds the same."""
+    generator = torch.Generator().manual_seed(1000 + index)
+    return {"waveforms": torch.randn(CLIPS, SAMPLES, generator=generator),
+            "lengths": torch.full((CLIPS,), SAMPLES, dtype=torch.int64),
+            "labels": torch.randint(0, 4, (CLIPS, LABELS), generator=generator),
+            "label_lengths": torch.full((CLIPS,), LABELS, dtype=torch.int64),
+            "ids": [f"clip{index}-{i}" for i in range(CLIPS)], "texts": ["a" * LABELS] * CLIPS}
+
+
+def rank_share(batch: dict, rank: int, world: int) -> dict:
+    share = slice(rank * CLIPS // world, (rank + 1) * CLIPS // world)
+    return {key: value[share] for key, value in batch.items()}
+
+
+def full(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A gradient or weight whole on every rank (a DTensor is gathered: every rank must call this)."""
+    if tensor is None:
+        return None
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().clone()
+
+
+class Recorder(L.Callback):
+    """Each update's mean loss over the ranks and its gradients (after clipping and LayerDrop's dropping)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.updates = out, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
+        grads = {name: full(p.grad) for name, p in pl_module.model.named_parameters()}
+        self.updates[trainer.global_step] = {"loss": float(loss), "grads": grads,
+                                             "dropped": outputs["dropped_layers"]}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        weights = {name: full(p) for name, p in pl_module.model.named_parameters()}
+        if trainer.global_rank == 0:
+            torch.save(self.updates, self.out / "updates.pt")
+            torch.save(weights, self.out / "weights.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--layerdrop", type=float, default=0.0)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--resume", default=None, help="a checkpoint to resume from")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    L.seed_everything(7)
+    module = small_module(VOCAB, config_overrides=dict(
+        num_hidden_layers=args.layers, layerdrop=args.layerdrop, mask_time_prob=0.0, mask_feature_prob=0.0,
+        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+        final_dropout=0.0), lr=1e-3, warmup_steps=2, freeze_transformer_steps=2, gradient_checkpointing=True)
+    module.vocab, module.normalizer = VOCAB, TextNormalizer()
+    batches = [rank_share(global_batch(i), rank, world) for i in range(UPDATES_PER_EPOCH)]
+    strategy = ShardedStrategy(param_dtype="float32", reduce_dtype="float32") if world > 1 else "auto"
+    trainer = L.Trainer(
+        accelerator="cpu", devices=int(os.environ.get("LOCAL_WORLD_SIZE", 1)), strategy=strategy,
+        num_nodes=world // int(os.environ.get("LOCAL_WORLD_SIZE", 1)), max_steps=args.updates,
+        precision="32-true", gradient_clip_val=0.5, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+        callbacks=[Recorder(args.out), ModelCheckpoint(dirpath=args.out / "checkpoints", every_n_epochs=1,
+                                                       save_top_k=-1, save_on_train_epoch_end=True)])
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=args.resume)
+
+
+if __name__ == "__main__":
+    main()
