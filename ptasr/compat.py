@@ -8,6 +8,7 @@ behaviour silently somewhere in a training run.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -112,3 +113,24 @@ def take_launched_ranks(trainer: L.Trainer) -> list[Any]:
     launcher.procs.clear()
     return processes
 
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint folder the sharded strategy wrote (``ptasr.train.sharding``): one
+    ``torch.distributed.checkpoint`` shard per rank plus Lightning's file of everything else, whose name
+    (``meta.pt``) Lightning keeps private."""
+    from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+    return path.is_dir() and (path / _METADATA_FILENAME).is_file()
+
+
+def load_sharded_checkpoint(folder: Path) -> dict[str, Any]:
+    """A sharded checkpoint folder whole, in this process's memory, as the dict a ``.ckpt`` file holds
+    (``state_dict`` with full tensors, ``ptasr``, ``global_step`` ...; the optimiser's as ``optimizer_0``).
+
+    Lightning's consolidation (``python -m lightning.fabric.utilities.consolidate_checkpoint``) is this
+    function; torch's public ``dcp_to_torch_save`` would need a second copy on disk.
+    """
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    return _load_distributed_checkpoint(folder)

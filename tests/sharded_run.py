@@ -91,8 +91,8 @@ def main() -> None:
         num_nodes=world // int(os.environ.get("LOCAL_WORLD_SIZE", 1)), max_steps=args.updates,
         precision="32-true", gradient_clip_val=0.5, logger=False, enable_progress_bar=False,
         enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
-        callbacks=[Recorder(args.out), ModelCheckpoint(dirpath=args.out / "checkpoints", every_n_epochs=1,
-                                                       save_top_k=-1, save_on_train_epoch_end=True)])
+        callbacks=[Recorder(args.out), ModelCheckpoint(dirpath=args.out / "checkpoints", every_n_train_steps=UPDATES_PER_EPOCH,
+                                                       save_top_k=-1)])
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=args.resume)
 

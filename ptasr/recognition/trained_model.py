@@ -34,6 +34,7 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ptasr.compat import is_sharded_checkpoint, load_sharded_checkpoint
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import CheckpointError, MissingPathError
 from ptasr.model.config import Wav2Vec2Config
@@ -139,10 +140,18 @@ def newest_intact_checkpoint(folder: Path, besides: Path | None = None) -> Path 
     return None
 
 
-def load_lightning_checkpoint(path: Path) -> TrainedModel:
-    """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint."""
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A ``train.py`` checkpoint as a dict: a verified ``.ckpt`` file, or a sharded run's checkpoint folder
+    gathered whole (``ptasr.train.sharding``; its shards are checked by ``torch.distributed.checkpoint``)."""
+    if is_sharded_checkpoint(path):
+        return load_sharded_checkpoint(path)
     verify_checkpoint(path)
-    checkpoint = safe_torch_load(path)
+    return safe_torch_load(path)
+
+
+def load_lightning_checkpoint(path: Path) -> TrainedModel:
+    """Model, vocabulary, normaliser and training metadata of a ``train.py`` checkpoint (file or sharded folder)."""
+    checkpoint = read_checkpoint(path)
     entry = checkpoint.get(ENTRY) if isinstance(checkpoint, dict) else None
     if not entry or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a ptasr training checkpoint (no 'ptasr' and 'state_dict' entries)")
@@ -161,8 +170,7 @@ def load_lightning_checkpoint(path: Path) -> TrainedModel:
 def read_text_side(path: Path) -> tuple[Vocabulary | None, TextNormalizer]:
     """The vocabulary (None if the run had none) and normaliser a ``train.py`` checkpoint carries, without
     building its model."""
-    verify_checkpoint(path)
-    checkpoint = safe_torch_load(path)
+    checkpoint = read_checkpoint(path)
     entry = checkpoint.get(ENTRY) if isinstance(checkpoint, dict) else None
     return text_side(entry or {})
 
@@ -200,7 +208,7 @@ def load_folder_normalizer(folder: Path) -> TextNormalizer:
 def load_any(source: str | Path) -> TrainedModel:
     """Dispatch on what ``source`` is: checkpoint file, model folder, or hub id."""
     path = Path(source).expanduser()
-    if path.is_file():
+    if path.is_file() or is_sharded_checkpoint(path):
         return load_lightning_checkpoint(path)
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -35,6 +35,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ptasr.compat import is_sharded_checkpoint, load_sharded_checkpoint
 from ptasr.recognition.trained_model import verify_checkpoint
 from ptasr.errors import MissingPathError, StorageError
 from ptasr.storage import storage_error
@@ -64,6 +65,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if _is_local(path) and not os.path.exists(path):
             raise MissingPathError(f"no checkpoint at {path}: pass an existing .ckpt file as --ckpt_path, or "
                                    f"--ckpt_path last to resume the newest checkpoint of the run folder")
+        if _is_local(path) and is_sharded_checkpoint(Path(path)):
+            # a sharded run's folder, read by a run that does not shard (`train.py test` on one device)
+            return load_sharded_checkpoint(Path(path))
         if _is_local(path):
             verify_checkpoint(path)
         return super().load_checkpoint(path, *args, **kwargs)

@@ -37,6 +37,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ptasr.compat import is_sharded_checkpoint
 from ptasr.recognition.trained_model import load_folder_vocabulary, read_text_side, verify_checkpoint
 from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import TextNormalizer, Vocabulary
@@ -236,6 +237,8 @@ def _check_checkpoint_file(ckpt_path: str, subcommand: str = "fit") -> None:
     if ckpt_path in ("last", "best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
         return  # Lightning's own names, and remote paths fsspec reads
     path = Path(ckpt_path).expanduser()
+    if is_sharded_checkpoint(path):
+        return  # a sharded run's folder: torch.distributed.checkpoint checks its shards as it reads them
     if path.is_dir() and (path / "config.json").is_file():
         use = "to fine-tune from it" if subcommand == "fit" else f"to {subcommand} it as it is"
         raise SettingError(f"--ckpt_path {ckpt_path} is an exported model folder (config.json, weights), not a "
