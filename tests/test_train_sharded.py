@@ -1,0 +1,128 @@
+"""The sharded strategy (``ptasr.train.sharding``, FSDP2) on CPU: 2 gloo processes under ``torchrun`` train as
+one process does -- the same loss and every gradient within 1e-5 for 10 updates (LayerDrop on in one variant),
+a resume from its sharded checkpoint continues as the uninterrupted run, 2 "nodes" on localhost give the 1-node
+losses, and the sharded checkpoint loads (weight-normed positional conv included) for test and export.
+
+The runs are ``tests/sharded_run.py``: fixed batches, every rank its share of each update's 4 clips.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptasr.recognition.trained_model import load_any
+from helpers import HANG_S
+
+ROOT = Path(__file__).resolve().parent
+RUN = str(ROOT / "sharded_run.py")
+UPDATES = 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    # One thread per process: the ranks share two cores. sharded_run imports helpers from this folder.
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT.parent), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
+def _torchrun(nodes: int, per_node: int, node_rank: int, port: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={per_node}",
+            f"--node_rank={node_rank}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+
+
+def _fit(out: Path, *args: str, ranks: int = 1) -> Path:
+    """``sharded_run.py`` in one process (``ranks=1``) or under torchrun with ``ranks`` processes; ``out``."""
+    launcher = [sys.executable] if ranks == 1 else _torchrun(1, ranks, 0, _free_port())
+    result = subprocess.run([*launcher, RUN, f"--out={out}", *args], env=_env(), capture_output=True, text=True,
+                            timeout=HANG_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def _updates(out: Path) -> dict[int, dict]:
+    return torch.load(out / "updates.pt", weights_only=False)
+
+
+def _assert_same_training(single: dict[int, dict], sharded: dict[int, dict], updates: range) -> None:
+    """Same mean loss and the same gradient of every parameter (``None`` where neither had one) at each update."""
+    assert sorted(sharded) == list(updates)
+    for update in updates:
+        one, many = single[update], sharded[update]
+        assert many["loss"] == pytest.approx(one["loss"], abs=1e-5), update
+        assert one["dropped"] == many["dropped"]
+        assert one["grads"].keys() == many["grads"].keys()
+        for name, grad in one["grads"].items():
+            if grad is None:
+                assert many["grads"][name] is None, (update, name)
+            else:
+                torch.testing.assert_close(many["grads"][name], grad, rtol=0, atol=1e-5, msg=f"{update} {name}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The 1-process and the 2-process (sharded) fit of the same 10 updates."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    return {"single": _fit(tmp / "single"), "sharded": _fit(tmp / "sharded", ranks=2)}
+
+
+def test_two_sharded_ranks_train_as_one_process(runs: dict[str, Path]) -> None:
+    single, sharded = _updates(runs["single"]), _updates(runs["sharded"])
+    _assert_same_training(single, sharded, range(1, UPDATES + 1))
+    # A real comparison: the transformer was frozen for 2 updates, then trained (with clipping) and learned.
+    assert sum(g is not None for g in single[1]["grads"].values()) == 2  # the CTC head alone
+    assert sum(g is not None for g in single[3]["grads"].values()) > 20
+    assert single[UPDATES]["loss"] < single[1]["loss"] - 0.3
+
+
+def test_layerdrop_under_sharding_drops_as_one_process(tmp_path: Path) -> None:
+    args = ("--layers=4", "--layerdrop=0.5")
+    single, sharded = _updates(_fit(tmp_path / "single", *args)), _updates(_fit(tmp_path / "sharded", *args, ranks=2))
+    _assert_same_training(single, sharded, range(1, UPDATES + 1))
+    # Skipped layers got no gradient on the sharded ranks either (their units neither gathered nor reduced).
+    assert any(0 < len(update["dropped"]) < 4 for update in single.values())
+
+
+def test_sharded_checkpoint_resumes_exactly(runs: dict[str, Path], tmp_path: Path) -> None:
+    halfway = runs["sharded"] / "checkpoints" / "epoch=0-step=5.ckpt"
+    assert (halfway / "meta.pt").is_file() and len(list(halfway.glob("*.distcp"))) == 2  # one shard per rank
+    resumed = _updates(_fit(tmp_path / "resumed", f"--resume={halfway}", ranks=2))
+    uninterrupted = _updates(runs["sharded"])
+    assert sorted(resumed) == list(range(6, UPDATES + 1))
+    for update in resumed:
+        assert resumed[update]["loss"] == pytest.approx(uninterrupted[update]["loss"], abs=1e-6), update
+
+
+def test_sharded_checkpoint_loads_whole_weight_norm_included(runs: dict[str, Path], tmp_path: Path) -> None:
+    trained = torch.load(runs["sharded"] / "weights.pt")  # gathered from the ranks at the end of the fit
+    loaded = load_any(runs["sharded"] / "checkpoints" / "epoch=1-step=10.ckpt")  # what export and transcribe read
+    weights = dict(loaded.model.named_parameters())
+    assert weights.keys() == trained.keys()
+    positional = [name for name in trained if "pos_conv_embed.conv.parametrizations.weight.original" in name]
+    assert len(positional) == 2  # g and v of the weight norm
+    for name, weight in trained.items():
+        torch.testing.assert_close(weights[name].detach(), weight, rtol=0, atol=0, msg=name)
+    assert loaded.metadata["global_step"] == UPDATES
+
+
+def test_two_nodes_on_localhost_train_as_one_node(runs: dict[str, Path], tmp_path: Path) -> None:
+    port, out = _free_port(), tmp_path / "nodes"
+    nodes = [subprocess.Popen([*_torchrun(2, 1, rank, port), RUN, f"--out={out}"], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=HANG_S)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    one_node, two_nodes = _updates(runs["sharded"]), _updates(out)
+    assert sorted(two_nodes) == sorted(one_node)
+    for update in one_node:
+        assert two_nodes[update]["loss"] == pytest.approx(one_node[update]["loss"], abs=1e-6), update
