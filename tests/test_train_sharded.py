@@ -9,16 +9,20 @@ The runs are ``tests/sharded_run.py``: fixed batches, every rank its share of ea
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.recognition.trained_model import load_any
-from helpers import HANG_S
+from ptasr.train.cli import cli_main
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 ROOT = Path(__file__).resolve().parent
 RUN = str(ROOT / "sharded_run.py")
@@ -126,3 +130,46 @@ def test_two_nodes_on_localhost_train_as_one_node(runs: dict[str, Path], tmp_pat
     assert sorted(two_nodes) == sorted(one_node)
     for update in one_node:
         assert two_nodes[update]["loss"] == pytest.approx(one_node[update]["loss"], abs=1e-6), update
+
+
+def test_sharded_fit_stops_every_rank_at_one_update_on_sigterm_and_test_reads_it(tmp_path: Path) -> None:
+    # `train.py fit` with the strategy from the config line (Lightning launches rank 1), a validation under
+    # sharding (WER of both ranks' clips), then SIGTERM to rank 0 only: both ranks save last.ckpt at one update.
+    fit_args = [*SMALL_MODEL, *SMALL_RUN, "--trainer.max_steps=40", "--trainer.max_time=null",
+                "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.precision=32-true",
+                "--trainer.accelerator=cpu"]
+    command = [sys.executable, str(ROOT.parent / "train.py"), "fit", f"--trainer.logger.init_args.save_dir={tmp_path}",
+               *fit_args, "--trainer.callbacks+=test_run_end.SlowStepLog", f"--trainer.callbacks.folder={tmp_path}",
+               "--trainer.devices=2", "--trainer.strategy=ptasr.train.sharding.ShardedStrategy",
+               "--trainer.strategy.param_dtype=float32"]
+    fit = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)  # its own session: a failure here ends both ranks
+    try:
+        deadline = time.monotonic() + HANG_S
+        while not ((tmp_path / "rank0.log").exists() and len((tmp_path / "rank0.log").read_text().split()) >= 3):
+            assert fit.poll() is None, fit.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the sharded fit made no progress"
+            time.sleep(0.1)
+        fit.send_signal(signal.SIGTERM)
+        _, stderr = fit.communicate(timeout=HANG_S)
+    finally:
+        if fit.poll() is None:
+            os.killpg(fit.pid, signal.SIGKILL)
+    assert fit.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    updates = [[int(step) for step in (tmp_path / f"rank{rank}.log").read_text().split()] for rank in (0, 1)]
+    assert updates[0] == updates[1] and 3 <= updates[0][-1] < 40  # both ranks stopped after the same update
+    run = tmp_path / "demo" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    assert len(list(last.glob("*.distcp"))) == 2  # each rank wrote its shard
+    assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == updates[0][-1]
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    assert "val/wer" in events.Tags()["scalars"]  # validated under sharding, WER summed over the ranks
+
+    # `train.py test` of the sharded checkpoint in one process, without the sharded strategy.
+    cli_main(["test", f"--trainer.logger.init_args.save_dir={tmp_path / 'test'}", *fit_args,
+              f"--ckpt_path={last}"])
+    [test_events] = (tmp_path / "test").rglob("events.out.tfevents.*")
+    events = EventAccumulator(str(test_events), size_guidance={"scalars": 0})
+    events.Reload()
+    assert {"test/wer", "test/loss"} <= set(events.Tags()["scalars"])
