@@ -9,7 +9,7 @@ A 2B step cannot run on this machine's CPUs, so the peak is put together from tw
   log-softmax of the logits, which keeps the same (B, T, V) float32 tensor for the backward pass;
 - state, from the parameter shapes: fp32 weights, gradients and AdamW's two moments of the trained parameters
   (16 bytes each; the frozen conv stack's weights only), all of it on every DDP rank, 1/R of it per sharded rank.
-  DDP adds the bf16 copies autocast makes of the weights of the unit running; a sharded rank holds, besides its
+  DDP adds its gradient buckets (4 bytes per trained parameter) and the bf16 copies autocast makes of the weights of the unit running; a sharded rank holds, besides its
   shards, the gathered bf16 weights of the root unit and of two layers (the one running and the one prefetched)
   and one layer's full fp32 gradient before its reduce-scatter.
 
@@ -89,8 +89,10 @@ def state(config: Wav2Vec2Config, ranks: int | None) -> int:
     frozen = [p for p in model.parameters() if not p.requires_grad]
     root = [p for p in model.parameters() if id(p) not in layer_ids]
     one_layer = list(layers[0].parameters())
-    if ranks is None:  # everything on every rank; autocast's bf16 copies of the root's and one layer's weights
-        return _bytes(trained, 16) + _bytes(frozen, 4) + _bytes(root, 2) + _bytes(one_layer, 2)
+    if ranks is None:  # everything on every rank, plus DDP's gradient buckets (a second fp32 copy of the
+        # gradients: torch's gradient_as_bucket_view=False, which Lightning's "ddp" keeps) and autocast's bf16
+        # copies of the root's and one layer's weights
+        return _bytes(trained, 16 + 4) + _bytes(frozen, 4) + _bytes(root, 2) + _bytes(one_layer, 2)
     shards = (sum(p.numel() for p in trained) * 16 + sum(p.numel() for p in frozen) * 4) // ranks
     gathered = _bytes(root, 2) + 2 * _bytes(one_layer, 2) + _bytes(one_layer, 4)  # + one layer's fp32 gradient
     return shards + gathered
