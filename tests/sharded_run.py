@@ -67,6 +67,19 @@ class Recorder(L.Callback):
             torch.save(weights, self.out / "weights.pt")
 
 
+def poison_loss(module: L.LightningModule, update: int) -> None:
+    """Make the loss of ``update`` NaN on every rank, as a diverging batch would (its update is skipped)."""
+    training_step = module.training_step
+
+    def poisoned(batch: dict, batch_idx: int) -> dict:
+        outputs = training_step(batch, batch_idx)
+        if module.global_step + 1 == update:
+            outputs["loss"] = outputs["loss"] * float("nan")
+        return outputs
+
+    module.training_step = poisoned
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -74,6 +87,7 @@ def main() -> None:
     parser.add_argument("--layerdrop", type=float, default=0.0)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--resume", default=None, help="a checkpoint to resume from")
+    parser.add_argument("--nan-update", type=int, default=0, help="this update's loss is NaN (0: none)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -84,6 +98,8 @@ def main() -> None:
         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
         final_dropout=0.0), lr=1e-3, warmup_steps=2, freeze_transformer_steps=2, gradient_checkpointing=True)
     module.vocab, module.normalizer = VOCAB, TextNormalizer()
+    if args.nan_update:
+        poison_loss(module, args.nan_update)
     batches = [rank_share(global_batch(i), rank, world) for i in range(UPDATES_PER_EPOCH)]
     strategy = ShardedStrategy(param_dtype="float32", reduce_dtype="float32") if world > 1 else "auto"
     trainer = L.Trainer(

@@ -64,14 +64,15 @@ def _assert_same_training(single: dict[int, dict], sharded: dict[int, dict], upd
     assert sorted(sharded) == list(updates)
     for update in updates:
         one, many = single[update], sharded[update]
-        assert many["loss"] == pytest.approx(one["loss"], abs=1e-5), update
+        assert many["loss"] == pytest.approx(one["loss"], abs=1e-5, nan_ok=True), update
         assert one["dropped"] == many["dropped"]
         assert one["grads"].keys() == many["grads"].keys()
         for name, grad in one["grads"].items():
             if grad is None:
                 assert many["grads"][name] is None, (update, name)
             else:
-                torch.testing.assert_close(many["grads"][name], grad, rtol=0, atol=1e-5, msg=f"{update} {name}")
+                torch.testing.assert_close(many["grads"][name], grad, rtol=0, atol=1e-5, equal_nan=True,
+                                           msg=f"{update} {name}")
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +91,15 @@ def test_two_sharded_ranks_train_as_one_process(runs: dict[str, Path]) -> None:
     assert single[UPDATES]["loss"] < single[1]["loss"] - 0.3
 
 
-def test_layerdrop_under_sharding_drops_as_one_process(tmp_path: Path) -> None:
-    args = ("--layers=4", "--layerdrop=0.5")
+def test_layerdrop_and_a_nonfinite_update_under_sharding_as_one_process(tmp_path: Path) -> None:
+    args = ("--layers=4", "--layerdrop=0.5", "--nan-update=4")
     single, sharded = _updates(_fit(tmp_path / "single", *args)), _updates(_fit(tmp_path / "sharded", *args, ranks=2))
     _assert_same_training(single, sharded, range(1, UPDATES + 1))
     # Skipped layers got no gradient on the sharded ranks either (their units neither gathered nor reduced).
     assert any(0 < len(update["dropped"]) < 4 for update in single.values())
+    # The NaN update was skipped on every rank, as in one process: training went on from finite weights.
+    assert sharded[4]["loss"] != sharded[4]["loss"]  # NaN
+    assert all(torch.isfinite(torch.tensor(sharded[u]["loss"])) for u in range(5, UPDATES + 1))
 
 
 def test_sharded_checkpoint_resumes_exactly(runs: dict[str, Path], tmp_path: Path) -> None:
