@@ -5,11 +5,14 @@ A failure here means an upgrade renamed or removed the name: fix ptasr/compat.py
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import lightning as L
 import torch
 
 from ptasr import compat
+from ptasr.compat import is_sharded_checkpoint, load_sharded_checkpoint
 
 
 def test_should_update_logs_follows_log_every_n_steps() -> None:
@@ -84,3 +87,18 @@ def test_take_over_sigterm_clears_lightnings_flag() -> None:
     assert trainer.received_sigterm
     compat.take_over_sigterm(trainer)
     assert not trainer.received_sigterm
+
+
+def test_sharded_checkpoint_folder_is_recognised_and_read_whole(tmp_path: Path) -> None:
+    # The layout the sharded strategy writes: torch.distributed.checkpoint's files plus Lightning's meta.pt.
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "last.ckpt"
+    weights = {"model.w": torch.arange(6.0).reshape(2, 3)}
+    dcp.save({"state_dict": weights}, checkpoint_id=folder, no_dist=True)
+    assert not is_sharded_checkpoint(folder)  # shards without Lightning's file: not a training checkpoint
+    torch.save({"global_step": 7, "ptasr": {"vocab": None}}, folder / "meta.pt")
+    assert is_sharded_checkpoint(folder) and not is_sharded_checkpoint(tmp_path)
+    checkpoint = load_sharded_checkpoint(folder)
+    assert checkpoint["global_step"] == 7 and checkpoint["ptasr"] == {"vocab": None}
+    torch.testing.assert_close(checkpoint["state_dict"]["model.w"], weights["model.w"])

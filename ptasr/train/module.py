@@ -4,7 +4,8 @@ The model (``ptasr.model``) is the maths; this module is the run around it, top-
 loss, greedy decoding for validation), the optimiser step, checkpoints. Its pieces sit beside it in
 ``ptasr.train``: ``build`` (the model), ``optim`` (optimiser, schedule), ``step_randomness`` (LayerDrop's and
 SpecAugment's generators), ``gradients`` (skipped layers, clipping), ``nonfinite`` (skipped updates,
-divergence), ``empty_batches``, ``data_match`` (data against model and checkpoint) and ``random_state``.
+divergence), ``empty_batches``, ``data_match`` (data against model and checkpoint), ``random_state`` and
+``sharding`` (the sharded strategy, which ``configure_model`` applies).
 Metrics and health reports live in ``ptasr.train.callbacks``.
 
 Every knob here is an ``__init__`` argument, so LightningCLI shows it in ``--print_config`` and the YAML
