@@ -134,3 +134,11 @@ def load_sharded_checkpoint(folder: Path) -> dict[str, Any]:
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
     return _load_distributed_checkpoint(folder)
+
+
+def shard_over_every_rank(strategy: Any, ranks: int) -> None:
+    """Make a Lightning ``ModelParallelStrategy`` build its mesh with all ``ranks`` in the data-parallel
+    (sharding) dimension. Its ``data_parallel_size="auto"`` means one rank per node, and the world size a fixed
+    number would need is known only once the processes have started (``setup_environment``), where this is called.
+    """
+    strategy._data_parallel_size = ranks

@@ -34,6 +34,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from ptasr.compat import shard_over_every_rank
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
 DtypeName = Literal["bfloat16", "float32"]
@@ -65,7 +66,7 @@ class ShardedStrategy(ModelParallelStrategy):
 
     def setup_environment(self) -> None:
         # Every rank of every node shards along one dimension ("auto" would make it one rank per node).
-        self._data_parallel_size = self.num_nodes * self.num_processes
+        shard_over_every_rank(self, self.num_nodes * self.num_processes)
         super().setup_environment()
 
     def shard(self, model: Wav2Vec2CTC) -> None:
