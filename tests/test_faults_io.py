@@ -158,7 +158,7 @@ def test_unresolvable_clip_paths_are_unreadable_clips_with_their_reason(tmp_path
     source = ManifestFile(manifest)
     with caplog.at_level(logging.WARNING):
         kept, report = filter_manifest(source, source.read_split("", TextNormalizer()),
-                                       FilterSettings(check_files=False), "train")
+                                       FilterSettings(), "train", check_files=False)
     assert report.removed["unreadable audio header"] == 2 and len(kept) == 2
     messages = "\n".join(r.message for r in caplog.records)
     assert "loop-a.mp3: Too many levels of symbolic links" in messages and "File name too long" in messages

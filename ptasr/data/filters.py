@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ptasr.data.audio import SAMPLE_RATE
-from ptasr.data.sources import Source
+from ptasr.data.sources import Reader
 from ptasr.data.table import Manifest
 from ptasr.data.text import TextNormalizer
 from ptasr.errors import DataError
@@ -43,16 +43,26 @@ class FilterReport:
 
 @dataclass(frozen=True)
 class FilterSettings:
-    """Bounds that decide which clips are usable for training and evaluation."""
+    """Which clips are usable for training and evaluation (``data.filters``).
+
+    Args:
+        min_duration: shortest clip kept, seconds.
+        max_duration: longest clip kept, seconds (``None``: no limit); 20 is the reference's
+            ``max_duration_in_seconds``.
+        conv_kernel: feature-encoder kernel widths, for the CTC-feasibility filter (train.py sets them from the
+            model: they must match its conv stack).
+        conv_stride: feature-encoder strides, likewise.
+        leakage: what to do when evaluation clips or sentences also occur in training.
+    """
 
     min_duration: float = 0.0
-    max_duration: float | None = 20.0  # the reference's max_duration_in_seconds
+    max_duration: float | None = 20.0
     conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
     conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
-    check_files: bool = True
+    leakage: Literal["warn", "raise", "ignore"] = "warn"
 
 
-def build_manifest(source: Source, splits: Sequence[str], normalizer: TextNormalizer,
+def build_manifest(source: Reader, splits: Sequence[str], normalizer: TextNormalizer,
                    settings: FilterSettings) -> tuple[Manifest, list[FilterReport]]:
     """Read, normalise and filter ``splits`` of ``source``; one report per split."""
     manifests, reports = [], []
@@ -63,9 +73,11 @@ def build_manifest(source: Source, splits: Sequence[str], normalizer: TextNormal
     return Manifest.concat(manifests), reports
 
 
-def filter_manifest(source: Source, manifest: Manifest, settings: FilterSettings,
-                    split: str) -> tuple[Manifest, FilterReport]:
-    """Drop unusable rows and fill in durations. Cheap filters run first so headers are read only when needed."""
+def filter_manifest(source: Reader, manifest: Manifest, settings: FilterSettings, split: str,
+                    check_files: bool = True) -> tuple[Manifest, FilterReport]:
+    """Drop unusable rows and fill in durations. Cheap filters run first so headers are read only when needed.
+
+    ``check_files=False`` trusts the listing (a test of what the later filters do to a missing file)."""
     report = FilterReport(split, len(manifest))
 
     def apply(reason: str, mask: np.ndarray) -> None:
@@ -77,7 +89,7 @@ def filter_manifest(source: Source, manifest: Manifest, settings: FilterSettings
     unique = first_rows(manifest.keys)
     if not unique.all():  # counted only where it happens, so that reports of clean data keep their fields
         apply("duplicate row", unique)
-    if settings.check_files:
+    if check_files:
         apply("missing file", source.exists(manifest))
     apply("empty text", np.array([bool(t) for t in manifest.texts], dtype=bool))
     manifest = replace(manifest, durations=source.durations(manifest))  # a copy: the caller's rows stay as read
@@ -148,7 +160,7 @@ def check_leakage(train: Manifest, evaluation: Manifest, eval_name: str,
         message = (f"leakage: {shared_clips} of {len(evaluation)} {eval_name} clips and {len(shared_texts)} of its "
                    f"sentences (e.g. {shared_texts[:3]}) also occur in training; evaluation on them overstates "
                    f"accuracy. Use disjoint splits (e.g. train_splits=[train, dev], val_split=test), or set "
-                   f"data.leakage=ignore if this is intended")
+                   f"data.filters.leakage=ignore if this is intended")
         if action == "raise":
             raise DataError(message)
         log.warning(message)

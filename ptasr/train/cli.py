@@ -1,4 +1,4 @@
-"""``python train.py {fit,validate,test,predict}``: LightningCLI over the module and the Common Voice data.
+"""``python train.py {fit,validate,test,predict}``: LightningCLI over the module and the speech data.
 
 The data module decides the vocabulary; the CLI links its size and blank id into the model when both are
 instantiated. Without ``-c/--config``, the demo config (``configs/demo.yaml``) is the default, so
@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ptasr.compat import is_sharded_checkpoint
 from ptasr.recognition.trained_model import load_folder_vocabulary, read_text_side, verify_checkpoint
-from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.data.datamodule import SpeechDataModule
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import MissingPathError, SettingError, UserError
 from ptasr.model.config import PRESETS, Wav2Vec2Config
@@ -69,8 +69,8 @@ class PtasrCLI(LightningCLI):
         parser.link_arguments("data.vocab", "model.vocab_tokens", compute_fn=_tokens, apply_on="instantiate")
         # The data's CTC-feasibility filter counts frames with the model's conv stack: one source, the model.
         model = ("model.preset", "model.pretrained", "model.config_overrides")
-        parser.link_arguments(model, "data.conv_kernel", compute_fn=_conv_kernel, apply_on="parse")
-        parser.link_arguments(model, "data.conv_stride", compute_fn=_conv_stride, apply_on="parse")
+        parser.link_arguments(model, "data.filters.conv_kernel", compute_fn=_conv_kernel, apply_on="parse")
+        parser.link_arguments(model, "data.filters.conv_stride", compute_fn=_conv_stride, apply_on="parse")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -264,12 +264,12 @@ def _use_model_text(config: Any, subcommand: str) -> None:
         normalizer = TextNormalizer.load(source) if (source / "normalizer.json").is_file() else None
     if vocab is None:
         return  # a remote path, or a checkpoint saved without the data module: the data's own, checked on loading
-    config.data.vocab_path = None
-    config.data.vocabulary = list(vocab.tokens)
+    config.data.text.vocab_path = None
+    config.data.text.vocabulary = list(vocab.tokens)
     if normalizer is not None:
-        config.data.strip_punctuation = False  # saved only when set
+        config.data.text.strip_punctuation = False  # saved only when set
         for setting, value in normalizer.to_dict().items():
-            config.data[setting] = value
+            config.data.text[setting] = value
     rank_zero_info(f"[data] {subcommand} uses the vocabulary ({len(vocab)} tokens)"
                    f"{' and text normaliser' if normalizer is not None else ''} of {source}")
 
@@ -463,7 +463,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         parser_kwargs = {name: {"default_config_files": [str(DEFAULT_CONFIG)]} for name in SUBCOMMANDS}
     return PtasrCLI(
         Wav2Vec2CTCModule,
-        CommonVoiceDataModule,
+        SpeechDataModule,
         args=args,
         run=run,
         parser_kwargs=parser_kwargs,
