@@ -129,7 +129,7 @@ def child(policy: str, updates: int, warmup: int, seconds: float, run_dir: str, 
             f"--trainer.callbacks.updates={updates}", f"--trainer.callbacks.warmup={warmup}",
             f"--trainer.callbacks.seconds={seconds}", f"--trainer.callbacks.late={late}"]
     if policy == "torch":
-        args.append("--data.num_workers=1")  # the demo's value before the policy chose it
+        args.append("--data.loading.num_workers=1")  # the demo's value before the policy chose it
     try:
         cli = cli_main(args)
     finally:

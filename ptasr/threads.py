@@ -12,7 +12,7 @@ window (:func:`busy_cpus`), and sleeping threads only where the CPUs are busy. T
 ``benchmarks/README.md`` (``benchmarks/cpu_under_load.py``).
 
 What :func:`decide` chooses, each only where the user has not chosen (their environment variables and config
-values, such as ``data.num_workers``, win):
+values, such as ``data.loading.num_workers``, win):
 
 - ``OMP_WAIT_POLICY=PASSIVE`` when other processes keep at least :data:`BUSY_CPUS` of this process's CPUs busy
   (or their use cannot be read); torch's spinning threads otherwise. Not set when the user set
@@ -23,7 +23,7 @@ values, such as ``data.num_workers``, win):
   quota such as ``docker --cpus``), where torch counts every core of the host. Not set when the user set
   ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``.
 - inter-op threads: torch's own choice; that pool serves ``torch.jit.fork``, which ptasr does not call.
-- DataLoader workers (:func:`dataloader_workers`), when ``data.num_workers`` is not given: one for training on
+- DataLoader workers (:func:`dataloader_workers`), when ``data.loading.num_workers`` is not given: one for training on
   the CPU (decoding a batch costs a small part of an update; more workers would take cores from the model), and
   for an accelerator the CPUs left per process, up to 8.
 
@@ -260,7 +260,7 @@ def _process_ticks(process: Path) -> int | None:
 
 
 def dataloader_workers(accelerator: str, processes_per_host: int = 1, cpus: int | None = None) -> int:
-    """DataLoader workers for one training process when ``data.num_workers`` is not given.
+    """DataLoader workers for one training process when ``data.loading.num_workers`` is not given.
 
     On the CPU the model's threads use every core, so one worker overlaps decoding with the update without
     taking more; beside an accelerator each of the ``processes_per_host`` processes gets the CPUs left after

@@ -35,9 +35,9 @@ SMALL_MODEL = [
 # 50 training clips (the dev split), one validation batch, a few steps: seconds on CPU.
 SMALL_RUN = [
     "--data.train_splits=[dev]",
-    "--data.num_workers=0",
-    "--data.batch_size=8",
-    "--data.eval_batch_size=10",
+    "--data.loading.num_workers=0",
+    "--data.batching.batch_size=8",
+    "--data.batching.eval_batch_size=10",
     "--trainer.limit_val_batches=2",
     "--trainer.limit_test_batches=2",
     "--trainer.val_check_interval=2",

@@ -56,13 +56,13 @@ def _manifest(folder: Path, rows: int = 4) -> Path:
 
 def test_a_checkpoint_is_evaluated_with_its_own_vocabulary_and_normaliser(tmp_path: Path,
                                                                          recwarn: pytest.WarningsRecorder) -> None:
-    _fit(tmp_path, "--trainer.max_steps=2", "--data.strip_accents=true")
+    _fit(tmp_path, "--trainer.max_steps=2", "--data.text.strip_accents=true")
     run = tmp_path / "demo" / "version_0"
     trained = Vocabulary.load(run / "vocab.json")
     # The default config's data with another validation set: its text would build another vocabulary
     # (accents kept, and "ø"); the checkpoint's rules, and the characters it lacks are counted.
     cli = cli_main(["validate", f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL_MODEL,
-                    "--data.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
+                    "--data.loading.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
                     f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     assert cli.datamodule.vocab == trained and cli.datamodule.normalizer.strip_accents
     assert "val/wer" in cli.trainer.callback_metrics
@@ -74,7 +74,7 @@ def test_a_checkpoint_is_evaluated_with_its_own_vocabulary_and_normaliser(tmp_pa
 
     assert main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "export")]) == 0
     cli = cli_main(["validate", f"--trainer.logger.init_args.save_dir={tmp_path / 'exported'}", *SMALL_MODEL,
-                    "--data.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
+                    "--data.loading.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
                     f"--model.pretrained={tmp_path / 'export'}"])
     assert cli.datamodule.vocab == trained and cli.datamodule.normalizer.strip_accents
 

@@ -263,7 +263,7 @@ def test_alphabet_flags_latin_punctuation_and_digits():
     assert "R" in flags["u"] and "P" not in flags["u"]  # only in "Adeus": rare, not removed
     assert "u" not in report.suggested_chars_to_ignore and report.suggested_chars_to_ignore.startswith(",.")
     table = report.table()
-    assert "data.chars_to_ignore:" in table and "strip_punctuation" in table and "«" in table
+    assert "data.text.chars_to_ignore:" in table and "strip_punctuation" in table and "«" in table
     # "tens 12 anos" must not become "tens anos" while the audio says "doze": spell out or leave out, with a count
     assert report.suggested_chars_to_ignore == ",.?«»¿" and report.spoken == 800
     assert "800 transcripts hold them" in table and "spell them out" in table

@@ -177,9 +177,9 @@ def test_a_fit_over_a_manifest_with_a_symlink_loop_runs_to_its_end(tmp_path: Pat
                                                  encoding="utf-8")
     caplog.set_level(logging.INFO)
     cli = cli_main(["fit", f"--data.train_manifest={tmp_path / 'train.jsonl'}",
-                    f"--data.val_manifest={tmp_path / 'val.jsonl'}", "--data.leakage=ignore",
+                    f"--data.val_manifest={tmp_path / 'val.jsonl'}", "--data.filters.leakage=ignore",
                     f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=2",
-                    "--data.num_workers=0", "--data.batch_size=4", "--data.eval_batch_size=4",
+                    "--data.loading.num_workers=0", "--data.batching.batch_size=4", "--data.batching.eval_batch_size=4",
                     "--trainer.enable_model_summary=false", "--model.schedule=linear", "--model.warmup_steps=1",
                     *SMALL_MODEL])
     assert cli.trainer.global_step == 2
@@ -254,9 +254,9 @@ def test_a_fit_with_home_under_a_file_says_one_line_about_the_cache(tmp_path: Pa
     env.update(HOME=str(tmp_path / "home" / "user"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "fit", f"--data.train_manifest={tmp_path / 'train.jsonl'}",
-         f"--data.val_manifest={tmp_path / 'val.jsonl'}", "--data.leakage=ignore",
+         f"--data.val_manifest={tmp_path / 'val.jsonl'}", "--data.filters.leakage=ignore",
          f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=1",
-         "--data.num_workers=0", "--data.batch_size=4", "--trainer.enable_model_summary=false",
+         "--data.loading.num_workers=0", "--data.batching.batch_size=4", "--trainer.enable_model_summary=false",
          "--model.schedule=linear", "--model.warmup_steps=1", *SMALL_MODEL],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -60,13 +60,13 @@ def test_a_training_batch_out_of_memory_names_the_batch_and_the_settings(tmp_pat
     lengths = RaiseOutOfMemory.raised_in
     assert message.startswith(f"out of memory in a training batch of {len(lengths)} clips, the longest "
                               f"{int(lengths.max()) / 16000:.1f} s, at update 2: ")
-    for setting in ("data.max_batch_seconds (now None)", "data.batch_size (now 8)",
+    for setting in ("data.batching.max_batch_seconds (now None)", "data.batching.batch_size (now 8)",
                     "trainer.accumulate_grad_batches (now 1)", "model.gradient_checkpointing=true"):
         assert setting in message
 
 
 def test_a_validation_batch_out_of_memory_names_the_evaluation_settings(tmp_path: Path) -> None:
-    with pytest.raises(OutOfMemory, match=r"data.eval_batch_size \(now 10\)$") as caught:
+    with pytest.raises(OutOfMemory, match=r"data.batching.eval_batch_size \(now 10\)$") as caught:
         cli_main(_args(tmp_path, "validation"))
     assert f"in a validation batch of {len(RaiseOutOfMemory.raised_in)} clips" in str(caught.value)
     assert "gradient_checkpointing" not in str(caught.value)  # no backward pass in validation

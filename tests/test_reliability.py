@@ -25,9 +25,9 @@ from helpers import HANG_S, SMALL_MODEL, train_py_error_line  # the ~40 k-parame
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [
     *SMALL_MODEL,
-    "--data.num_workers=0",
-    "--data.batch_size=4",
-    "--data.eval_batch_size=4",
+    "--data.loading.num_workers=0",
+    "--data.batching.batch_size=4",
+    "--data.batching.eval_batch_size=4",
     "--trainer.val_check_interval=3",
     "--trainer.enable_model_summary=false",
     "--model.schedule=linear",
@@ -70,7 +70,7 @@ def test_fit_runs_to_the_end_over_every_kind_of_broken_input(
     vocab.save(tmp_path)
     caplog.set_level(logging.INFO)
     cli = cli_main(["fit", f"--data.root={corpus.root}", "--data.train_splits=[train]",
-                    f"--data.vocab_path={tmp_path / 'vocab.json'}", "--data.leakage=ignore",
+                    f"--data.text.vocab_path={tmp_path / 'vocab.json'}", "--data.filters.leakage=ignore",
                     f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=6", *SMALL])
     assert cli.trainer.global_step == 6  # ran to its last step
     log = caplog.text
@@ -121,7 +121,7 @@ def test_a_checkpoint_of_another_vocabulary_is_named(tmp_path: Path) -> None:
     checkpoint = tmp_path / "accents.ckpt"
     trained.trainer.save_checkpoint(checkpoint)
     # ... resumed on the same corpus with accents stripped: fewer tokens, a CTC head that does not fit
-    error = _one_line_error("fit", f"--ckpt_path={checkpoint}", "--data.strip_accents=true",
+    error = _one_line_error("fit", f"--ckpt_path={checkpoint}", "--data.text.strip_accents=true",
                             f"--trainer.logger.init_args.save_dir={tmp_path}")
     assert "the checkpoint's vocabulary" in error and "only in the checkpoint: " in error  # the problem
-    assert "'ç'" in error and "data.vocab_path" in error and "strip_accents" in error  # and the way out
+    assert "'ç'" in error and "data.text.vocab_path" in error and "strip_accents" in error  # and the way out

@@ -98,10 +98,10 @@ def test_dataloader_workers_one_on_the_cpu_and_the_spare_cpus_beside_an_accelera
 def test_a_given_num_workers_wins_over_the_policy() -> None:
     from ptasr.data import CommonVoiceDataModule
 
-    data = CommonVoiceDataModule(batch_size=4)  # no data.num_workers: the policy's (no Trainer: as on the CPU)
+    data = CommonVoiceDataModule(batch_size=4)  # no data.loading.num_workers: the policy's (no Trainer: as on the CPU)
     data.setup("fit")
     assert data.hparams.num_workers is None and data.train_dataloader().num_workers == 1
-    data.num_workers = 0  # as --data.num_workers=0 sets it
+    data.loading.num_workers = 0  # as --data.loading.num_workers=0 sets it
     assert data.train_dataloader().num_workers == 0
 
 

@@ -57,7 +57,7 @@ def test_xls_r_300m_reference_and_improved_recipes_run(tmp_path: Path) -> None:
     common = [f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.root={BUNDLED_CORPUS}", "--model.pretrained=null",
               "--model.preset=xls-r-300m", "--trainer.max_steps=6", "--trainer.limit_val_batches=2",
               "--trainer.val_check_interval=1.0", "--trainer.check_val_every_n_epoch=1",
-              "--trainer.num_sanity_val_steps=0", "--data.num_workers=4", "--trainer.log_every_n_steps=2"]
+              "--trainer.num_sanity_val_steps=0", "--data.loading.num_workers=4", "--trainer.log_every_n_steps=2"]
     reference = cli_main(["fit", "-c", str(CONFIG_DIR / "xls-r-300m_pt_cv7.yaml"), *common])
     assert reference.trainer.global_step == 6
     improved = cli_main(["fit", "-c", str(CONFIG_DIR / "xls-r-300m_pt_improved.yaml"), *common,

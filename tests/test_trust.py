@@ -20,7 +20,7 @@ from ptasr.train.cli import cli_main
 from helpers import HANG_S, SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = [*SMALL_MODEL, "--data.num_workers=0", "--data.batch_size=4", "--data.eval_batch_size=4",
+SMALL = [*SMALL_MODEL, "--data.loading.num_workers=0", "--data.batching.batch_size=4", "--data.batching.eval_batch_size=4",
          "--trainer.enable_model_summary=false", "--model.schedule=linear", "--model.warmup_steps=1"]
 
 
@@ -118,7 +118,7 @@ def test_a_refused_test_leaves_the_run_files_as_they_were(trained: Path, corpus:
     # the same run resumed with accents stripped: another vocabulary, refused (an evaluation takes the
     # checkpoint's vocabulary and normaliser instead: tests/test_cli_runs.py)
     with pytest.raises(ValueError, match="the checkpoint's vocabulary"):
-        cli_main(["fit", *_args(corpus, trained.parent.parent), "--data.strip_accents=true", "--trainer.max_steps=3",
+        cli_main(["fit", *_args(corpus, trained.parent.parent), "--data.text.strip_accents=true", "--trainer.max_steps=3",
                   f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"])
     after = _digests(trained)
     assert {name: digest for name, digest in after.items() if name in before} == before
@@ -128,8 +128,8 @@ def test_a_refused_test_leaves_the_run_files_as_they_were(trained: Path, corpus:
 def test_an_evaluation_writes_no_text_files_into_the_run(trained: Path, corpus: Path) -> None:
     before = _digests(trained)
     # accepted: same vocabulary, another normaliser setting (a warning), so a rewrite would change the file
-    cli_main(["validate", *_args(corpus, trained.parent.parent), "--data.chars_to_ignore=[]",
-              f"--data.vocab_path={trained / 'vocab.json'}", f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"])
+    cli_main(["validate", *_args(corpus, trained.parent.parent), "--data.text.chars_to_ignore=[]",
+              f"--data.text.vocab_path={trained / 'vocab.json'}", f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"])
     after = _digests(trained)
     assert {name: after[name] for name in before} == before
     assert not any(name.startswith("validate/") and name.endswith((".json",)) for name in after)
@@ -394,7 +394,7 @@ def test_ddp_predict_reports_every_ranks_transcripts(trained: Path, corpus: Path
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "predict", *_args(corpus, trained.parent.parent),
                              f"--ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "--trainer.accelerator=cpu",
-                             "--trainer.devices=2", "--trainer.strategy=ddp", "--data.eval_batch_size=1"],
+                             "--trainer.devices=2", "--trainer.strategy=ddp", "--data.batching.eval_batch_size=1"],
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted((trained / "predict").glob("predictions_rank*.jsonl"))

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["o gato dorme no sofá", "a casa é azul", "chove muito hoje", "bom dia a todos", "uma frase curta",
              "o rio corre para o mar", "as crianças brincam", "o pão está quente"]
 # every clip its own batch: a clip's transcript is then computed alike whichever clips validate beside it
-SCORED_ALONE = ["--data.eval_batch_size=1", "--trainer.limit_val_batches=1.0", "--trainer.limit_test_batches=1.0",
+SCORED_ALONE = ["--data.batching.eval_batch_size=1", "--trainer.limit_val_batches=1.0", "--trainer.limit_test_batches=1.0",
                 "--trainer.precision=32-true", "--model.lr=1e-5"]
 
 
@@ -266,7 +266,7 @@ def fitted(manifests: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 def _evaluate(subcommand: str, run: Path, *data: str) -> dict[str, float]:
     cli = cli_main([subcommand, f"--trainer.logger.init_args.save_dir={run.parents[1]}", *SMALL_MODEL, *SMALL_RUN,
                     *SCORED_ALONE, *data,
-                    f"--data.vocab_path={run / 'vocab.json'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+                    f"--data.text.vocab_path={run / 'vocab.json'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     return {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
 
 
@@ -312,7 +312,7 @@ def test_two_ddp_processes_log_each_source_over_both_ranks(fitted, manifests, tm
     command = [sys.executable, str(ROOT / "train.py"), "validate", f"--trainer.logger.init_args.save_dir={tmp_path}",
                *SMALL_MODEL, *SMALL_RUN, *SCORED_ALONE,
                _sources({"path": str(manifests["read"])}, {"path": str(manifests["spoken"]), "name": "talk"}),
-               f"--data.vocab_path={run / 'vocab.json'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+               f"--data.text.vocab_path={run / 'vocab.json'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
                "--trainer.callbacks+=test_validation_sources.MetricsRecorder",
                f"--trainer.callbacks.folder={tmp_path}", "--trainer.accelerator=cpu", "--trainer.devices=2",
                "--trainer.strategy=ddp"]

@@ -142,7 +142,7 @@ class CommonVoiceRelease:
         root = Path(root).expanduser()
         if not root.exists():
             raise MissingPathError(f"Common Voice root {root} does not exist; pass the extracted language folder "
-                                    f"(cv-corpus-<ver>/<lang>) or the release .tar.gz as data.root")
+                                    f"(cv-corpus-<ver>/<lang>) or the release .tar.gz as the source's path")
         if root.is_file():
             root = extract_release(root, self.cache_dir / "releases")
         self._place(find_language_dir(root, language), clips_dir=None)
@@ -217,7 +217,7 @@ def extract_release(archive: Path, releases_dir: Path) -> Path:
     The folder name carries the archive's size and mtime, so a re-downloaded archive is extracted afresh.
     """
     if not tarfile.is_tarfile(archive):
-        raise SettingError(f"{archive} is a file but not a tar archive; data.root takes a Common Voice language "
+        raise SettingError(f"{archive} is a file but not a tar archive; a Common Voice source is a language "
                          f"folder or its .tar.gz release archive")
     stat = archive.stat()
     name = archive.name.split(".tar")[0].removesuffix(".tgz")
@@ -254,4 +254,4 @@ def find_language_dir(root: Path, language: str | None) -> Path:
         which = f" for language {language!r}" if language else ""
         raise MissingPathError(f"no Common Voice split TSVs (train.tsv/validated.tsv){which} in {root} or the two "
                                 f"levels below it")
-    raise SettingError(f"{root} holds several languages {[p.name for p in candidates]}; choose one with data.language")
+    raise SettingError(f"{root} holds several languages {[p.name for p in candidates]}; choose one with the source's language (language: pt)")

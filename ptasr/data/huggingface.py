@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ptasr.data.cache import default_cache_dir, load_cached_array, save_array_at
 from ptasr.data.commonvoice import COLUMN_ALIASES
 from ptasr.data.table import Manifest
 from ptasr.data.text import TextNormalizer, normalize_texts
-from ptasr.errors import DataError, SettingError
+from ptasr.errors import DataError, HubError, SettingError
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,12 @@ class HFDatasetSource:
         if split not in self._datasets:
             import datasets  # only this source needs it; keep `import ptasr.data` light in workers
 
-            dataset = datasets.load_dataset(self.name, self.config, data_dir=self.data_dir, split=split)
+            with _hub_reachable(self.name):
+                dataset = datasets.load_dataset(self.name, self.config, data_dir=self.data_dir, split=split)
             for column in (self.audio_column, self.text_column):
                 if column not in dataset.column_names:
                     raise DataError(f"{self.name} split {split!r} has no column {column!r}; its columns are "
-                                     f"{dataset.column_names} (set data.hf_audio_column / data.hf_text_column)")
+                                     f"{dataset.column_names} (set the source's audio_column / text_column)")
             if isinstance(dataset.features[self.audio_column], datasets.Audio):
                 # decode=False: rows give {"bytes", "path"} and we decode with soundfile, no torchcodec/FFmpeg
                 dataset = dataset.cast_column(self.audio_column, datasets.Audio(decode=False))
@@ -86,12 +88,13 @@ class HFDatasetSource:
         """``split`` itself, or its other name (CV releases say "dev", HF copies said "validation")."""
         import datasets
 
-        available = datasets.get_dataset_split_names(self.name, self.config, data_dir=self.data_dir)
+        with _hub_reachable(self.name):
+            available = datasets.get_dataset_split_names(self.name, self.config, data_dir=self.data_dir)
         for name in SPLIT_ALIASES.get(split, (split,)):
             if name in available:
                 return name
         raise SettingError(f"{self.name} has no split {split!r}; it has {available}. Name splits it has: train.py's "
-                           f"data.train_splits (e.g. [train]), data.val_split, data.test_split; ptasr evaluate's --split")
+                           f"a source's splits in data.train/val/test (e.g. splits: [train]); ptasr evaluate's --split")
 
     def read_split(self, split: str, normalizer: TextNormalizer) -> Manifest:
         split = self.resolve_split(split)
@@ -154,6 +157,17 @@ class HFDatasetSource:
         durations = np.array(result, dtype=np.float64)
         save_array_atomically(path, durations)
         return durations
+
+
+@contextmanager
+def _hub_reachable(name: str) -> Iterator[None]:
+    """``datasets``' ConnectionError (offline, or no such dataset on the hub) as one line with the way out."""
+    try:
+        yield
+    except ConnectionError as error:
+        raise HubError(f"cannot load the dataset {name} from the Hugging Face hub ({error}): download it while "
+                       f"online (huggingface-cli download --repo-type dataset {name} --local-dir DIR) and give DIR, a "
+                       f"folder of parquet files, as the source's path") from error
 
 
 def _split_rows(keys: Sequence[str]) -> tuple[list[str], list[int]]:

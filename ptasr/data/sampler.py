@@ -247,7 +247,7 @@ class BucketBatchSampler(DistributedSampler):
         """Continue ``state``'s epoch after its ``batches_done`` batches on the next iteration."""
         if state["seed"] != self.seed:
             raise SettingError(f"the checkpoint's sampler seed {state['seed']} differs from this run's {self.seed}; "
-                             f"resume with the same data.seed to continue the same epoch order")
+                             f"resume with the same data.batching.seed to continue the same epoch order")
         done = state["batches_done"]
         if state["num_replicas"] != self.num_replicas or state["num_batches"] != len(self):
             # different world size or data: the batch plan differs, so continue at the same fraction of the epoch

@@ -25,7 +25,7 @@ from ptasr.errors import DataError, MissingPathError, SettingError
 
 # The robust-speech-event README's list (the reference model card's script uses it verbatim): TextNormalizer's
 # default, so that checkpoints and folders saved without a normaliser read as they were trained. The data
-# module's default keeps words whole instead (data.strip_punctuation; see CommonVoiceDataModule).
+# module's default keeps words whole instead (data.text.strip_punctuation; see ptasr.data.settings.TextSettings).
 DEFAULT_CHARS_TO_IGNORE = ',?.!-;:"“%‘”�—’…–'
 
 WORD_DELIMITER = "|"
@@ -332,7 +332,7 @@ class AlphabetReport:
     characters (in smaller ones ``rare_below`` is 0: nothing is flagged rare, and the legend says so).
 
     ``counts`` is in descending order of count; ``flags[c]`` holds letters of :data:`FLAGS`;
-    ``suggested_chars_to_ignore`` is ``data.chars_to_ignore`` plus the punctuation flagged, the one kind of
+    ``suggested_chars_to_ignore`` is ``data.text.chars_to_ignore`` plus the punctuation flagged, the one kind of
     symbol nobody speaks, less apostrophes, hyphens and middle dots (deleting them joins words). Digits, other symbols (``%``, ``€``) and letters of another script stand for spoken
     words: deleting them would make a label disagree with its audio ("dos 20 anos" -> "dos anos" while the
     audio says "vinte"), so the advice is to spell them out or leave those clips out; ``spoken`` counts the
@@ -396,14 +396,14 @@ class AlphabetReport:
             lines.append(f"  flags: {', '.join(legend)}{none_rare}")
             if self.suggested_chars_to_ignore != self.chars_to_ignore:
                 lines.append("  punctuation is not spoken; to remove the flagged punctuation, set in the config:")
-                lines.append(f"    data.chars_to_ignore: {json.dumps(self.suggested_chars_to_ignore, ensure_ascii=False)}")
+                lines.append(f"    data.text.chars_to_ignore: {json.dumps(self.suggested_chars_to_ignore, ensure_ascii=False)}")
             if any("P" in self.flags[c] for c in self.flagged):
-                lines.append("  or, for any Unicode punctuation: data.strip_punctuation: true")
+                lines.append("  or, for any Unicode punctuation: data.text.strip_punctuation: true")
             if self.spoken:
                 lines.append(f"  digits, symbols and letters of another script are spoken as words: {self.spoken} "
                              f"transcripts hold them (e.g. {json.dumps(self.spoken_example, ensure_ascii=False)}); "
                              f"spell them out as the audio says them, or leave those clips out of the data. Do not "
-                             f"put them in data.chars_to_ignore: the labels would then disagree with the audio")
+                             f"put them in data.text.chars_to_ignore: the labels would then disagree with the audio")
         return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptasr.data.audio import AudioDecodeError
-from ptasr.errors import DataError, MissingPathError, SettingError
+from ptasr.errors import DataError, SettingError
 from ptasr.evaluation.scoring import Scored, breakdown, confidence_results, error_rates, score_utterance, worst
 from ptasr.storage import staged_files, storage_error
 
@@ -98,76 +98,35 @@ class EvalSet:
 
 
 def load_eval_set(data: str, split: str, normalizer: TextNormalizer, language: str | None = None) -> EvalSet:
-    """A release folder's split (or archive), a ``.csv``/``.tsv``/``.jsonl`` file read by the rules training
-    reads it by (:func:`ptasr.data.sources.open_file`: a Common Voice split TSV, recognised by its columns, with
-    its clips in ``clips/`` beside it; any other file a manifest, paths from its folder; ``split`` does not apply
-    to a file), or a folder of a Hugging Face dataset's parquet files (as ``data.hf_dataset``); each clip once
+    """``--data`` read as train.py reads a source of ``data.test`` (:func:`ptasr.data.sources.open_source`, the
+    one way from a path to its reader): a release folder (``language`` where it holds several) or archive and
+    its ``split``, a ``.csv``/``.tsv``/``.jsonl`` file (a Common Voice split TSV, recognised by its columns, with
+    its clips in ``clips/`` beside it; any other file a manifest, paths from its folder; ``split`` does not
+    apply to a file), a folder of a Hugging Face dataset's parquet files and its ``split``; each clip once
     (:meth:`EvalSet.first_rows`)."""
-    from ptasr.data.manifests import is_manifest_file
-
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise MissingPathError(f"no Common Voice release folder, archive, TSV, manifest or parquet folder at {path}")
-    if path.is_file() and is_manifest_file(path):
-        rows = _file_eval_set(path, normalizer)
-        split = rows.split or split
-    elif path.is_dir() and not _holds_split_tsvs(path) and any(path.rglob("*.parquet")):
-        rows = _hf_eval_set(path, split, normalizer)
-    else:
-        rows = _release_eval_set(path, split, normalizer, language)
-    return replace(rows, source=data, split=split).first_rows()
-
-
-def _holds_split_tsvs(path: Path) -> bool:
-    """A release's language folder, or a release root above its language folders: its TSVs are here or one level
-    down. (Checked before any search for parquet files, which would walk every clip of a release.)"""
-    return any(path.glob("*.tsv")) or any(path.glob("*/*.tsv"))
-
-
-def _hf_eval_set(path: Path, split: str, normalizer: TextNormalizer) -> EvalSet:
-    """A local Hugging Face dataset folder (parquet files), read as train.py's ``data.hf_dataset`` reads it."""
-    from ptasr.data.huggingface import HFDatasetSource
-
-    manifest = HFDatasetSource(str(path)).read_split(split, normalizer)
-    evaluation_set = _from_manifest(f"{path.name}_{split}", manifest, [manifest.reader(key) for key in manifest.keys])
-    return replace(evaluation_set, origin=f"{path.resolve()} {split}")
-
-
-def _file_eval_set(path: Path, normalizer: TextNormalizer) -> EvalSet:
-    """One file, as training reads it: a Common Voice split TSV (``split`` is its name) or a manifest of your
-    own recordings (its name, extension included, names the results files: ``a.csv`` and ``a.jsonl`` do not
-    share them)."""
     from ptasr.data.commonvoice import CommonVoiceRelease
-    from ptasr.data.sources import open_file
+    from ptasr.data.manifests import ManifestFile
+    from ptasr.data.sources import DataSource, open_source, source_kind
 
-    source, split = open_file(path)
-    manifest = source.read_split(split, normalizer)  # texts come back normalised, durations checked
-    if isinstance(source, CommonVoiceRelease):
-        name, origin = f"{source.root.name}_{split}", f"{source.root} {split}"
+    source = DataSource(path=data, language=language)
+    if source_kind(source) != "manifest":
+        source.splits = [split]
+    try:
+        reader, (split,) = open_source(source, "test")
+    except SettingError as error:  # the data module's wording names its own setting; here the flag is --language
+        raise SettingError(str(error).replace("the source's language (language: pt)", "--language")) from error
+    manifest = reader.read_split(split, normalizer)  # texts come back normalised, durations checked
+    if isinstance(reader, ManifestFile):  # its name, extension included: a.csv and a.jsonl share no results files
+        name, origin = reader.path.name.replace(".", "_"), str(reader.path)
+    elif isinstance(reader, CommonVoiceRelease):
+        name, origin = f"{reader.root.name}_{split}", f"{reader.root.resolve()} {split}"
     else:
-        name, origin = path.name.replace(".", "_"), str(path.resolve())
-    evaluation_set = _from_manifest(name, manifest, [manifest.reader(key) for key in manifest.keys])
-    return replace(evaluation_set, split=split, origin=origin)
-
-
-def _from_manifest(name: str, manifest: Any, audio: list[Any]) -> EvalSet:
-    """An evaluation set from the rows of a data-side ``Manifest`` (texts already normalised)."""
+        name, origin = f"{Path(reader.name).name}_{split}", f"{Path(reader.name).resolve()} {split}"
     columns = {"gender": manifest.genders, "age": manifest.ages, "accent": manifest.accents}
     groups = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return EvalSet(name, list(manifest.ids), audio, list(manifest.texts), groups)
-
-
-def _release_eval_set(path: Path, split: str, normalizer: TextNormalizer, language: str | None) -> EvalSet:
-    from ptasr.data.commonvoice import CommonVoiceRelease
-
-    try:
-        release = CommonVoiceRelease(path, language=language)
-    except SettingError as error:  # the data module's wording names its own setting; here the flag is --language
-        raise SettingError(str(error).replace("data.language", "--language")) from error
-    manifest = release.read_split(split, normalizer)  # texts come back normalised
-    evaluation_set = _from_manifest(f"{release.root.name}_{split}", manifest,
-                                    [manifest.reader(key) for key in manifest.keys])
-    return replace(evaluation_set, origin=f"{release.root.resolve()} {split}")
+    rows = EvalSet(name, list(manifest.ids), [manifest.reader(key) for key in manifest.keys], list(manifest.texts),
+                   groups, origin=origin)
+    return replace(rows, source=data, split=split).first_rows()
 
 
 # --- transcribing and scoring --------------------------------------------------------------------------------

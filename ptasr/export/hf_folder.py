@@ -29,7 +29,7 @@ from ptasr.data.text import Vocabulary
 from ptasr.errors import HubError, MissingPathError, SettingError
 from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
-from ptasr.export.model_card import data_name, hyperparameters, model_card, previous_card
+from ptasr.export.model_card import data_language, data_name, hyperparameters, model_card, previous_card
 from ptasr.run_log import find_log_dir, read_scalars, run_config, training_results
 from ptasr.storage import staged_folder
 
@@ -114,7 +114,7 @@ def export(
     Args:
         logs: the TensorBoard run folder; default: the checkpoint's run folder (``<run>/checkpoints/..``).
         name: the model's name in the card (default: the output folder's name).
-        language: language code for the card's metadata (default: the data module's ``language``, if set).
+        language: language code for the card's metadata (default: the language of the run's first training source, if set).
         push_to_hub: a hub repo id (``user/name``) to upload the folder to.
         private: create that repo as private.
         overwrite: write into ``out_dir`` even if it is not empty: its files of the same names are replaced once
@@ -144,7 +144,7 @@ def export(
     data = recognizer.metadata.get("datamodule_hyper_parameters") or {}
     card = model_card(name or push_to_hub or out_dir.resolve().name, recognizer, rows,
                       hyperparameters(recognizer.metadata, run_config(log_dir)),
-                      language=language or data.get("language"), dataset=data_name(data, "train"),
+                      language=language or data_language(data), dataset=data_name(data, "train"),
                       validation=data_name(data, "val"), carried=carried, lm=lm is not None)
     with staged_folder(out_dir, bytes_needed(recognizer, lm, onnx)) as staging:
         write_hf_folder(recognizer, staging)

@@ -73,14 +73,15 @@ def hyperparameters(metadata: dict[str, Any], config: dict[str, Any]) -> dict[st
     trainer = config.get("trainer") or {}
     accumulate = trainer.get("accumulate_grad_batches") or 1
     devices = trainer.get("devices") if isinstance(trainer.get("devices"), int) else 1
+    batch_size = data_setting(data, "batching", "batch_size")
     values = {
         "learning_rate": model.get("lr"),
-        "train_batch_size": data.get("batch_size"),
-        "eval_batch_size": data.get("eval_batch_size"),
-        "seed": config.get("seed_everything", data.get("seed")),
+        "train_batch_size": batch_size,
+        "eval_batch_size": data_setting(data, "batching", "eval_batch_size"),
+        "seed": config.get("seed_everything", data_setting(data, "batching", "seed")),
         "gradient_accumulation_steps": accumulate if accumulate != 1 else None,
-        "total_train_batch_size": (data["batch_size"] * accumulate * devices
-                                   if data.get("batch_size") and (accumulate != 1 or devices != 1) else None),
+        "total_train_batch_size": (batch_size * accumulate * devices
+                                   if batch_size and (accumulate != 1 or devices != 1) else None),
         "optimizer": _optimizer(model) if model else None,
         "lr_scheduler_type": model.get("schedule"),
         "lr_scheduler_warmup_steps": model.get("warmup_steps"),
@@ -114,28 +115,48 @@ def _versions() -> str:
 
 def data_name(data: dict[str, Any], name: str) -> str | None:
     """What a run trained (``"train"``) or validated (``"val"``) on, by name, from the data module's settings:
-    its ``data.sources`` or manifest where it read those, else its dataset or release folder.
+    each source's file, folder or dataset name.
 
+    >>> data_name({"train": [{"path": "/data/cv-corpus-17.0/pt"}, {"path": "/data/coraa/train.csv"}]}, "train")
+    'pt, train.csv'
+    >>> data_name({"train": "/data/mine/train.csv", "val": "/data/mine/dev.csv"}, "val")
+    'dev.csv'
     >>> data_name({"root": "/data/cv-corpus-17.0/pt", "train_manifest": "/data/mine/train.csv"}, "train")
     'train.csv'
-    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "sources": [{"path": "/data/cv-corpus-17.0/pt"},
-    ...           {"path": "/data/coraa/train.csv"}]}, "train")
-    'pt, train.csv'
-    >>> data_name({"root": "/data/cv-corpus-17.0/pt", "train_manifest": "/data/mine/train.csv"}, "val")
-    'pt'
     """
+    if "train" not in data:
+        return _data_name_before_sources(data, name)
+    sources = data.get(name)
+    sources = [sources] if isinstance(sources, str) else sources or []
+    names = [Path(str(source if isinstance(source, str) else source.get("path"))).name for source in sources]
+    return ", ".join(filter(None, names)) or None
+
+
+def _data_name_before_sources(data: dict[str, Any], name: str) -> str | None:
+    """:func:`data_name` of a checkpoint written before data.train/val/test (issue #24), whose data module took
+    ``root``, ``hf_dataset``, ``<name>_manifest`` and ``sources``: such runs still export."""
     sources = data.get("sources") if name == "train" else None
     if sources:
-        return ", ".join(filter(None, map(_source_name, sources))) or None
+        fields = [entry if isinstance(entry, dict) else vars(entry) for entry in sources]
+        return ", ".join(Path(f["path"]).name if f.get("path") else f.get("hf_dataset") or "" for f in fields) or None
     if data.get(f"{name}_manifest"):
         return Path(data[f"{name}_manifest"]).name
     return data.get("hf_dataset") or (Path(data["root"]).name if data.get("root") else None)
 
 
-def _source_name(entry: Any) -> str | None:
-    """A ``data.sources`` entry's file or dataset name; the checkpoint holds it as a mapping or a TrainSource."""
-    fields = entry if isinstance(entry, dict) else vars(entry)
-    return Path(fields["path"]).name if fields.get("path") else fields.get("hf_dataset")
+def data_setting(data: dict[str, Any], group: str, name: str) -> Any:
+    """``data.<group>.<name>`` from a checkpoint's data module settings; a checkpoint written before the settings
+    were grouped (issue #24) holds it as ``data.<name>``."""
+    return (data.get(group) or {}).get(name) if isinstance(data.get(group), dict) else data.get(name)
+
+
+def data_language(data: dict[str, Any]) -> str | None:
+    """The language a run's first training source names (``language: pt``), or its ``data.language`` from before
+    issue #24."""
+    sources = data.get("train")
+    if isinstance(sources, list) and sources and isinstance(sources[0], dict):
+        return sources[0].get("language")
+    return data.get("language")
 
 
 def _front_matter(name: str, language: str | None, dataset: str | None, rows: list[ResultRow],

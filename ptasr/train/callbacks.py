@@ -27,7 +27,7 @@ class WERMetrics(L.Callback):
     whole set. Each evaluation also writes two TensorBoard text panels: the first ``num_samples``
     utterances (the same ones every time, so their progress is visible) and the ``num_worst`` worst.
 
-    With several validation (test) sources (``data.val_sources``), counts are kept per source, each batch
+    With several validation (test) sources (two or more in ``data.val``), counts are kept per source, each batch
     saying its clips' sources in ``sources``: ``val/wer`` and ``val/cer`` pool them (word-weighted, what
     ``ModelCheckpoint`` monitors), and ``val/<name>/wer``, ``val/<name>/cer`` score each source alone, the
     names from the data module's ``source_names``; the text panels then name each clip's source. A source with

@@ -55,7 +55,59 @@ def explain(parser: LightningArgumentParser, message: str, ex: BaseException | N
         origin = _where_set(key, _config_files(parser)) or origin
     if key is None:
         return None
+    if (moved := renamed_setting_message(key, origin)) is not None:
+        return moved
     return unknown_setting_message(key, origin, _settings(parser), parser.prog.replace(" [options]", ""))
+
+
+# Settings the data module no longer has (issue #24: one notion of a data source, settings in groups), each with
+# what replaced it. A config or command line that still names one gets this line, not "did you mean".
+_SOURCE = "a source's {} in data.train/val/test (e.g. [{{path: /data/cv/pt, {}}}])"
+RENAMED: dict[str, str] = {
+    "data.root": "data.train, data.val and data.test (a release path: data.train reads train + dev, data.val and "
+                 "data.test its test split)",
+    "data.language": _SOURCE.format("language", "language: pt"),
+    "data.train_splits": "a source's splits in data.train (e.g. [{path: /data/cv/pt, splits: [train]}])",
+    "data.val_split": "a source's splits in data.val (e.g. [{path: /data/cv/pt, splits: [dev]}])",
+    "data.test_split": "a source's splits in data.test (e.g. [{path: /data/cv/pt, splits: [test]}])",
+    "data.hf_dataset": "data.train, data.val and data.test (a parquet folder or a hub dataset id as a source's path)",
+    "data.hf_config": _SOURCE.format("config", "config: pt"),
+    "data.hf_data_dir": _SOURCE.format("data_dir", "data_dir: DIR"),
+    "data.hf_audio_column": _SOURCE.format("audio_column", "audio_column: audio"),
+    "data.hf_text_column": _SOURCE.format("text_column", "text_column: sentence"),
+    "data.train_manifest": "data.train (a manifest path is a source)",
+    "data.val_manifest": "data.val (a manifest path is a source)",
+    "data.test_manifest": "data.test (a manifest path is a source)",
+    "data.sources": "data.train (a list of sources, each with its weight)",
+    "data.val_sources": "data.val (a list of sources, each with its name)",
+    "data.test_sources": "data.test (a list of sources, each with its name)",
+    **{f"data.{name}": f"data.{group}.{name}" for group, names in (
+        ("text", ("chars_to_ignore", "lowercase", "strip_accents", "strip_punctuation", "rare_symbol_count",
+                  "vocab_path", "vocabulary")),
+        ("batching", ("batch_size", "max_batch_seconds", "pad_to_multiple_seconds", "eval_batch_size",
+                      "num_buckets", "seed")),
+        ("filters", ("min_duration", "max_duration", "conv_kernel", "conv_stride", "leakage")),
+        ("loading", ("num_workers", "pin_memory", "cache_dir"))) for name in names},
+}
+OLD_DATA_CLASS = "ptasr.data.CommonVoiceDataModule"
+
+
+def renamed_setting_message(key: str, origin: str) -> str | None:
+    """One line naming what replaced ``key``, where ``key`` is a data setting that was renamed; else None.
+
+    >>> renamed_setting_message("data.val_manifest", "the command line")
+    'data.val_manifest (on the command line) is gone: use data.val (a manifest path is a source)'
+    >>> renamed_setting_message("data.batch_size", "a.yaml, line 3")
+    'data.batch_size (in a.yaml, line 3) is gone: use data.batching.batch_size'
+    """
+    where = "on the command line" if origin == "the command line" else f"in {origin}"
+    if key.startswith(("data.class_path", "data.init_args")):
+        # a config written for the class before #24 (class_path ptasr.data.CommonVoiceDataModule)
+        return (f"{key} ({where}): train.py's data module is ptasr.data.SpeechDataModule ({OLD_DATA_CLASS} is "
+                f"gone); give its settings directly under data: (data.train, data.val, data.text, ...)")
+    if key in RENAMED:
+        return f"{key} ({where}) is gone: use {RENAMED[key]}"
+    return None
 
 
 def unknown_setting_message(key: str, origin: str, settings: Iterable[str], prog: str) -> str:

@@ -2,7 +2,7 @@
 
 Beam search runs on the CPU and costs far more than greedy decoding, so it runs every ``every_n_validations``
 validations and on at most ``max_utterances`` utterances of each validation source (the first ones of the
-validation order, the same every time). With several sources (``data.val_sources``) it also logs
+validation order, the same every time). With several sources (two or more in ``data.val``) it also logs
 ``val/<name>/wer_lm`` and ``val/<name>/cer_lm``, as ``WERMetrics`` logs ``val/<name>/wer``. Enable it in a
 config's ``trainer.callbacks``, or on the command line::
 

@@ -2,7 +2,7 @@
 
 torch's own message names allocator figures; what a user can act on is the batch that did not fit (how many
 clips, how long the longest) and the settings that shrink what a step holds: smaller batches
-(``data.max_batch_seconds``, ``data.batch_size``), recomputing activations (``model.gradient_checkpointing``),
+(``data.batching.max_batch_seconds``, ``data.batching.batch_size``), recomputing activations (``model.gradient_checkpointing``),
 and accumulation (``trainer.accumulate_grad_batches``) to keep the update's size with smaller batches.
 """
 
@@ -64,11 +64,11 @@ def out_of_memory_message(batch: BatchInFlight, trainer: L.Trainer, datamodule: 
                  f"{trainer.global_step}")
     max_seconds = getattr(datamodule, "max_batch_seconds", None)
     if batch.stage == "validation":
-        fixes = (f"lower data.max_batch_seconds (now {max_seconds}) or data.eval_batch_size "
+        fixes = (f"lower data.batching.max_batch_seconds (now {max_seconds}) or data.batching.eval_batch_size "
                  f"(now {getattr(datamodule, 'eval_batch_size', None)})")
     else:
         checkpointing = bool(getattr(module.hparams, "gradient_checkpointing", False))
-        fixes = (f"lower data.max_batch_seconds (now {max_seconds}) or data.batch_size "
+        fixes = (f"lower data.batching.max_batch_seconds (now {max_seconds}) or data.batching.batch_size "
                  f"(now {getattr(datamodule, 'batch_size', None)}) and raise trainer.accumulate_grad_batches "
                  f"(now {trainer.accumulate_grad_batches}) to keep the update's size"
                  + ("" if checkpointing else ", or set model.gradient_checkpointing=true (less memory, one more "
