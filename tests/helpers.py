@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from ptasr.data import BUNDLED_CORPUS, SpeechDataModule
+from ptasr.data.settings import BatchSettings, LoadingSettings
+from ptasr.data.sources import DataSource
 from ptasr.data.text import Vocabulary
 from ptasr.train.module import Wav2Vec2CTCModule
 
@@ -34,7 +37,7 @@ SMALL_MODEL = [
 ]
 # 50 training clips (the dev split), one validation batch, a few steps: seconds on CPU.
 SMALL_RUN = [
-    "--data.train_splits=[dev]",
+    f"--data.train=[{{path: {BUNDLED_CORPUS}, splits: [dev]}}]",
     "--data.loading.num_workers=0",
     "--data.batching.batch_size=8",
     "--data.batching.eval_batch_size=10",
@@ -46,6 +49,12 @@ SMALL_RUN = [
     "--model.schedule=linear",
     "--model.warmup_steps=2",
 ]
+
+
+def dev_split_data() -> SpeechDataModule:
+    """The bundled corpus's dev split (50 clips) to train on, in batches of 8, no worker processes."""
+    return SpeechDataModule([DataSource(BUNDLED_CORPUS, splits=["dev"])], batching=BatchSettings(batch_size=8),
+                            loading=LoadingSettings(num_workers=0))
 
 
 def small_module(vocab: Vocabulary, **hparams: Any) -> Wav2Vec2CTCModule:

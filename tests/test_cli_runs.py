@@ -62,7 +62,7 @@ def test_a_checkpoint_is_evaluated_with_its_own_vocabulary_and_normaliser(tmp_pa
     # The default config's data with another validation set: its text would build another vocabulary
     # (accents kept, and "ø"); the checkpoint's rules, and the characters it lacks are counted.
     cli = cli_main(["validate", f"--trainer.logger.init_args.save_dir={tmp_path}", *SMALL_MODEL,
-                    "--data.loading.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
+                    "--data.loading.num_workers=0", f"--data.val={_manifest(tmp_path)}",
                     f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     assert cli.datamodule.vocab == trained and cli.datamodule.normalizer.strip_accents
     assert "val/wer" in cli.trainer.callback_metrics
@@ -74,7 +74,7 @@ def test_a_checkpoint_is_evaluated_with_its_own_vocabulary_and_normaliser(tmp_pa
 
     assert main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "export")]) == 0
     cli = cli_main(["validate", f"--trainer.logger.init_args.save_dir={tmp_path / 'exported'}", *SMALL_MODEL,
-                    "--data.loading.num_workers=0", f"--data.val_manifest={_manifest(tmp_path)}",
+                    "--data.loading.num_workers=0", f"--data.val={_manifest(tmp_path)}",
                     f"--model.pretrained={tmp_path / 'export'}"])
     assert cli.datamodule.vocab == trained and cli.datamodule.normalizer.strip_accents
 
@@ -88,6 +88,6 @@ def test_a_fit_that_fails_during_setup_leaves_no_run_folder(tmp_path: Path) -> N
     missing = tmp_path / "missing.tsv"
     missing.write_text(f"path\ttext\n{tmp_path / 'nowhere.wav'}\tola\n", encoding="utf-8")
     with pytest.raises(DataError, match="no train clips left"):
-        _fit(tmp_path, f"--data.train_manifest={missing}", f"--data.val_manifest={missing}")
+        _fit(tmp_path, f"--data.train={missing}", f"--data.val={missing}")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
         "demo", "demo/version_0", "demo/version_0/config.yaml", "missing.tsv"]

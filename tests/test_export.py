@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ptasr.cli import main
 from ptasr.data.audio import load_audio
-from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.data.datamodule import SpeechDataModule
+from ptasr.data.settings import BatchSettings, LoadingSettings
 from ptasr.data.testing import make_corpus
 from ptasr.export.hf_folder import preprocessor_config
 from ptasr.recognition.recognizer import Chunking, Recognizer
@@ -51,7 +52,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     root = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
     corpus = make_corpus(root / "corpus", {"train": 8, "dev": 2, "test": 4})
-    data = CommonVoiceDataModule(root=str(corpus.root), batch_size=4, eval_batch_size=4, num_workers=0)
+    data = SpeechDataModule(str(corpus.root), str(corpus.root), batching=BatchSettings(batch_size=4, eval_batch_size=4),
+                            loading=LoadingSettings(num_workers=0))
     module = Wav2Vec2CTCModule(data.vocab_size, data.pad_token_id, preset="tiny", config_overrides=TINY,
                                lr=1e-3, warmup_steps=1)
     trainer = L.Trainer(max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=0,

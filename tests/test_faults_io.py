@@ -176,8 +176,8 @@ def test_a_fit_over_a_manifest_with_a_symlink_loop_runs_to_its_end(tmp_path: Pat
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps({"path": p, "text": s}) + "\n" for p, s in rows),
                                                  encoding="utf-8")
     caplog.set_level(logging.INFO)
-    cli = cli_main(["fit", f"--data.train_manifest={tmp_path / 'train.jsonl'}",
-                    f"--data.val_manifest={tmp_path / 'val.jsonl'}", "--data.filters.leakage=ignore",
+    cli = cli_main(["fit", f"--data.train={tmp_path / 'train.jsonl'}",
+                    f"--data.val={tmp_path / 'val.jsonl'}", "--data.filters.leakage=ignore",
                     f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=2",
                     "--data.loading.num_workers=0", "--data.batching.batch_size=4", "--data.batching.eval_batch_size=4",
                     "--trainer.enable_model_summary=false", "--model.schedule=linear", "--model.warmup_steps=1",
@@ -253,8 +253,8 @@ def test_a_fit_with_home_under_a_file_says_one_line_about_the_cache(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k not in ("PTASR_CACHE", "XDG_CACHE_HOME")}
     env.update(HOME=str(tmp_path / "home" / "user"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "fit", f"--data.train_manifest={tmp_path / 'train.jsonl'}",
-         f"--data.val_manifest={tmp_path / 'val.jsonl'}", "--data.filters.leakage=ignore",
+        [sys.executable, str(REPO / "train.py"), "fit", f"--data.train={tmp_path / 'train.jsonl'}",
+         f"--data.val={tmp_path / 'val.jsonl'}", "--data.filters.leakage=ignore",
          f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=1",
          "--data.loading.num_workers=0", "--data.batching.batch_size=4", "--trainer.enable_model_summary=false",
          "--model.schedule=linear", "--model.warmup_steps=1", *SMALL_MODEL],

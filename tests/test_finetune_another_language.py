@@ -68,7 +68,7 @@ def test_fine_tuning_an_exported_portuguese_model_on_spanish(tmp_path: Path, cap
     with caplog.at_level(logging.INFO, logger="ptasr.model.convert"):
         spanish = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'es-runs'}", *SMALL_MODEL,
                             *SMALL_RUN, f"--model.pretrained={tmp_path / 'pt-model'}",
-                            f"--data.train_manifest={train}", f"--data.val_manifest={dev}",
+                            f"--data.train={train}", f"--data.val={dev}",
                             "--trainer.max_steps=4", "--trainer.max_time=null"])
     spanish_vocab = spanish.datamodule.vocab
     assert "ñ" in spanish_vocab.tokens and "ñ" not in portuguese_vocab.tokens

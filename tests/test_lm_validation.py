@@ -199,7 +199,7 @@ def test_a_fit_on_two_manifests_logs_each_source_and_the_card_lists_them(
     sources = [{"path": str(write_manifest(tmp_path / "mine" / "read.csv", recordings[:3]))},
                {"path": str(write_manifest(tmp_path / "mine" / "spoken.jsonl", recordings[3:])), "name": "talk"}]
     cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", *SMALL_MODEL, *SMALL_RUN,
-                    "--trainer.max_steps=2", f"--data.val_sources={json.dumps(sources)}",
+                    "--trainer.max_steps=2", f"--data.val={json.dumps(sources)}",
                     "--trainer.callbacks+=ptasr.train.LMValidation", f"--trainer.callbacks.lm={lm}",
                     "--trainer.callbacks.beam_size=4"])
     run = Path(cli.trainer.log_dir)

@@ -19,10 +19,13 @@ from ptasr.cli import main
 from ptasr.data.commonvoice import CommonVoiceRelease
 from ptasr.data.filters import FilterSettings, filter_manifest
 from ptasr.data.manifests import ManifestFile
+from ptasr.data.settings import LoadingSettings
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import DataError
 from ptasr.evaluation.evaluate import evaluate, load_eval_set
+
+NO_WORKERS = LoadingSettings(num_workers=0)
 
 SENTENCES = ["o gato dorme no sofá", "a casa é azul", "chove muito hoje"]
 
@@ -69,27 +72,26 @@ def test_a_manifest_tsv_reads_alike_in_fit_and_evaluate(clips: Path, header: lis
     data = load_eval_set(str(tsv), "test", TextNormalizer())
     assert training.keys == [str(clips / "clips" / f"{i}.wav") for i in range(3)]
     assert data.audio == training.keys and data.references == training.texts == SENTENCES
-    from ptasr.data.sources import open_file  # the one function both sides call
+    from ptasr.data.sources import DataSource, open_source  # the one function both sides call
 
-    source, split = open_file(tsv)
-    assert isinstance(source, ManifestFile) and split == ""
+    source, splits = open_source(DataSource(str(tsv)), "val")
+    assert isinstance(source, ManifestFile) and splits == [""]
 
 
 def test_a_common_voice_split_is_recognised_by_its_columns_in_fit_too(tmp_path: Path) -> None:
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
+    from ptasr.data.sources import DataSource, open_source  # the one function both sides call
 
     corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 3})
     test_tsv = corpus.root / "test.tsv"
-    # data.val_manifest given a release's split TSV reads its clips from clips/, as evaluate --data does
-    dm = CommonVoiceDataModule(str(corpus.root), train_splits=["train"], val_manifest=str(test_tsv), num_workers=0)
+    # data.val given a release's split TSV reads its clips from clips/, as evaluate --data does
+    dm = SpeechDataModule([DataSource(str(corpus.root), splits=["train"])], str(test_tsv), loading=NO_WORKERS)
     dm.setup("validate")
     data = load_eval_set(str(test_tsv), "dev", dm.normalizer)
     assert len(dm._manifests["val"]) == 3 and data.split == "test"
     assert sorted(dm._manifests["val"].texts) == sorted(data.references)
-    from ptasr.data.sources import open_file  # the one function both sides call
-
-    source, split = open_file(test_tsv)
-    assert isinstance(source, CommonVoiceRelease) and split == "test"
+    source, splits = open_source(DataSource(str(test_tsv)), "val")
+    assert isinstance(source, CommonVoiceRelease) and splits == ["test"]
 
 
 # --- b. not UTF-8: one line naming the file, the line, the byte and the fix ----------------------------------
@@ -97,7 +99,7 @@ def test_a_common_voice_split_is_recognised_by_its_columns_in_fit_too(tmp_path: 
 
 @pytest.mark.parametrize("name", ["latin.csv", "latin.tsv", "latin.jsonl", "test.tsv"])
 def test_b_latin1_manifest_is_one_line_in_fit_and_evaluate(clips: Path, name: str) -> None:
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     path = clips / name
     if name == "latin.jsonl":
@@ -116,7 +118,7 @@ def test_b_latin1_manifest_is_one_line_in_fit_and_evaluate(clips: Path, name: st
     with pytest.raises(DataError, match=r"^" + expected.replace("(", r"\(").replace(")", r"\)")):
         load_eval_set(str(path), "test", TextNormalizer())
     with pytest.raises(DataError, match="is not UTF-8"):
-        CommonVoiceDataModule(train_manifest=str(path), val_manifest=str(path), num_workers=0).vocab  # noqa: B018
+        SpeechDataModule(str(path), str(path), loading=NO_WORKERS).vocab  # noqa: B018
 
 
 def test_b_latin1_is_one_line_from_the_command_line(clips: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,7 +138,7 @@ def test_b_latin1_is_one_line_from_the_command_line(clips: Path, capsys: pytest.
 
 @pytest.mark.parametrize("value", ["-3", "0", "nan", "1e9", "inf"])
 def test_d_impossible_duration_names_the_file_line_and_value(clips: Path, value: str) -> None:
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     rows = [[f"clips/{i}.wav", s, "1.0"] for i, s in enumerate(SENTENCES)]
     rows[1][2] = value
@@ -145,16 +147,16 @@ def test_d_impossible_duration_names_the_file_line_and_value(clips: Path, value:
                                         r"the duration column"):
         load_eval_set(str(path), "test", TextNormalizer())
     with pytest.raises(DataError, match=rf"{path} line 3: duration '{value}'"):
-        CommonVoiceDataModule(train_manifest=str(path), val_manifest=str(path), num_workers=0).setup("fit")
+        SpeechDataModule(str(path), str(path), loading=NO_WORKERS).setup("fit")
 
 
 def test_d_no_clips_left_names_the_sources_readably(clips: Path) -> None:
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     path = _write(clips / "ok.csv", ["path", "text", "duration"],
                   [[f"clips/{i}.wav", s, "1.0"] for i, s in enumerate(SENTENCES)], delimiter=",")
-    dm = CommonVoiceDataModule(train_manifest=str(path), val_manifest=str(path), num_workers=0, max_duration=0.5)
-    with pytest.raises(DataError, match=rf"no train clips left after filtering {path}; see the counts") as error:
+    dm = SpeechDataModule(str(path), str(path), filters=FilterSettings(max_duration=0.5), loading=NO_WORKERS)
+    with pytest.raises(DataError, match=rf"no train clips left after filtering ok \({path}\); see the counts") as error:
         dm.setup("fit")
     assert "ManifestFile(" not in str(error.value) and "[(" not in str(error.value)
 
@@ -183,9 +185,9 @@ def test_h_a_directory_listed_as_a_clip(clips: Path, caplog: pytest.LogCaptureFi
 
 
 def test_g_default_normaliser_keeps_words_whole_in_several_languages() -> None:
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
-    normalize = CommonVoiceDataModule(num_workers=0).normalizer
+    normalize = SpeechDataModule(loading=NO_WORKERS).normalizer
     cases = {
         "O primeiro-ministro chegou em 300 a.C., disse ele.": "o primeiro-ministro chegou em 300 a c disse ele",  # pt
         "¿Qué tal? Los EE.UU. y el franco-alemán.": "qué tal los ee uu y el franco-alemán",  # es

@@ -69,7 +69,7 @@ def test_fit_runs_to_the_end_over_every_kind_of_broken_input(
     vocab = Vocabulary.build(normalizer(s) for s in sentences + ["o gato o cão a casa azul casa"])
     vocab.save(tmp_path)
     caplog.set_level(logging.INFO)
-    cli = cli_main(["fit", f"--data.root={corpus.root}", "--data.train_splits=[train]",
+    cli = cli_main(["fit", f"--data.train=[{{path: {corpus.root}, splits: [train]}}]", f"--data.val={corpus.root}",
                     f"--data.text.vocab_path={tmp_path / 'vocab.json'}", "--data.filters.leakage=ignore",
                     f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=6", *SMALL])
     assert cli.trainer.global_step == 6  # ran to its last step
@@ -97,7 +97,7 @@ def _one_line_error(*args: str) -> str:
 
 
 def test_a_nonexistent_data_path_is_named(tmp_path: Path) -> None:
-    error = _one_line_error("fit", f"--data.root={tmp_path / 'no-such-release'}",
+    error = _one_line_error("fit", f"--data.train={tmp_path / 'no-such-release'}", f"--data.val={tmp_path / 'x'}",
                             f"--trainer.logger.init_args.save_dir={tmp_path}")
     assert "no-such-release" in error
 

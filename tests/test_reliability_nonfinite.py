@@ -15,9 +15,9 @@ import lightning as L
 import pytest
 import torch
 
-from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.data.datamodule import SpeechDataModule
 from ptasr.train.module import TrainingDiverged, Wav2Vec2CTCModule
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, small_module
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, dev_split_data, small_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,9 @@ class _NaNLossAt(Wav2Vec2CTCModule):
 
 
 def _setup_fit(nan_at: set[int], max_steps: int, log_every_n_steps: int,
-         **hparams: object) -> tuple[L.Trainer, Wav2Vec2CTCModule, CommonVoiceDataModule]:
+         **hparams: object) -> tuple[L.Trainer, Wav2Vec2CTCModule, SpeechDataModule]:
     """Trainer, small model and data to fit: the dev split, 50 clips in batches of 8, so 7 updates per epoch."""
-    data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
+    data = dev_split_data()
     module = small_module(data.vocab, lr=1e-3, **hparams)
     module.__class__ = _NaNLossAt  # same weights and hparams, poisoned updates
     module.nan_at = nan_at

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from ptasr.data import BUNDLED_CORPUS
 from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
 from ptasr.train.cli import CONFIG_DIR, cli_main
 from helpers import HANG_S, fake_checkpoint, save_half_then
@@ -99,7 +100,7 @@ def _config(tmp_path: Path, name: str, loss_log: Path, kill_at: int | None = Non
         final_dropout=0.1, layerdrop=0.1,
     )
     model.update(schedule="linear", warmup_steps=2)
-    config["data"].update(train_splits=["dev"], num_workers=0)
+    config["data"].update(train=[{"path": BUNDLED_CORPUS, "splits": ["dev"]}], loading={"num_workers": 0})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -20,7 +20,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ptasr.data.datamodule import CommonVoiceDataModule
+from ptasr.data import BUNDLED_CORPUS
+from ptasr.data.datamodule import SpeechDataModule
+from ptasr.data.sources import DataSource
 from ptasr.data.testing import make_corpus
 from ptasr.evaluation.scoring import Counts, edit_counts, error_rate
 from ptasr.train.cli import cli_main
@@ -132,7 +134,9 @@ def test_ddp_gradients_have_their_buckets_layout(ddp_run: tuple[Path, list[dict]
 
 def test_ddp_sees_every_training_clip_once_per_epoch(ddp_run: tuple[Path, list[dict]]) -> None:
     _, records = ddp_run
-    clips = sorted(CommonVoiceDataModule(train_splits=["dev"]).rows("dev").ids)  # all 50 pass the filters
+    data = SpeechDataModule([DataSource(BUNDLED_CORPUS, splits=["dev"])])
+    reader, split, _ = data.parts("train")[0]
+    clips = sorted(data.rows(split, reader).ids)  # all 50 pass the filters
     epochs = [[r["train"] for r in records if r.get("epoch") == epoch] for epoch in range(2)]
     for batches in epochs:
         assert len(batches) == EPOCH * 2  # both ranks, all of their batches
@@ -179,7 +183,7 @@ def test_ddp_validation_equals_a_single_process_on_the_same_weights(
 def test_ddp_validation_with_fewer_clips_than_ranks_counts_each_clip_once(tmp_path: Path) -> None:
     # One validation clip on two ranks: rank 1 gets an empty batch (a repeat would count the clip twice).
     corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 1})
-    data = [f"--data.root={corpus.root}", "--data.train_splits=[train]"]
+    data = [f"--data.train=[{{path: {corpus.root}, splits: [train]}}]", f"--data.val={corpus.root}"]
     # validate needs a trained model: one update of this corpus's vocabulary, in process
     cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'fit'}", *DDP_RUN, *data, "--trainer.max_steps=1",
               "--trainer.limit_val_batches=0"])

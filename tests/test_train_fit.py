@@ -16,14 +16,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.data.audio import normalize_waveform
-from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.data.text import Vocabulary
 from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.evaluation.scoring import collapse_whitespace, edit_counts, error_rate
 from ptasr.train.cli import cli_main
 from ptasr.train.module import Wav2Vec2CTCModule
-from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, small_module
+from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, dev_split_data, small_module
 
 STEPS = 4
 
@@ -156,7 +155,7 @@ def test_a_fresh_fit_gets_a_new_run_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_a_nonfinite_loss_skips_the_update_on_device(precision: str) -> None:
     # bf16-mixed also covers fused AdamW + clipping, which Lightning's own clipping refuses under autocast.
-    data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
+    data = dev_split_data()
     module = small_module(data.vocab, lr=1e-3)
     module.__class__ = NaNLossAtStep  # same weights and hparams, poisoned step
     trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, precision=precision,
@@ -172,7 +171,7 @@ def test_a_nonfinite_loss_skips_the_update_on_device(precision: str) -> None:
 
 
 def test_frozen_transformer_trains_only_the_head(tmp_path: Path) -> None:
-    data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
+    data = dev_split_data()
     module = small_module(data.vocab, lr=1e-3, freeze_transformer_steps=2, freeze_feature_encoder=True)
     before = {name: p.detach().clone() for name, p in module.model.named_parameters()}
     trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False,

@@ -8,10 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, small_module
+from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, dev_split_data, small_module
 
 from ptasr.data import BUNDLED_CORPUS
-from ptasr.data.datamodule import CommonVoiceDataModule
 from ptasr.train.callbacks import MixedPrecisionHealth
 from ptasr.train.cli import CONFIG_DIR, cli_main
 
@@ -37,7 +36,7 @@ def test_fit_on_gpu(tmp_path: Path, precision: str) -> None:
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_nonfinite_loss_skips_the_update_on_gpu(precision: str) -> None:
-    data = CommonVoiceDataModule(train_splits=["dev"], batch_size=8, num_workers=0)
+    data = dev_split_data()
     module = small_module(data.vocab, lr=1e-3)
     module.__class__ = NaNLossAtStep
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_steps=3, limit_val_batches=0,
@@ -54,7 +53,8 @@ def test_nonfinite_loss_skips_the_update_on_gpu(precision: str) -> None:
 
 def test_xls_r_300m_reference_and_improved_recipes_run(tmp_path: Path) -> None:
     # Both recipes, with random XLS-R 300m weights (no hub here) on the bundled corpus, a few updates each.
-    common = [f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.root={BUNDLED_CORPUS}", "--model.pretrained=null",
+    common = [f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.train={BUNDLED_CORPUS}", f"--data.val={BUNDLED_CORPUS}",
+              f"--data.test={BUNDLED_CORPUS}", "--model.pretrained=null",
               "--model.preset=xls-r-300m", "--trainer.max_steps=6", "--trainer.limit_val_batches=2",
               "--trainer.val_check_interval=1.0", "--trainer.check_val_every_n_epoch=1",
               "--trainer.num_sanity_val_steps=0", "--data.loading.num_workers=4", "--trainer.log_every_n_steps=2"]

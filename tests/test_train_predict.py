@@ -36,7 +36,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Pa
 
 def _args(corpus: Path, save_dir: Path, *extra: str) -> list[str]:
     # eval batches of 2 over 5 test clips: the last batch is partial, and no clip may be dropped
-    return [*SMALL_MODEL, f"--data.root={corpus}", "--data.loading.num_workers=0", "--data.batching.batch_size=4",
+    return [*SMALL_MODEL, f"--data.train={corpus}", f"--data.val={corpus}", "--data.loading.num_workers=0", "--data.batching.batch_size=4",
             "--data.batching.eval_batch_size=2", f"--trainer.logger.init_args.save_dir={save_dir}",
             "--trainer.enable_model_summary=false", "--model.schedule=linear", "--model.warmup_steps=1", *extra]
 

@@ -43,7 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
 
 
 def _args(corpus: Path, save_dir: Path, *extra: str) -> list[str]:
-    return [f"--data.root={corpus}", f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL, *extra]
+    return [f"--data.train={corpus}", f"--data.val={corpus}", f"--trainer.logger.init_args.save_dir={save_dir}", *SMALL, *extra]
 
 
 def _train_py(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -96,11 +96,12 @@ def test_last_finds_the_newest_run(trained: Path, corpus: Path) -> None:
 
 def test_a_pretrained_model_is_evaluated_as_it_is_and_said_so(corpus: Path, tmp_path: Path,
                                                               recwarn: pytest.WarningsRecorder) -> None:
-    from ptasr.data.datamodule import CommonVoiceDataModule
+    from ptasr.data.datamodule import SpeechDataModule
+    from ptasr.data.settings import LoadingSettings
     from ptasr.model.config import Wav2Vec2Config
     from ptasr.model.wav2vec2 import Wav2Vec2CTC
 
-    data = CommonVoiceDataModule(str(corpus), num_workers=0)
+    data = SpeechDataModule(str(corpus), str(corpus), loading=LoadingSettings(num_workers=0))
     overrides = dict(item.removeprefix("--model.config_overrides.").split("=") for item in SMALL_MODEL)
     overrides = {key: eval(value) for key, value in overrides.items()}  # noqa: S307 -- our own literals
     config = Wav2Vec2Config.preset("tiny", vocab_size=data.vocab_size, pad_token_id=data.pad_token_id, **overrides)
@@ -345,7 +346,7 @@ def test_several_languages_name_the_ptasr_flag(trained: Path, corpus: Path, tmp_
     error = _main_one_line(["evaluate", str(trained / "checkpoints" / "last.ckpt"), "--data",
                             str(tmp_path / "release")], capsys)
     assert "holds several languages" in error and "choose one with --language" in error
-    assert "data.language" not in error
+    assert "language: pt" not in error
 
 
 def _parquet_folder(corpus: Path, folder: Path, splits: tuple[str, ...]) -> Path:
@@ -366,21 +367,23 @@ def _parquet_folder(corpus: Path, folder: Path, splits: tuple[str, ...]) -> Path
     return folder
 
 
-def test_parquet_folders_evaluate_and_a_missing_dev_split_hints_at_train_splits(
+def test_parquet_folders_evaluate_and_a_missing_dev_split_hints_at_splits(
         trained: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     datasets = pytest.importorskip("datasets")
     from ptasr.cli import main
-    from ptasr.data.datamodule import CommonVoiceDataModule
+    from ptasr.data.datamodule import SpeechDataModule
+    from ptasr.data.settings import LoadingSettings
     from ptasr.errors import SettingError
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     folder = _parquet_folder(corpus, tmp_path / "hf_data", ("train", "test"))
-    data = CommonVoiceDataModule(hf_dataset=str(folder), num_workers=0, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(SettingError, match=r"has no split 'dev'; it has \['train', 'test'\]\. .*data\.train_splits"):
-        data.vocab  # noqa: B018 -- reads train_splits=(train, dev)
+    data = SpeechDataModule(str(folder), str(folder), loading=LoadingSettings(num_workers=0,
+                                                                              cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(SettingError, match=r"has no split 'dev'; it has \['train', 'test'\]\. .*splits: \[train\]"):
+        data.vocab  # noqa: B018 -- a source in data.train reads train and dev
     # ptasr evaluate reads the folder train.py reads
     assert main(["evaluate", str(trained / "checkpoints" / "last.ckpt"), "--data", str(folder), "--split", "test",
                  "--output-dir", str(tmp_path / "out"), "--device", "cpu"]) == 0, capsys.readouterr().err
