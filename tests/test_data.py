@@ -22,6 +22,8 @@ from ptasr.data.dataset import ClipDataset, ClipLoader, collate_clips
 from ptasr.data.filters import FilterSettings, build_manifest, check_leakage, ctc_feasible
 from ptasr.data.huggingface import HFDatasetSource
 from ptasr.data.sampler import BucketBatchSampler
+from ptasr.data.settings import BatchSettings, LoadingSettings, TextSettings
+from ptasr.data.sources import DataSource
 from ptasr.data.testing import make_corpus
 from ptasr.lengths import conv_output_lengths
 
@@ -38,6 +40,7 @@ def _private_cache(tmp_path, monkeypatch):
 # TSV parsing
 # --------------------------------------------------------------------------------------------------------
 
+NO_WORKERS = LoadingSettings(num_workers=0)
 OLD_HEADER = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccent\tlocale\tsegment"
 V17_HEADER = ("client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\tage\tgender\taccents"
               "\tvariant\tlocale\tsegment")
@@ -500,9 +503,9 @@ def test_loader_resumes_mid_epoch_with_prefetching_worker(tmp_path):
 
 
 def test_datamodule_on_bundled_corpus_gives_contract_batches(tmp_path):
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
-    dm = CommonVoiceDataModule(num_workers=0, batch_size=4)
+    dm = SpeechDataModule(batching=BatchSettings(batch_size=4), loading=NO_WORKERS)
     assert dm.vocab_size == len(dm.vocab) and dm.pad_token_id == dm.vocab_size - 1  # before setup
     assert dm.vocab.tokens[0] == "|" and "ã" in dm.vocab.tokens and "ç" in dm.vocab.tokens
     dm.setup("fit")
@@ -530,48 +533,52 @@ def test_datamodule_on_bundled_corpus_gives_contract_batches(tmp_path):
 
 
 def test_datamodule_pads_batches_to_a_multiple_of_the_given_duration():
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
-    dm = CommonVoiceDataModule(num_workers=0, batch_size=4, pad_to_multiple_seconds=0.5)
+    dm = SpeechDataModule(batching=BatchSettings(batch_size=4, pad_to_multiple_seconds=0.5), loading=NO_WORKERS)
     dm.setup("fit")
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         for batch in loader:
             width = batch["waveforms"].shape[1]
             assert width % 8000 == 0 and 0 <= width - int(batch["lengths"].max()) < 8000
     with pytest.raises(ValueError, match="pad_to_multiple_seconds must be positive"):
-        CommonVoiceDataModule(num_workers=0, pad_to_multiple_seconds=0)
+        SpeechDataModule(batching=BatchSettings(pad_to_multiple_seconds=0), loading=NO_WORKERS)
 
 
 def test_datamodule_leakage_and_vocab_path(tmp_path):
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     corpus = make_corpus(tmp_path / "c")
     with pytest.raises(ValueError, match="leakage"):
-        CommonVoiceDataModule(str(corpus.root), val_split="dev", leakage="raise", num_workers=0).setup("fit")
+        SpeechDataModule(str(corpus.root), [DataSource(str(corpus.root), splits=["dev"])],
+                         filters=FilterSettings(leakage="raise"), loading=NO_WORKERS).setup("fit")
     vocab = Vocabulary(["|", "a", "e", "o", "[UNK]", "[PAD]"])
     vocab.save(tmp_path)
-    dm = CommonVoiceDataModule(str(corpus.root), vocab_path=str(tmp_path / "vocab.json"), num_workers=0)
+    dm = SpeechDataModule(str(corpus.root), str(corpus.root), text=TextSettings(vocab_path=str(tmp_path / "vocab.json")),
+                          loading=NO_WORKERS)
     assert dm.vocab == vocab
     with pytest.warns(UserWarning, match="not in .* and become \\[UNK\\]"):
         dm.setup("fit")
     with pytest.raises(ValueError, match="vocabulary"):
-        CommonVoiceDataModule(str(corpus.root), num_workers=0).load_state_dict(dm.state_dict())
+        SpeechDataModule(str(corpus.root), str(corpus.root), loading=NO_WORKERS).load_state_dict(dm.state_dict())
 
 
 def test_datamodule_reads_release_archive_once(tmp_path):
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     corpus = make_corpus(tmp_path / "src" / "cv-corpus-99.0" / "pt")
     archive = tmp_path / "cv-corpus-99.0-pt.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(corpus.root.parent, arcname="cv-corpus-99.0")
-    first = CommonVoiceDataModule(str(archive), num_workers=0)
-    second = CommonVoiceDataModule(str(archive), num_workers=0)
-    assert first.source.root == second.source.root and first.source.root.name == "pt"
-    assert (tmp_path / "cache" / "releases") in first.source.root.parents
+    first = SpeechDataModule(str(archive), str(archive), loading=NO_WORKERS)
+    second = SpeechDataModule(str(archive), str(archive), loading=NO_WORKERS)
+    [(release, _, _), *_] = first.parts("train")
+    assert release.root == second.parts("val")[0][0].root and release.root.name == "pt"
+    assert (tmp_path / "cache" / "releases") in release.root.parents
     assert first.vocab == second.vocab
+    (tmp_path / "other.tar.gz").write_bytes(b"not a tar archive at all")
     with pytest.raises(ValueError, match="not a tar archive"):
-        CommonVoiceDataModule(str(corpus.root / "train.tsv"), num_workers=0).source  # noqa: B018
+        SpeechDataModule(str(tmp_path / "other.tar.gz"), str(archive), loading=NO_WORKERS).parts("train")
 
 
 def test_hf_parquet_dataset_source(tmp_path, monkeypatch):
@@ -594,10 +601,11 @@ def test_hf_parquet_dataset_source(tmp_path, monkeypatch):
     batch = collate_clips(ClipDataset(manifest, Vocabulary.build(manifest.texts))[[0, 1, 2, 3]])
     assert batch["num_skipped"] == 0 and batch["texts"] == manifest.texts
 
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
-    dm = CommonVoiceDataModule(hf_dataset=str(tmp_path / "hf_data"), train_splits=["train"], num_workers=0,
-                               cache_dir=str(tmp_path / "cache"))
+    hf_data = str(tmp_path / "hf_data")
+    dm = SpeechDataModule([DataSource(hf_data, splits=["train"])], hf_data, loading=LoadingSettings(num_workers=0,
+                          cache_dir=str(tmp_path / "cache")))
     # like the reference, the vocabulary covers every row's text, filtered or not
     texts = [TextNormalizer()(sentence) for split in ("train", "test")
              for sentence in read_tsv(corpus.root / f"{split}.tsv")["sentence"]]
@@ -610,7 +618,7 @@ def test_lightning_resumes_mid_epoch_exactly(tmp_path):
     """A fit interrupted mid-epoch and resumed from its checkpoint trains on exactly the remaining batches."""
     import lightning.pytorch as pl
 
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     class Recorder(pl.LightningModule):
         def __init__(self) -> None:
@@ -628,7 +636,8 @@ def test_lightning_resumes_mid_epoch_exactly(tmp_path):
     corpus = make_corpus(tmp_path / "c", clips_per_split={"train": 12, "dev": 2, "test": 2})
 
     def fit(max_epochs: int, ckpt_path: str | None = None) -> Recorder:
-        dm = CommonVoiceDataModule(str(corpus.root), batch_size=2, num_workers=1, seed=3)  # 7 batches per epoch
+        dm = SpeechDataModule(str(corpus.root), str(corpus.root), batching=BatchSettings(batch_size=2, seed=3),
+                              loading=LoadingSettings(num_workers=1))  # 7 batches per epoch
         model = Recorder()
         checkpoints = pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1,
                                                    filename="{step}")
