@@ -18,10 +18,13 @@ import torch
 from ptasr.data.dataset import ClipDataset, collate_clips
 from ptasr.data.filters import FilterSettings, filter_manifest
 from ptasr.data.manifests import ManifestFile
+from ptasr.data.settings import BatchSettings, LoadingSettings
+from ptasr.data.sources import DataSource
 from ptasr.data.table import Manifest
 from ptasr.data.testing import make_corpus, make_recordings, write_manifest
 from ptasr.data.text import WORD_INTERNAL_PUNCTUATION, AlphabetReport, TextNormalizer, Vocabulary
 
+NO_WORKERS = LoadingSettings(num_workers=0)
 SENTENCES = [
     "o gato dorme no sofá", "a casa é azul", "chove muito hoje", "bom dia a todos", "uma frase curta",
     "o rio corre para o mar", "as crianças brincam", "o pão está quente", "ela lê um livro", "nós vamos à praia",
@@ -115,24 +118,24 @@ def _own_data(folder: Path, recs, tmp_path: Path) -> dict[str, str]:
 
 
 def test_datamodule_trains_on_manifests_with_the_same_filters(recordings, tmp_path, caplog):
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     folder, recs = recordings
     paths = _own_data(folder, recs, tmp_path)
-    dm = CommonVoiceDataModule(train_manifest=paths["train"], val_manifest=paths["val"], num_workers=0,
-                               batch_size=4, eval_batch_size=4)
+    dm = SpeechDataModule(paths["train"], paths["val"], batching=BatchSettings(batch_size=4, eval_batch_size=4),
+                          loading=NO_WORKERS)
     assert set("".join(SENTENCES).replace(" ", "")) <= set(dm.vocab.tokens)  # one vocabulary over all
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
     log = caplog.text
-    # sources named readably (a path, not a Python repr)
-    assert f"train <- {folder / 'train.csv'}: kept 13 of 14 clips; removed: 1 missing file" in log
-    assert f"val <- {folder / 'val.jsonl'}: kept" in log and "ManifestFile(" not in log
+    # sources named readably (their name and path, not a Python repr)
+    assert f"train <- train ({folder / 'train.csv'}): kept 13 of 14 clips; removed: 1 missing file" in log
+    assert f"val <- val ({folder / 'val.jsonl'}): kept" in log and "ManifestFile(" not in log
     assert "alphabet:" in log
     # the test set defaults to the validation manifest here, and the notice says so once, with advice that fits
-    # a manifest (data.val_split does nothing for one)
-    assert log.count("which is also the test set") == 1
-    assert "set data.test_manifest to a manifest of other clips" in log and "val_split" not in log
+    # a manifest (it has no other split)
+    assert log.count("is also a test set") == 1
+    assert "unbiased one, set data.test to other clips" in log and "splits: [dev]" not in log
     batches = list(dm.train_dataloader())
     assert sum(b["num_skipped"] for b in batches) == 1  # the corrupt file: skipped, counted, not fatal
     assert sorted(i for b in batches for i in b["ids"]) == sorted(str(folder / r.path) for r in recs[:12])
@@ -140,46 +143,44 @@ def test_datamodule_trains_on_manifests_with_the_same_filters(recordings, tmp_pa
 
 
 def test_datamodule_refuses_own_training_data_validated_on_the_demo_corpus(recordings, tmp_path):
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     folder, recs = recordings
     paths = _own_data(folder, recs, tmp_path)
-    with pytest.raises(ValueError, match="data.val_manifest is not set"):
-        CommonVoiceDataModule(train_manifest=paths["train"])
-    with pytest.raises(ValueError, match="not both"):
-        CommonVoiceDataModule(train_manifest=paths["train"], val_manifest=paths["val"], sources=[])
+    with pytest.raises(ValueError, match="data.val is not set"):
+        SpeechDataModule(paths["train"])
+    with pytest.raises(ValueError, match="data.train is empty"):
+        SpeechDataModule([], paths["val"])
 
 
 def test_leakage_guard_covers_manifests(recordings, tmp_path):
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     folder, recs = recordings
     write_manifest(folder / "t.csv", recs[:6])
     write_manifest(folder / "v.csv", recs[4:8])
-    dm = CommonVoiceDataModule(train_manifest=str(folder / "t.csv"), val_manifest=str(folder / "v.csv"),
-                               num_workers=0, leakage="raise")
+    dm = SpeechDataModule(str(folder / "t.csv"), str(folder / "v.csv"), filters=FilterSettings(leakage="raise"),
+                          loading=NO_WORKERS)
     with pytest.raises(ValueError, match="leakage: 2 of 4 validation"):
         dm.setup("fit")
 
 
 def test_several_sources_one_vocabulary_weights_and_reports(recordings, tmp_path, caplog):
-    from ptasr.data import CommonVoiceDataModule
-    from ptasr.data.sources import TrainSource
-
+    from ptasr.data import SpeechDataModule
     folder, recs = recordings
     paths = _own_data(folder, recs, tmp_path)
     corpus = make_corpus(tmp_path / "cv", {"train": 10, "dev": 4, "test": 4})
-    sources = [TrainSource(path=str(corpus.root), splits=["train"]), TrainSource(path=paths["train"], weight=2.0)]
-    dm = CommonVoiceDataModule(str(corpus.root), sources=sources, val_split="dev", num_workers=0, batch_size=4,
-                               num_buckets=2)
-    cv_text = [t for t in dm.rows("train").texts]
+    sources = [DataSource(str(corpus.root), splits=["train"]), DataSource(paths["train"], weight=2.0)]
+    dm = SpeechDataModule(sources, [DataSource(str(corpus.root), splits=["dev"])],
+                          batching=BatchSettings(batch_size=4, num_buckets=2), loading=NO_WORKERS)
+    cv_text = [t for t in dm.rows("train", dm.parts("train")[0][0]).texts]
     mine = [TextNormalizer()(r.text) for r in recs[:12]]
     assert set("".join(cv_text + mine).replace(" ", "")) <= set(dm.vocab.tokens)
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
-    assert f"train <- {corpus.root} train: kept" in caplog.text
-    assert f"train <- {folder / 'train.csv'}: kept" in caplog.text
-    assert f"val <- {corpus.root} dev: kept 4 of 4" in caplog.text
+    assert f"train <- cv_train ({corpus.root} train): kept" in caplog.text
+    assert f"train <- train ({folder / 'train.csv'}): kept" in caplog.text
+    assert f"val <- cv_dev ({corpus.root} dev): kept 4 of 4" in caplog.text
     counts: dict[str, int] = {}
     for epoch in range(2):
         loader = dm.train_dataloader()
@@ -203,7 +204,7 @@ def test_several_sources_from_the_command_line_train(recordings, tmp_path):
     corpus = make_corpus(tmp_path / "cv", {"train": 6, "dev": 2, "test": 2})
     sources = json.dumps([{"path": str(corpus.root), "splits": ["train"]}, {"path": paths["train"], "weight": 0.5}])
     cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", *SMALL_MODEL, *SMALL_RUN,
-                    f"--data.root={corpus.root}", f"--data.sources={sources}", "--data.val_split=dev",
+                    f"--data.train={sources}", f"--data.val=[{{path: {corpus.root}, splits: [dev]}}]",
                     "--trainer.max_steps=3"])
     assert cli.trainer.global_step == 3
     run = tmp_path / "runs" / "demo" / "version_0"
@@ -219,14 +220,14 @@ def test_fit_on_a_manifest_of_own_recordings(recordings, tmp_path):
     folder, recs = recordings
     paths = _own_data(folder, recs, tmp_path)
     cli = cli_main(["fit", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", *SMALL_MODEL, *SMALL_RUN,
-                    f"--data.train_manifest={paths['train']}", f"--data.val_manifest={paths['val']}",
+                    f"--data.train={paths['train']}", f"--data.val={paths['val']}",
                     "--trainer.max_steps=4"])
     assert cli.trainer.global_step == 4 and "val/wer" in cli.trainer.callback_metrics
     # `ptasr evaluate --data` reads the same manifest
     data = load_eval_set(paths["val"], "test", TextNormalizer(), None)
     assert data.audio == [str(folder / r.path) for r in recs[12:]]
     assert data.references == [TextNormalizer()(r.text) for r in recs[12:]]
-    # the model card names the manifests it trained and validated on, not the bundled corpus data.root names
+    # the model card names the manifests it trained and validated on, not the bundled corpus
     from ptasr.cli import main
 
     assert main(["export", str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"), str(tmp_path / "hf")]) == 0
@@ -310,21 +311,23 @@ def test_strip_punctuation_keeps_word_internal_apostrophes_and_hyphens():
 
 
 def test_validation_on_the_test_split_is_said_once(tmp_path, caplog):
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
     corpus = make_corpus(tmp_path / "cv", {"train": 6, "dev": 2, "test": 2})
     with caplog.at_level(logging.INFO):
-        CommonVoiceDataModule(str(corpus.root), train_splits=["train"], num_workers=0).setup("fit")
-        assert caplog.text.count("which is also the test set") == 1
+        train = [DataSource(str(corpus.root), splits=["train"])]
+        SpeechDataModule(train, str(corpus.root), loading=NO_WORKERS).setup("fit")
+        assert caplog.text.count("is also a test set") == 1 and "splits: [dev] in data.val" in caplog.text
         caplog.clear()
-        CommonVoiceDataModule(str(corpus.root), train_splits=["train"], val_split="dev", num_workers=0).setup("fit")
-        assert "also the test set" not in caplog.text
+        SpeechDataModule(train, [DataSource(str(corpus.root), splits=["dev"])], loading=NO_WORKERS).setup("fit")
+        assert "also a test set" not in caplog.text
 
 
 def test_first_training_and_validation_batches_are_the_largest():
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
 
-    dm = CommonVoiceDataModule(num_workers=0, batch_size=None, max_batch_seconds=12.0, eval_batch_size=7)
+    dm = SpeechDataModule(batching=BatchSettings(batch_size=None, max_batch_seconds=12.0, eval_batch_size=7),
+                          loading=NO_WORKERS)
     dm.setup("fit")
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         for epoch in range(2):
@@ -361,10 +364,8 @@ def test_a_clip_too_short_for_its_text_once_decoded_is_dropped_and_counted(tmp_p
 def test_a_hugging_face_dataset_as_one_of_several_sources(recordings, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
     from ptasr.data.commonvoice import read_tsv
-    from ptasr.data.sources import TrainSource
-
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     corpus = make_corpus(tmp_path / "cv", {"train": 4, "dev": 2, "test": 2})
     features = {"audio": {"_type": "Audio"}, "sentence": {"dtype": "string", "_type": "Value"}}
@@ -376,9 +377,9 @@ def test_a_hugging_face_dataset_as_one_of_several_sources(recordings, tmp_path, 
     pq.write_table(table, tmp_path / "hf_data" / "data" / "train-00000-of-00001.parquet")
     folder, recs = recordings
     write_manifest(folder / "few.csv", recs[:3])
-    sources = [TrainSource(hf_dataset=str(tmp_path / "hf_data"), splits=["train"]),
-               TrainSource(path=str(folder / "few.csv"), weight=3.0)]
-    dm = CommonVoiceDataModule(str(corpus.root), sources=sources, val_split="dev", num_workers=0, batch_size=4)
+    sources = [DataSource(str(tmp_path / "hf_data"), splits=["train"]), DataSource(str(folder / "few.csv"), weight=3.0)]
+    dm = SpeechDataModule(sources, [DataSource(str(corpus.root), splits=["dev"])],
+                          batching=BatchSettings(batch_size=4), loading=NO_WORKERS)
     dm.setup("fit")
     ids = [i for b in dm.train_dataloader() for i in b["ids"]]
     assert sorted(set(ids)) == sorted(corpus.splits["train"] + [str(folder / r.path) for r in recs[:3]])

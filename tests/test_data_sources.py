@@ -63,6 +63,19 @@ def test_a_path_is_a_one_source_list_on_the_command_line_and_in_yaml(tmp_path: P
     assert [split for _, split, _ in data.parts("test")] == ["dev"]
 
 
+def test_a_manifest_path_stays_a_path_on_the_command_line_and_in_yaml(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # jsonargparse would read an existing file given for a type holding dataclasses as the value itself
+    manifest = tmp_path / "mine.csv"
+    manifest.write_text("path,text\nclips/a.wav,olá\n", encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  val: {manifest}\n")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "-c", str(config), f"--data.train={manifest}", "--print_config"])
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert (data["train"], data["val"]) == (str(manifest), str(manifest))
+
+
 def test_print_config_shows_the_data_settings_in_groups(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["fit", "--print_config"])
@@ -137,6 +150,9 @@ def test_your_own_training_data_needs_your_own_validation_data(tmp_path: Path) -
         SpeechDataModule(str(corpus.root))
     data = SpeechDataModule(str(corpus.root), val=str(corpus.root), loading=NO_WORKERS)
     # the test set follows your validation data, not the demo corpus
+    assert [(reader.root, split) for reader, split, _ in data.parts("test")] == [(corpus.root, "test")]
+    # validated on its dev split, the release still tests on its test split
+    data = SpeechDataModule(str(corpus.root), [DataSource(str(corpus.root), splits=["dev"])], loading=NO_WORKERS)
     assert [(reader.root, split) for reader, split, _ in data.parts("test")] == [(corpus.root, "test")]
 
 

@@ -18,6 +18,7 @@ from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.audio import SAMPLE_RATE
 from ptasr.data.dataset import ClipDataset, ClipLoader
 from ptasr.data.filters import check_leakage, filter_manifest
+from ptasr.data.manifests import ManifestFile
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.settings import BatchSettings, FilterSettings, LoadingSettings, TextSettings
 from ptasr.data.sources import (DataSource, Reader, as_sources, check_sources, describe, distinct_names, open_source,
@@ -45,8 +46,8 @@ class SpeechDataModule(pl.LightningDataModule):
     Args:
         train: what trains (default: the bundled synthetic Portuguese corpus, its train and dev splits).
         val: what validates (default: the bundled corpus's test split). Required once ``train`` is your own.
-        test: what ``train.py test`` and ``predict`` read (default: ``val`` where that is your own, else the
-            bundled corpus's test split).
+        test: what ``train.py test`` and ``predict`` read (default: the sources of ``val`` where those are your
+            own, each release at its test split; else the bundled corpus's test split).
         text: transcript normalisation and vocabulary (:class:`~ptasr.data.settings.TextSettings`).
         batching: batch sizes and order (:class:`~ptasr.data.settings.BatchSettings`).
         filters: which clips are usable (:class:`~ptasr.data.filters.FilterSettings`).
@@ -55,9 +56,9 @@ class SpeechDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train: list[DataSource] | str = BUNDLED_CORPUS,
-        val: list[DataSource] | str = BUNDLED_CORPUS,
-        test: list[DataSource] | str = BUNDLED_CORPUS,
+        train: str | list[DataSource] = BUNDLED_CORPUS,
+        val: str | list[DataSource] = BUNDLED_CORPUS,
+        test: str | list[DataSource] = BUNDLED_CORPUS,
         text: TextSettings = TextSettings(),  # noqa: B008 (dataclasses: LightningCLI shows them as groups)
         batching: BatchSettings = BatchSettings(),  # noqa: B008
         filters: FilterSettings = FilterSettings(),  # noqa: B008
@@ -95,7 +96,8 @@ class SpeechDataModule(pl.LightningDataModule):
                                "data.train is your own: set data.val to held-out clips (a manifest, or your "
                                "release, whose test split it then reads)")
         if _is_demo(self._sources["test"]) and not _is_demo(self._sources["val"]):
-            self._sources["test"] = self._sources["val"]  # your own validation data also tests, not the demo corpus
+            # your own validation data also tests, rather than the demo corpus: a release at its test split
+            self._sources["test"] = [replace(source, splits=None) for source in self._sources["val"]]
         self._opened: dict[tuple, Reader] = {}  # readers by reader_key: one release read once for every role
         self._parts: dict[str, list[tuple[Reader, str, float, int]]] = {}  # role -> (reader, split, weight, source)
         self._names: dict[str, list[str]] = {}  # role -> each source's name, as reports and metrics give it
@@ -242,13 +244,17 @@ class SpeechDataModule(pl.LightningDataModule):
     def _notice_validation_on_test(self) -> None:
         # by repr (the resolved path), not identity: a release listed twice is opened once, but compare the place
         test = {(repr(reader), split) for reader, split, _ in self.parts("test")}
-        shared = [self._label("val", index, reader, split) for reader, split, _, index in self._parts["val"]
+        shared = [(reader, split, index) for reader, split, _, index in self._parts["val"]
                   if (repr(reader), split) in test]
-        if shared:
-            self._once("val-is-test", f"[data] validation source {', '.join(shared)} is also a test set: the "
-                                      f"checkpoint chosen by val/wer is chosen on test clips, so its test WER is "
-                                      f"optimistic. To report an unbiased one, validate on other clips (a release's "
-                                      f"dev split: splits: [dev] in data.val) or test on others (data.test)")
+        if not shared:
+            return
+        where = ", ".join(self._label("val", index, reader, split) for reader, split, index in shared)
+        # the way out fits the source: a manifest is one split, a release has others
+        fix = ("set data.test to other clips" if all(isinstance(reader, ManifestFile) for reader, _, _ in shared)
+               else "validate on the release's dev split (splits: [dev] in data.val) or set data.test to other clips")
+        self._once("val-is-test", f"[data] validation source {where} is also a test set: the checkpoint chosen by "
+                                  f"val/wer is chosen on test clips, so its test WER is optimistic. To report an "
+                                  f"unbiased one, {fix}")
 
     def _report_unknown_chars(self, names: list[str]) -> None:
         given = "data.text.vocabulary" if self._given_vocab is not None else self.text.vocab_path

@@ -71,6 +71,11 @@ class PtasrCLI(LightningCLI):
         model = ("model.preset", "model.pretrained", "model.config_overrides")
         parser.link_arguments(model, "data.filters.conv_kernel", compute_fn=_conv_kernel, apply_on="parse")
         parser.link_arguments(model, "data.filters.conv_stride", compute_fn=_conv_stride, apply_on="parse")
+        # A source's path is data, not a file of settings: jsonargparse reads a file path given for a type that
+        # holds dataclasses as the value (sub_configs), so --data.train mine.csv would become the CSV's text.
+        for action in parser._actions:  # argparse's list of arguments, as config_errors reads it too
+            if action.dest in ("data.train", "data.val", "data.test"):
+                action._enable_path = False
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
