@@ -1,4 +1,4 @@
-"""Several validation sources in one run (``data.val_sources``): each clip carries its source through the batch,
+"""Several validation sources in one run (two or more in ``data.val``): each clip carries its source through the batch,
 ``WERMetrics`` scores every source alone (``val/<name>/wer``) beside the pooled ``val/wer``, and each source's
 value equals a validation on that source alone. Offline, CPU.
 """
@@ -19,8 +19,10 @@ import pytest
 import torch
 
 from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
-from ptasr.data.datamodule import CommonVoiceDataModule
-from ptasr.data.sources import EvalSource
+from ptasr.data.datamodule import SpeechDataModule
+from ptasr.data.filters import FilterSettings
+from ptasr.data.settings import BatchSettings, LoadingSettings, TextSettings
+from ptasr.data.sources import DataSource
 from ptasr.data.testing import make_corpus, make_recordings, write_manifest
 from ptasr.data.text import TextNormalizer
 from ptasr.errors import SettingError
@@ -29,6 +31,7 @@ from ptasr.train.callbacks import WERMetrics, _table
 from ptasr.train.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_WORKERS = LoadingSettings(num_workers=0)
 SENTENCES = ["o gato dorme no sofá", "a casa é azul", "chove muito hoje", "bom dia a todos", "uma frase curta",
              "o rio corre para o mar", "as crianças brincam", "o pão está quente"]
 # every clip its own batch: a clip's transcript is then computed alike whichever clips validate beside it
@@ -51,7 +54,7 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _sources(*entries: dict[str, str]) -> str:
-    return "--data.val_sources=" + json.dumps(list(entries))
+    return "--data.val=" + json.dumps(list(entries))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -60,27 +63,27 @@ def _sources(*entries: dict[str, str]) -> str:
 
 
 def test_source_names_default_to_the_file_or_folder_and_split() -> None:
-    dm = CommonVoiceDataModule(val_sources=[EvalSource(path="a/dev set.csv"), EvalSource(path="cv/pt", split="dev"),
-                                            EvalSource(path="cv-pt.tar.gz"), EvalSource(path="b/x.tsv", name="mine")])
+    dm = SpeechDataModule(val=[DataSource("a/dev set.csv"), DataSource("cv/pt", splits=["dev"]),
+                               DataSource("cv-pt.tar.gz"), DataSource("b/x.tsv", name="mine")])
     assert dm.source_names("val") == ["dev_set", "pt_dev", "cv-pt_test", "mine"]
-    assert dm.source_names("test") == dm.source_names("val")  # on the demo corpus, your own data also tests
-    assert CommonVoiceDataModule().source_names("val") == ["val"]
+    # data.test left to the demo corpus: your own validation data also tests, each release at its test split
+    assert dm.source_names("test") == ["dev_set", "pt_test", "cv-pt_test", "mine"]
+    assert SpeechDataModule().source_names("val") == ["val"]
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    (dict(val_sources=[EvalSource(path="a/val.csv"), EvalSource(path="b/val.csv")]),
-     r"data.val_sources gives the name 'val' to several sources \(a/val.csv, b/val.csv\): set a distinct `name`"),
-    (dict(val_sources=[EvalSource(path="a.csv", name="x"), EvalSource(path="cv", name="x")]), "the name 'x'"),
-    (dict(val_manifest="v.csv", val_sources=[EvalSource(path="a.csv")]),
-     r"set data.val_sources \(several corpora\) or data.val_manifest \(one file\), not both: add \{path: v.csv\}"),
-    (dict(test_manifest="t.csv", test_sources=[EvalSource(path="a.csv")]), "test_sources .* or data.test_manifest"),
-    (dict(val_sources=[EvalSource(path="a.csv", name="a/b")]), "name 'a/b' goes into metric names"),
-    (dict(val_sources=[EvalSource(name="x")]), "exactly one of path and hf_dataset"),
-    (dict(val_sources=[]), "data.val_sources is empty"),
+    (dict(val=[DataSource("a/val.csv"), DataSource("b/val.csv")]),
+     r"data.val gives the name 'val' to several sources \(a/val.csv, b/val.csv\): set a distinct `name`"),
+    (dict(val=[DataSource("a.csv", name="x"), DataSource("cv", name="x")]), "the name 'x'"),
+    (dict(test=[DataSource("a.csv", name="x"), DataSource("b.csv", name="x")]), "data.test gives the name 'x'"),
+    (dict(val=[DataSource("a.csv", name="a/b")]), "name 'a/b' goes into metric names"),
+    (dict(val=[DataSource("a.csv", weight=2.0)]), "weight applies to data.train only"),
+    (dict(val=[DataSource("a.csv", splits=["dev"])]), "one file, one split"),
+    (dict(val=[]), "data.val is empty"),
 ])
 def test_unclear_sources_are_refused_in_one_line(arguments: dict, message: str) -> None:
     with pytest.raises(SettingError, match=message) as refused:
-        CommonVoiceDataModule(**arguments)
+        SpeechDataModule(**arguments)
     assert "\n" not in str(refused.value)
 
 
@@ -93,16 +96,17 @@ def test_each_validation_clip_carries_its_source(manifests: dict[str, Path], tmp
     from ptasr.data.manifests import ManifestFile
 
     corpus = make_corpus(tmp_path / "cv", {"train": 6, "dev": 2, "test": 3})
-    sources = [EvalSource(path=str(manifests["read"])), EvalSource(path=str(corpus.root), split="test"),
-               EvalSource(path=str(manifests["spoken"]), name="spoken")]
-    dm = CommonVoiceDataModule(str(corpus.root), train_splits=["train"], val_sources=sources, num_workers=0,
-                               eval_batch_size=4)
+    sources = [DataSource(str(manifests["read"])), DataSource(str(corpus.root), splits=["test"]),
+               DataSource(str(manifests["spoken"]), name="spoken")]
+    dm = SpeechDataModule([DataSource(str(corpus.root), splits=["train"])], sources,
+                          [DataSource(str(corpus.root), splits=["test"])], batching=BatchSettings(eval_batch_size=4),
+                          loading=NO_WORKERS)
     with caplog.at_level(logging.INFO):
         dm.setup("fit")
     assert caplog.text.count(" val <- ") == 3  # each source filtered and reported
     # the release's test split is one of the sources: said once, naming it alone
-    assert caplog.text.count("which is also a test set") == 1
-    assert f"validation source cv_test ({corpus.root} test), which" in caplog.text
+    assert caplog.text.count("is also a test set") == 1
+    assert f"validation source cv_test ({corpus.root} test) is also" in caplog.text
     clips = [ManifestFile(manifests["read"]).read_split("", str).ids, corpus.splits["test"],
              ManifestFile(manifests["spoken"]).read_split("", str).ids]
     expected = {clip: source for source, ids in enumerate(clips) for clip in ids}
@@ -114,16 +118,15 @@ def test_each_validation_clip_carries_its_source(manifests: dict[str, Path], tmp
 def test_leakage_and_unknown_characters_are_checked_per_source(manifests: dict[str, Path], tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "cv", {"train": 6, "dev": 2, "test": 2})
     # the release's training split validates too: it leaks, and the message names that source
-    sources = [EvalSource(path=str(manifests["read"])), EvalSource(path=str(corpus.root), split="train", name="tr")]
-    dm = CommonVoiceDataModule(str(corpus.root), train_splits=["train"], val_sources=sources, num_workers=0,
-                               leakage="raise")
+    train = [DataSource(str(corpus.root), splits=["train"])]
+    sources = [DataSource(str(manifests["read"])), DataSource(str(corpus.root), splits=["train"], name="tr")]
+    dm = SpeechDataModule(train, sources, filters=FilterSettings(leakage="raise"), loading=NO_WORKERS)
     with pytest.raises(ValueError, match=r"leakage: 6 of 6 validation \(tr\) clips"):
         dm.setup("fit")
     vocab = tmp_path / "vocab"
     vocab.mkdir()
-    CommonVoiceDataModule(str(corpus.root), train_splits=["train"]).vocab.save(vocab)
-    dm = CommonVoiceDataModule(str(corpus.root), train_splits=["train"], val_sources=sources, num_workers=0,
-                               vocab_path=str(vocab / "vocab.json"))
+    SpeechDataModule(train, str(corpus.root)).vocab.save(vocab)
+    dm = SpeechDataModule(train, sources, text=TextSettings(vocab_path=str(vocab / "vocab.json")), loading=NO_WORKERS)
     with pytest.warns(UserWarning, match=r"\[data\] val \(read\): \d+ characters are not in") as warned:
         dm.setup("validate")
     assert not [w for w in warned if "val (tr)" in str(w.message)]  # the release's clips: all known
@@ -275,7 +278,7 @@ def test_fit_logs_each_source_as_validating_it_alone_does(fitted, manifests: dic
     per_source = {name for name in metrics if name.count("/") == 2}
     assert per_source == {"val/read/wer", "val/read/cer", "val/talk/wer", "val/talk/cer"}
     alone = {"read": _evaluate("validate", run, _sources({"path": str(manifests["read"])})),
-             "talk": _evaluate("validate", run, f"--data.val_manifest={manifests['spoken']}")}
+             "talk": _evaluate("validate", run, f"--data.val={manifests['spoken']}")}  # a path: one source
     for name, logged in alone.items():
         assert not {metric for metric in logged if metric.count("/") == 2}  # one source: pooled names only
         assert metrics[f"val/{name}/wer"] == pytest.approx(logged["val/wer"], abs=1e-6)
@@ -327,14 +330,12 @@ def test_two_ddp_processes_log_each_source_over_both_ranks(fitted, manifests, tm
             assert logged[f"val/{name}"] == pytest.approx(metrics[f"val/{name}"], abs=1e-6), name
 
 
-def test_testing_on_the_validation_sources_names_each_after_the_split_it_reads() -> None:
-    # On the demo root, test falls back to data.val_sources; a release without its own split tests on test_split.
-    from ptasr.data import BUNDLED_CORPUS
-
-    data = CommonVoiceDataModule(val_sources=[EvalSource(path=BUNDLED_CORPUS), EvalSource(path=BUNDLED_CORPUS,
-                                                                                          split="train", name="tr")],
-                                 val_split="dev", test_split="test")
+def test_testing_on_the_validation_sources_names_each_after_the_split_it_reads(tmp_path: Path) -> None:
+    # data.test left to the demo corpus follows your data.val, each release at its test split.
+    corpus = make_corpus(tmp_path / "cv", {"train": 2, "dev": 1, "test": 1})
+    data = SpeechDataModule(val=[DataSource(str(corpus.root), splits=["dev"]),
+                                 DataSource(str(corpus.root), splits=["train"], name="tr")])
     assert [split for _, split, _ in data.parts("val")] == ["dev", "train"]
-    assert data.source_names("val") == ["cv-tiny-pt_dev", "tr"]
-    assert [split for _, split, _ in data.parts("test")] == ["test", "train"]
-    assert data.source_names("test") == ["cv-tiny-pt_test", "tr"]
+    assert data.source_names("val") == ["cv_dev", "tr"]
+    assert [split for _, split, _ in data.parts("test")] == ["test", "test"]
+    assert data.source_names("test") == ["cv_test", "tr"]

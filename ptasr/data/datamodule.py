@@ -22,7 +22,7 @@ from ptasr.data.manifests import ManifestFile
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.settings import BatchSettings, FilterSettings, LoadingSettings, TextSettings
 from ptasr.data.sources import (DataSource, Reader, as_sources, check_sources, describe, distinct_names, open_source,
-                                source_name)
+                                source_name, source_splits)
 from ptasr.data.table import Manifest
 from ptasr.data.text import AlphabetReport, Vocabulary
 from ptasr.errors import DataError, SettingError
@@ -98,9 +98,12 @@ class SpeechDataModule(pl.LightningDataModule):
         if _is_demo(self._sources["test"]) and not _is_demo(self._sources["val"]):
             # your own validation data also tests, rather than the demo corpus: a release at its test split
             self._sources["test"] = [replace(source, splits=None) for source in self._sources["val"]]
+        # each source's name, as reports and metrics give it (val/<name>/wer), known before any is read
+        self._names = {role: distinct_names(role, sources, [source_name(source, source_splits(source, role))
+                                                            for source in sources])
+                       for role, sources in self._sources.items()}
         self._opened: dict[tuple, Reader] = {}  # readers by reader_key: one release read once for every role
         self._parts: dict[str, list[tuple[Reader, str, float, int]]] = {}  # role -> (reader, split, weight, source)
-        self._names: dict[str, list[str]] = {}  # role -> each source's name, as reports and metrics give it
         self._rows: dict[tuple[int, str], Manifest] = {}  # (reader, split) -> unfiltered rows with normalised text
         self._vocab: Vocabulary | None = None
         self._manifests: dict[str, Manifest] = {}  # "train" / "val" / "test" -> filtered
@@ -112,13 +115,11 @@ class SpeechDataModule(pl.LightningDataModule):
 
     def _open(self, role: str) -> None:
         """Open the sources of ``role`` (archives are extracted here) and name them."""
-        parts, names = [], []
+        parts = []
         for index, source in enumerate(self._sources[role]):
             reader, splits = open_source(source, role, self.loading.cache_dir, self._opened)
             parts += [(reader, split, source.weight, index) for split in splits]
-            names.append(source_name(source, splits))
         self._parts[role] = parts
-        self._names[role] = distinct_names(role, self._sources[role], names)
 
     def parts(self, name: str) -> list[tuple[Reader, str, float]]:
         """What ``"train"``, ``"val"`` or ``"test"`` reads: ``(reader, split, weight)`` for each split of each
@@ -130,7 +131,6 @@ class SpeechDataModule(pl.LightningDataModule):
     def source_names(self, name: str) -> list[str]:
         """The names of what ``"val"`` or ``"test"`` reads, in the order ``batch["sources"]`` numbers them:
         one per source where there are several, else ``[name]``."""
-        self.parts(name)
         return list(self._names[name]) if len(self._sources[name]) > 1 else [name]
 
     def _label(self, name: str, index: int, reader: Reader, split: str) -> str:

@@ -133,18 +133,31 @@ def open_source(source: DataSource, role: Role, cache_dir: str | Path | None = N
     whether it trains, validates or tests).
     """
     kind = source_kind(source)
+    source_splits(source, role)  # a manifest given splits: refused before it is read
     opened = {} if opened is None else opened
     key = reader_key(source)
     if key not in opened:
         opened[key] = _open(source, kind, cache_dir)
     reader = opened[key]
     if kind == "manifest":
+        # a Common Voice split TSV reads as its release's split of that name
+        return reader, [Path(source.path).stem if isinstance(reader, CommonVoiceRelease) else ""]
+    return reader, source_splits(source, role)
+
+
+def source_splits(source: DataSource, role: Role) -> list[str]:
+    """The splits ``role`` reads of a release or dataset ``source``, known without opening it: its ``splits``,
+    else :data:`DEFAULT_SPLITS`; none for a manifest file, which is one split.
+
+    >>> source_splits(DataSource("cv/pt"), "train"), source_splits(DataSource("a.csv"), "val")
+    (['train', 'dev'], [])
+    """
+    if is_manifest_file(source.path):
         if source.splits:
             raise SettingError(f"data source {source.path} is one file, one split: remove its splits "
                                f"{source.splits}")
-        # a Common Voice split TSV reads as its release's split of that name
-        return reader, [Path(source.path).stem if isinstance(reader, CommonVoiceRelease) else ""]
-    return reader, list(source.splits or DEFAULT_SPLITS[role])
+        return []
+    return list(source.splits or DEFAULT_SPLITS[role])
 
 
 def _open(source: DataSource, kind: SourceKind, cache_dir: str | Path | None) -> Reader:
@@ -174,7 +187,7 @@ def describe(reader: Reader, split: str) -> str:
 def source_name(source: DataSource, splits: Sequence[str]) -> str:
     """``source.name``, or the name its metrics and reports get by default.
 
-    >>> source_name(DataSource("corpora/read speech.csv"), [""])
+    >>> source_name(DataSource("corpora/read speech.csv"), [])
     'read_speech'
     >>> source_name(DataSource("cv-corpus-7.0/pt"), ["dev"])
     'pt_dev'
