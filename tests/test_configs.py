@@ -53,11 +53,11 @@ def test_reference_config_matches_the_card(capsys: pytest.CaptureFixture[str]) -
     # Card: lr 7.5e-5, batch 16 x accumulation 4, Adam (0.9, 0.999) eps 1e-8, linear with 2000 warm-up,
     # 40000 steps, native AMP, seed 42, eval batch 8.
     assert model["lr"] == pytest.approx(7.5e-5)
-    assert (data["batch_size"], trainer["accumulate_grad_batches"]) == (16, 4)
+    assert (data["batching"]["batch_size"], trainer["accumulate_grad_batches"]) == (16, 4)
     assert list(model["betas"]) == [0.9, 0.999] and model["eps"] == pytest.approx(1e-8)
     assert (model["schedule"], model["warmup_steps"], trainer["max_steps"]) == ("linear", 2000, 40000)
     assert trainer["precision"] == "16-mixed" and config["seed_everything"] == 42
-    assert data["eval_batch_size"] == 8
+    assert data["batching"]["eval_batch_size"] == 8 and data["batching"]["seed"] == 42
     # HF Trainer defaults: weight decay 0, max grad norm 1.
     assert model["weight_decay"] == 0.0 and trainer["gradient_clip_val"] == 1.0
     # HF script / robust-speech-event README values.
@@ -68,8 +68,14 @@ def test_reference_config_matches_the_card(capsys: pytest.CaptureFixture[str]) -
     assert overrides["feat_proj_dropout"] == 0.0 and overrides["hidden_dropout"] == 0.0
     assert overrides["attention_dropout"] == 0.0 and overrides["final_dropout"] == 0.0
     assert overrides["ctc_loss_reduction"] == "mean"
-    assert data["max_duration"] == 20.0 and data["train_splits"] == ["train", "dev"] and data["val_split"] == "test"
-    assert data["chars_to_ignore"] == ',?.!-;:"“%‘”�—’…–' and not data["strip_punctuation"]  # the card's list
+    # train on train + dev, validate (and test) on test, clips up to 20 s, one release for all three
+    assert [(s["path"], s["splits"]) for s in data["train"]] == [("data/cv-corpus-7.0-2021-07-21/pt", ["train", "dev"])]
+    assert [(s["path"], s["splits"]) for s in data["val"]] == [("data/cv-corpus-7.0-2021-07-21/pt", ["test"])]
+    assert [(s["path"], s["splits"]) for s in data["test"]] == [("data/cv-corpus-7.0-2021-07-21/pt", ["test"])]
+    assert data["filters"]["max_duration"] == 20.0 and data["filters"]["min_duration"] == 0.0
+    text = data["text"]
+    assert text["chars_to_ignore"] == ',?.!-;:"“%‘”�—’…–' and not text["strip_punctuation"]  # the card's list
+    assert text["lowercase"] and not text["strip_accents"]
     assert model["freeze_feature_encoder"] is True
     assert model["pretrained"] == "facebook/wav2vec2-xls-r-300m"
 
@@ -77,7 +83,7 @@ def test_reference_config_matches_the_card(capsys: pytest.CaptureFixture[str]) -
 def test_improved_recipe_chooses_on_dev_and_reports_on_test(capsys: pytest.CaptureFixture[str]) -> None:
     config = _print_config(capsys, ["fit", "-c", str(CONFIG_DIR / "xls-r-300m_pt_improved.yaml"), "--print_config"])
     data = config["data"]
-    assert (data["train_splits"], data["val_split"], data["test_split"]) == (["train"], "dev", "test")
+    assert [[s["splits"] for s in data[role]] for role in ("train", "val", "test")] == [[["train"]], [["dev"]], [["test"]]]
 
 
 def _commented_examples(path: Path) -> list[list[str]]:
@@ -99,8 +105,13 @@ def test_the_improved_recipes_data_suggestions_parse(capsys: pytest.CaptureFixtu
     assert len(examples) >= 4 and not any("mozilla-foundation/" in " ".join(e) for e in examples)
     for example in examples:
         data = _print_config(capsys, ["fit", "-c", str(path), *example, "--print_config"])["data"]
-        given = {arg.split(".", 2)[1] for arg in example if arg.startswith("--data.")}
-        assert all(data[key] is not None for key in given), example
-    sources = next(e for e in examples if "--data.sources" in e)
+        given = dict(arg.split("=", 1) if "=" in arg else (arg, next_arg)
+                     for arg, next_arg in zip(example, [*example[1:], None]) if arg.startswith("--data."))
+        for flag, value in given.items():  # each given source list as it was given, not the recipe's
+            role = flag.split(".")[1]
+            paths = [data[role]] if isinstance(data[role], str) else [s["path"] for s in data[role]]
+            assert all(path in value for path in paths), (flag, data[role])
+    sources = next(e for e in examples if "weight: 2.0" in " ".join(e))
     data = _print_config(capsys, ["fit", "-c", str(path), *sources, "--print_config"])["data"]
-    assert [s["weight"] for s in data["sources"]] == [1.0, 2.0] and data["sources"][0]["splits"] == ["train"]
+    assert [s["weight"] for s in data["train"]] == [1.0, 2.0] and data["train"][0]["splits"] == ["train"]
+    assert [s["name"] for s in data["val"]] == ["cv", None]
