@@ -65,10 +65,12 @@ def write_release(root: Path, rows: int, seed: int = 0) -> None:
 def measure(root: str) -> None:
     """Runs in a fresh process so that ru_maxrss is this work's peak, not the generator's."""
     start = time.perf_counter()
-    from ptasr.data import CommonVoiceDataModule
+    from ptasr.data import SpeechDataModule
+    from ptasr.data.settings import LoadingSettings
 
     imported = time.perf_counter()
-    dm = CommonVoiceDataModule(root, num_workers=0, cache_dir=tempfile.mkdtemp())
+    # the release trains on train + dev and validates on test, as data.root did
+    dm = SpeechDataModule(root, root, loading=LoadingSettings(num_workers=0, cache_dir=tempfile.mkdtemp()))
     vocab = dm.vocab
     vocab_done = time.perf_counter()
     dm.setup("fit")

@@ -93,16 +93,18 @@ def write_manifests(root: Path, rows_a: int, rows_b: int, seed: int = 1) -> None
 def measure(root: str) -> dict:
     """Runs in a fresh process so that ru_maxrss is this work's peak, not the generator's."""
     start = time.perf_counter()
-    from ptasr.data import CommonVoiceDataModule
-    from ptasr.data.sources import TrainSource
+    from ptasr.data import SpeechDataModule
+    from ptasr.data.settings import BatchSettings, LoadingSettings
+    from ptasr.data.sources import DataSource
 
     imported = time.perf_counter()
     base = Path(root)
     release = str(base / "release")
-    sources = [TrainSource(path=release, splits=["train"]), TrainSource(path=str(base / "a" / "train.csv")),
-               TrainSource(path=str(base / "b" / "train.jsonl"), weight=2.0)]
-    dm = CommonVoiceDataModule(release, sources=sources, val_split="dev", num_workers=0, batch_size=None,
-                               max_batch_seconds=320.0, num_buckets=20, cache_dir=str(base / "cache"))
+    sources = [DataSource(release, splits=["train"]), DataSource(str(base / "a" / "train.csv")),
+               DataSource(str(base / "b" / "train.jsonl"), weight=2.0)]
+    dm = SpeechDataModule(sources, [DataSource(release, splits=["dev"])],
+                          batching=BatchSettings(batch_size=None, max_batch_seconds=320.0, num_buckets=20),
+                          loading=LoadingSettings(num_workers=0, cache_dir=str(base / "cache")))
     vocab = dm.vocab
     vocab_done = time.perf_counter()
     dm.setup("fit")

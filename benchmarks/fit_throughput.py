@@ -253,10 +253,12 @@ def fit_config(args: argparse.Namespace, corpus: Path, run_dir: Path, num_bucket
     model.update(pretrained=None, preset="xls-r-300m", config_overrides=_plain(overrides),
                  freeze_feature_encoder=True, freeze_transformer_steps=0, gradient_checkpointing=False,
                  compile=args.compile, fused=args.device == "cuda", total_steps=recipe_steps)
-    data.update(root=str(corpus), train_splits=["train"], val_split="test", test_split="test",
-                batch_size=None if args.batch_seconds else args.clips_per_step, max_batch_seconds=args.batch_seconds,
-                pad_to_multiple_seconds=bare.BUCKET_SAMPLES / bare.SAMPLE_RATE,  # the bare step's shapes
-                num_buckets=num_buckets, num_workers=args.workers, pin_memory=args.device == "cuda", seed=0)
+    data.update(train=[{"path": str(corpus), "splits": ["train"]}], val=str(corpus), test=str(corpus))
+    data.setdefault("batching", {}).update(
+        batch_size=None if args.batch_seconds else args.clips_per_step, max_batch_seconds=args.batch_seconds,
+        pad_to_multiple_seconds=bare.BUCKET_SAMPLES / bare.SAMPLE_RATE,  # the bare step's shapes
+        num_buckets=num_buckets, seed=0)
+    data.setdefault("loading", {}).update(num_workers=args.workers, pin_memory=args.device == "cuda")
     return config
 
 

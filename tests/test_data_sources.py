@@ -165,3 +165,26 @@ def test_weight_is_for_training_and_names_must_fit_a_metric(tmp_path: Path) -> N
         SpeechDataModule(val=[DataSource(BUNDLED_CORPUS, name="a b")])
     with pytest.raises(SettingError, match="batching.batch_size, data.batching.max_batch_seconds"):
         SpeechDataModule(batching=BatchSettings(batch_size=None))
+
+
+@pytest.mark.parametrize("data", [
+    # a checkpoint written before data.train/val/test and the groups (#24): still exports
+    {"root": "/data/cv/pt", "language": "pt", "val_manifest": "/d/dev.csv", "batch_size": 16, "eval_batch_size": 8,
+     "seed": 7},
+    {"train": [{"path": "/data/cv/pt", "language": "pt"}], "val": "/d/dev.csv", "test": "/d/dev.csv",
+     "batching": {"batch_size": 16, "eval_batch_size": 8, "seed": 7}},
+], ids=["before", "after"])
+def test_the_model_card_reads_a_runs_data_settings_before_and_after_the_change(data: dict) -> None:
+    from ptasr.export.model_card import data_language, data_name, hyperparameters
+
+    card = hyperparameters({"datamodule_hyper_parameters": data}, {"trainer": {"accumulate_grad_batches": 4}})
+    assert (card["train_batch_size"], card["eval_batch_size"], card["seed"]) == (16, 8, 7)
+    assert card["total_train_batch_size"] == 64
+    assert (data_name(data, "train"), data_name(data, "val"), data_language(data)) == ("pt", "dev.csv", "pt")
+
+
+def test_a_checkpoints_data_settings_are_plain_values() -> None:
+    # torch.load(weights_only=True) refuses a pickled dataclass: the checkpoint holds dicts and lists
+    data = SpeechDataModule(train=[DataSource(BUNDLED_CORPUS, splits=["dev"])], loading=NO_WORKERS)
+    assert data.hparams["train"] == [{**vars(DataSource(BUNDLED_CORPUS)), "splits": ["dev"]}]
+    assert data.hparams["batching"]["batch_size"] == 16 and data.hparams["val"] == BUNDLED_CORPUS

@@ -159,7 +159,7 @@ def check_leakage(train: Manifest, evaluation: Manifest, eval_name: str,
     if shared_clips or shared_texts:
         message = (f"leakage: {shared_clips} of {len(evaluation)} {eval_name} clips and {len(shared_texts)} of its "
                    f"sentences (e.g. {shared_texts[:3]}) also occur in training; evaluation on them overstates "
-                   f"accuracy. Use disjoint splits (e.g. train_splits=[train, dev], val_split=test), or set "
+                   f"accuracy. Use disjoint splits (a release: splits [train] in data.train, [dev] in data.val), or set "
                    f"data.filters.leakage=ignore if this is intended")
         if action == "raise":
             raise DataError(message)
