@@ -20,10 +20,11 @@ from ptasr.data.sources import DataSource, open_source, source_kind
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer
 from ptasr.errors import MissingPathError, SettingError
-from ptasr.train.cli import cli_main
+from ptasr.train.cli import DEFAULT_CONFIG, cli_main
 
-# What the demo config's data module gave before data.train/val/test (recorded on main at 4863404 with
-# record_demo_data below): clips, texts, durations, vocabulary and the first epochs' batch order.
+# What train.py's data module gave before data.train/val/test (recorded at 4863404, the commit this change started
+# from, by record_demo_data below with the old flag names), for configs/demo.yaml and for the data module's
+# defaults: clips, normalised texts, durations, vocabulary and the first three epochs' batch order.
 BEFORE = Path(__file__).parent / "fixtures" / "demo_data_before_sources.json"
 NO_WORKERS = LoadingSettings(num_workers=0)
 
@@ -48,9 +49,14 @@ def record_demo_data(args: list[str]) -> dict:
     return out
 
 
-def test_the_demo_reads_the_same_clips_texts_vocabulary_and_batch_order_as_before() -> None:
-    before = json.loads(BEFORE.read_text(encoding="utf-8"))
-    assert record_demo_data(["--data.loading.num_workers=0"]) == before
+@pytest.mark.parametrize(("recorded", "args"), [
+    ("demo", ["-c", str(DEFAULT_CONFIG), "--data.loading.num_workers=0"]),  # what `python train.py fit` reads
+    ("defaults", ["--data.loading.num_workers=0"]),  # the data module's own defaults (no config file)
+])
+def test_the_demo_reads_the_same_clips_texts_vocabulary_and_batch_order_as_before(recorded: str,
+                                                                                   args: list[str]) -> None:
+    before = json.loads(BEFORE.read_text(encoding="utf-8"))[recorded]
+    assert record_demo_data(args) == before
 
 
 def test_a_path_is_a_one_source_list_on_the_command_line_and_in_yaml(tmp_path: Path) -> None:

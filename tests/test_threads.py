@@ -97,12 +97,13 @@ def test_dataloader_workers_one_on_the_cpu_and_the_spare_cpus_beside_an_accelera
 
 def test_a_given_num_workers_wins_over_the_policy() -> None:
     from ptasr.data import SpeechDataModule
-    from ptasr.data.settings import BatchSettings
+    from ptasr.data.settings import BatchSettings, LoadingSettings
 
-    data = SpeechDataModule(batching=BatchSettings(batch_size=4))  # no data.loading.num_workers: the policy's (no Trainer: as on the CPU)
+    # no data.loading.num_workers: the policy's (no Trainer: as on the CPU)
+    data = SpeechDataModule(batching=BatchSettings(batch_size=4))
     data.setup("fit")
     assert data.hparams.loading["num_workers"] is None and data.train_dataloader().num_workers == 1
-    data.loading.num_workers = 0  # as --data.loading.num_workers=0 sets it
+    data.loading = LoadingSettings(num_workers=0)  # as --data.loading.num_workers=0 gives it
     assert data.train_dataloader().num_workers == 0
 
 

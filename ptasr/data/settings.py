@@ -4,7 +4,8 @@
 
 Defaults follow the reference (``lgris/wav2vec2-xls-r-pt-cv7`` with HF's ``run_speech_recognition_ctc.py``):
 16 clips per batch, 8 per evaluation batch, clips up to 20 s, lower-case; the characters it deletes are
-``configs/``'s to set (see ``TextSettings.chars_to_ignore``).
+``configs/``'s to set (see ``TextSettings.chars_to_ignore``). Frozen: the data module's default instances are
+shared by every data module, so none may change in place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ptasr.data.text import TextNormalizer
 __all__ = ["BatchSettings", "FilterSettings", "LoadingSettings", "TextSettings"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextSettings:
     """How transcripts are normalised, and the vocabulary (``data.text``).
 
@@ -55,7 +56,7 @@ class TextSettings:
                               strip_punctuation=self.strip_punctuation)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchSettings:
     """How clips are grouped into batches, and in which order (``data.batching``).
 
@@ -80,7 +81,7 @@ class BatchSettings:
     seed: int = 42
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadingSettings:
     """Worker processes and files on disk (``data.loading``).
 
