@@ -69,7 +69,7 @@ def measure(root: str) -> None:
     from ptasr.data.settings import LoadingSettings
 
     imported = time.perf_counter()
-    # the release trains on train + dev and validates on test, as data.root did
+    # the release trains on its train + dev splits and validates on test
     dm = SpeechDataModule(root, root, loading=LoadingSettings(num_workers=0, cache_dir=tempfile.mkdtemp()))
     vocab = dm.vocab
     vocab_done = time.perf_counter()
