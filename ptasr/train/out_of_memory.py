@@ -62,14 +62,15 @@ def out_of_memory_message(batch: BatchInFlight, trainer: L.Trainer, datamodule: 
         where = (f"in a {batch.stage} batch of {len(lengths)} clips, the longest "
                  f"{float(lengths.max()) / SAMPLE_RATE if len(lengths) else 0.0:.1f} s, at update "
                  f"{trainer.global_step}")
-    max_seconds = getattr(datamodule, "max_batch_seconds", None)
+    batching = getattr(datamodule, "batching", None)  # the data module's BatchSettings (none without one)
+    max_seconds = getattr(batching, "max_batch_seconds", None)
     if batch.stage == "validation":
         fixes = (f"lower data.batching.max_batch_seconds (now {max_seconds}) or data.batching.eval_batch_size "
-                 f"(now {getattr(datamodule, 'eval_batch_size', None)})")
+                 f"(now {getattr(batching, 'eval_batch_size', None)})")
     else:
         checkpointing = bool(getattr(module.hparams, "gradient_checkpointing", False))
         fixes = (f"lower data.batching.max_batch_seconds (now {max_seconds}) or data.batching.batch_size "
-                 f"(now {getattr(datamodule, 'batch_size', None)}) and raise trainer.accumulate_grad_batches "
+                 f"(now {getattr(batching, 'batch_size', None)}) and raise trainer.accumulate_grad_batches "
                  f"(now {trainer.accumulate_grad_batches}) to keep the update's size"
                  + ("" if checkpointing else ", or set model.gradient_checkpointing=true (less memory, one more "
                                               "forward pass per layer)"))
