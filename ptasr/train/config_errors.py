@@ -5,7 +5,8 @@ without the file. :class:`ConfigParser` (LightningCLI's ``parser_class`` in trai
 :class:`~ptasr.errors.SettingError` that names the setting, where it was given (a config file and its line, or
 the command line) and the valid settings of that section closest to it::
 
-    train.py: error: unknown setting data.batch_sise in /data/my.yaml, line 80; did you mean data.batch_size? ...
+    train.py: error: unknown setting data.batching.batch_sise in /data/my.yaml, line 80; did you mean
+    data.batching.batch_size? ...
 
 Any other parse error keeps jsonargparse's own report. The messages are recognised by their wording in
 jsonargparse 4.53 (``tests/test_cli.py`` checks each against the installed version).
@@ -113,9 +114,9 @@ def renamed_setting_message(key: str, origin: str) -> str | None:
 def unknown_setting_message(key: str, origin: str, settings: Iterable[str], prog: str) -> str:
     """Name ``key``, where it was given, and the settings closest to it in its section.
 
-    >>> settings = ["data.batch_size", "data.eval_batch_size", "trainer.max_steps", "model.lr"]
-    >>> unknown_setting_message("data.batch_sise", "the command line", settings, "train.py fit")
-    'unknown setting data.batch_sise on the command line; did you mean data.batch_size? (train.py fit --help lists every setting)'
+    >>> settings = ["data.batching.batch_size", "data.batching.eval_batch_size", "trainer.max_steps", "model.lr"]
+    >>> unknown_setting_message("data.batching.batch_sise", "the command line", settings, "train.py fit")
+    'unknown setting data.batching.batch_sise on the command line; did you mean data.batching.batch_size? (train.py fit --help lists every setting)'
     >>> unknown_setting_message("max_steps", "x.yaml, line 3", settings, "train.py fit").split(";")[1]
     ' did you mean trainer.max_steps? (train.py fit --help lists every setting)'
     """
