@@ -162,6 +162,14 @@ def test_your_own_training_data_needs_your_own_validation_data(tmp_path: Path) -
     assert [(reader.root, split) for reader, split, _ in data.parts("test")] == [(corpus.root, "test")]
 
 
+def test_two_training_files_of_one_name_are_fine_two_scored_ones_are_not(tmp_path: Path) -> None:
+    # names tell scored sets apart in metric names (val/<name>/wer); training sources only label reports
+    train = [DataSource(str(tmp_path / "a" / "train.csv")), DataSource(str(tmp_path / "b" / "train.csv"))]
+    assert SpeechDataModule(train, str(tmp_path / "dev.csv"))._names["train"] == ["train", "train"]
+    with pytest.raises(SettingError, match="data.val gives the name 'train' to several sources"):
+        SpeechDataModule(train, val=train)
+
+
 def test_weight_is_for_training_and_names_must_fit_a_metric(tmp_path: Path) -> None:
     with pytest.raises(SettingError, match="weight applies to data.train only"):
         SpeechDataModule(val=[DataSource(BUNDLED_CORPUS, weight=2.0)])

@@ -98,10 +98,12 @@ class SpeechDataModule(pl.LightningDataModule):
         if _is_demo(self._sources["test"]) and not _is_demo(self._sources["val"]):
             # your own validation data also tests, rather than the demo corpus: a release at its test split
             self._sources["test"] = [replace(source, splits=None) for source in self._sources["val"]]
-        # each source's name, as reports and metrics give it (val/<name>/wer), known before any is read
-        self._names = {role: distinct_names(role, sources, [source_name(source, source_splits(source, role))
-                                                            for source in sources])
+        # each source's name, as reports and metrics give it (val/<name>/wer), known before any is read; only
+        # scored sets need distinct ones (two training files may both be train.csv)
+        self._names = {role: [source_name(source, source_splits(source, role)) for source in sources]
                        for role, sources in self._sources.items()}
+        for role in ("val", "test"):
+            distinct_names(role, self._sources[role], self._names[role])
         self._opened: dict[tuple, Reader] = {}  # readers by reader_key: one release read once for every role
         self._parts: dict[str, list[tuple[Reader, str, float, int]]] = {}  # role -> (reader, split, weight, source)
         self._rows: dict[tuple[int, str], Manifest] = {}  # (reader, split) -> unfiltered rows with normalised text

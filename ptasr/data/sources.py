@@ -220,7 +220,7 @@ def check_sources(option: str, sources: list[DataSource]) -> None:
 
 
 def distinct_names(option: str, sources: list[DataSource], names: list[str]) -> list[str]:
-    """``names`` (one per source), refused where two sources would log under one name."""
+    """``names`` (one per source of a scored set), refused where two sources would log under one name."""
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         where = [source.path for source, name in zip(sources, names) if name in twice]
