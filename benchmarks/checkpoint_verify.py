@@ -22,10 +22,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from train_throughput import cpu_name  # the script beside this one
 
 from ptasr.recognition.trained_model import _damage
 from ptasr.train.checkpoint_io import AtomicCheckpointIO
-from train_throughput import cpu_name  # the script beside this one
 
 
 def _best_seconds(run: Callable[[], object], repeats: int) -> float:

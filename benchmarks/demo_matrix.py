@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from train_throughput import cpu_name  # the script beside this one
 
 from ptasr.run_log import read_scalars
-from train_throughput import cpu_name  # the script beside this one
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_LOCK = threading.Lock()

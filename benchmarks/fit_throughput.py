@@ -57,7 +57,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput as bare  # noqa: E402 -- the bare step, its model configs and its timing
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config  # noqa: E402
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC  # noqa: E402
 from ptasr.data import BUNDLED_CORPUS  # noqa: E402
 from ptasr.data.commonvoice import read_tsv  # noqa: E402
 from ptasr.data.testing import OLD_COLUMNS  # noqa: E402

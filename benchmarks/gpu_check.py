@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC
 from ptasr.model.loss import ctc_loss
 
 

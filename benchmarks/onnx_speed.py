@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.export.hf_folder import write_hf_folder
-from ptasr.recognition.recognizer import Recognizer
 from ptasr.export.onnx import ONNX_FILE, export_onnx, onnx_recognizer
+from ptasr.recognition.recognizer import Recognizer
 
 RESULTS = Path(__file__).parent / "results" / "onnx_speed_cpu.json"
 Runner = Callable[[], list[str]]

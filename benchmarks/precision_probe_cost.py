@@ -18,11 +18,11 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from train_throughput import cpu_name  # the script beside this one
 
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 from ptasr.precision_probe import probe_seconds, record_calls
-from train_throughput import cpu_name  # the script beside this one
 
 MODELS = {"demo (tiny, 64 conv channels)": ("tiny", {"conv_dim": [64] * 7}), "xls-r-300m shape": ("xls-r-300m", {})}
 

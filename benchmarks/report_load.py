@@ -32,6 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from train_throughput import cpu_name  # the script beside this one
 
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import read_tsv
@@ -39,7 +40,6 @@ from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.evaluation.report import EvaluationReport
 from ptasr.evaluation.scoring import Scored, breakdown, error_rates, score_utterance
 from ptasr.recognition.transcript import Transcript
-from train_throughput import cpu_name  # the script beside this one
 
 CORPUS = Path(BUNDLED_CORPUS)
 GROUPS = {"gender": ["male", "female", ""], "age": ["teens", "twenties", "thirties", "forties", "fifties", ""],

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC
 from ptasr.model.loss import ctc_loss
 from ptasr.model.packing import FramePacking
 

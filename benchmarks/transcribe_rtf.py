@@ -42,16 +42,16 @@ import jiwer
 import numpy as np
 import soundfile as sf
 import torch
+from train_throughput import cpu_name  # the script beside this one
 
 from ptasr.compat import cpu_has_native_bf16
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.export.hf_folder import write_hf_folder
-from ptasr.recognition.devices import resolve_dtype
-from ptasr.recognition.recognizer import Chunking, Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from train_throughput import cpu_name  # the script beside this one
+from ptasr.recognition.devices import resolve_dtype
+from ptasr.recognition.recognizer import Chunking, Recognizer
 
 Runner = Callable[[], list[str]]
 

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-
 from ptasr import __version__, threads
 from ptasr.errors import TRACEBACK_VARIABLE, DataError, MissingPathError, SettingError, UserError, exit_status
 
@@ -441,8 +440,8 @@ def _floats(text: str) -> list[float]:
 def run_tune(args: argparse.Namespace) -> int:
     """``evaluate --lm LM --tune``: log-probabilities once, every (LM weight, word score) pair of the grid decoded
     and scored, the table and the best pair printed, the best pair saved beside the LM, its results written."""
-    from ptasr.evaluation.evaluate import check_results_free, load_eval_set, summarise, transcribe_once, tune
     from ptasr.decoding.lm import DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES, BeamSearchDecoder, can_choose, save_weights
+    from ptasr.evaluation.evaluate import check_results_free, load_eval_set, summarise, transcribe_once, tune
 
     if args.lm is None:
         raise SettingError("--tune searches the weights of an n-gram LM: give one with --lm LM")

@@ -142,3 +142,12 @@ def shard_over_every_rank(strategy: Any, ranks: int) -> None:
     number would need is known only once the processes have started (``setup_environment``), where this is called.
     """
     strategy._data_parallel_size = ranks
+
+
+def paths_are_values(parser: Any, dests: tuple[str, ...]) -> None:
+    """jsonargparse reads a file path given for an argument whose type holds dataclasses as the file's content
+    (a sub-config); for ``dests`` a path is the value itself. Through the private ``_enable_path`` of each
+    argparse action (jsonargparse 4.x) until it has a public switch."""
+    for action in parser._actions:
+        if action.dest in dests:
+            action._enable_path = False

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from helpers import small_module
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.train.sharding import ShardedStrategy
-from helpers import small_module
 
 VOCAB = Vocabulary(["|", "a", "e", "o", "[UNK]", "[PAD]"])
 CLIPS, SAMPLES, LABELS = 4, 6000, 4

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from helpers import HANG_S
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC
 from ptasr.model.loss import ctc_loss
 from ptasr.model.wav2vec2 import InputDtypeLayerNorm
-
-from helpers import HANG_S
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from train_memory import CUDA_BLOCK, PeakTensorMemory, cuda_autocast_norms  # noqa: E402

@@ -10,10 +10,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import SMALL_MODEL, SMALL_RUN
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL, SMALL_RUN
 
 
 class BlankBias(L.Callback):

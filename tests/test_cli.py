@@ -14,17 +14,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import HANG_S
 
 from ptasr.cli import main
 from ptasr.data.commonvoice import read_tsv
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.recognition.devices import resolve_dtype
-from ptasr.recognition.recognizer import Chunking, Recognizer, chunk_recording, kept_frames
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-
-from helpers import HANG_S
+from ptasr.recognition.devices import resolve_dtype
+from ptasr.recognition.recognizer import Chunking, Recognizer, chunk_recording, kept_frames
 
 TINY = dict(conv_dim=(32,) * 7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)

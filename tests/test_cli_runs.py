@@ -10,10 +10,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from helpers import SMALL_MODEL, SMALL_RUN, small_module
 
 from ptasr.data.text import Vocabulary
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL, SMALL_RUN, small_module
 
 CARRY_OVER = "CTC head rebuilt for the data's"
 

@@ -12,8 +12,13 @@ import pytest
 import torch
 
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.decoding.confidence import (BASELINE_MEASURE, DEFAULT_MEASURE, ConfidenceMeasure, frame_confidence,
-                                       word_confidences)
+from ptasr.decoding.confidence import (
+    BASELINE_MEASURE,
+    DEFAULT_MEASURE,
+    ConfidenceMeasure,
+    frame_confidence,
+    word_confidences,
+)
 from ptasr.errors import SettingError
 from ptasr.evaluation.evaluate import EvalSet, evaluate, format_results, summarise, write_results
 from ptasr.evaluation.scoring import auroc, wrong_words

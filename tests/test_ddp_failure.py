@@ -18,7 +18,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-
 from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ import torch
 
 from ptasr.data.audio import AudioDecodeError
 from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.decoding.lm import can_choose
 from ptasr.errors import DataError
 from ptasr.evaluation.evaluate import EvalSet, evaluate, summarise, transcribe_once, tune, write_results
-from ptasr.recognition.recognizer import Recognizer
-from ptasr.decoding.lm import can_choose
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from ptasr.recognition.recognizer import Recognizer
 
 
 @pytest.fixture(scope="module")

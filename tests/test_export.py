@@ -20,9 +20,9 @@ from ptasr.data.datamodule import SpeechDataModule
 from ptasr.data.settings import BatchSettings, LoadingSettings
 from ptasr.data.testing import make_corpus
 from ptasr.export.hf_folder import preprocessor_config
-from ptasr.recognition.recognizer import Chunking, Recognizer
-from ptasr.model.config import Wav2Vec2Config
 from ptasr.export.model_card import results_table
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.recognition.recognizer import Chunking, Recognizer
 from ptasr.run_log import read_scalars, training_results
 from ptasr.train import WERMetrics
 from ptasr.train.module import Wav2Vec2CTCModule

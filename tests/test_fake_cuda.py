@@ -36,7 +36,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._sympy.symbol import SymT, symbol_is_type
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC
 from ptasr.lengths import conv_output_lengths
 from ptasr.model.kernels import InputDtypeLayerNorm
 

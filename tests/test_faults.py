@@ -22,7 +22,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-
 from helpers import SMALL_MODEL, SMALL_RUN, fake_checkpoint, train_py_error_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,8 +183,8 @@ def test_a_resume_from_a_checkpoint_with_flipped_bytes_is_refused_naming_an_inta
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
 def test_a_damaged_checkpoint_is_refused_by_the_model_loader_naming_an_intact_one(trained: Path, tmp_path: Path,
                                                                                   damage: str) -> None:
-    from ptasr.recognition.trained_model import load_any
     from ptasr.errors import CheckpointError
+    from ptasr.recognition.trained_model import load_any
 
     folder = _checkpoints(_copy(trained, tmp_path))
     last = folder / "last.ckpt"

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import HANG_S, SMALL_MODEL
 
 from ptasr.cli import main
 from ptasr.data import BUNDLED_CORPUS
@@ -34,10 +35,9 @@ from ptasr.data.filters import FilterSettings, filter_manifest
 from ptasr.data.manifests import ManifestFile
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.export.hf_folder import write_hf_folder
-from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from helpers import HANG_S, SMALL_MODEL
+from ptasr.recognition.recognizer import Recognizer
 
 REPO = Path(__file__).resolve().parent.parent
 # names a file system allows and a TSV line does not: newline, tab, carriage return, backslash, quotes, unicode

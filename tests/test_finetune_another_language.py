@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 from ptasr.cli import main as ptasr_main
 from ptasr.train.cli import cli_main
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 

@@ -13,10 +13,10 @@ from typing import Any
 import lightning as L
 import pytest
 import yaml
+from helpers import SMALL_MODEL, SMALL_RUN
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL, SMALL_RUN
 
 
 def _callback(class_path: str, **init_args: object) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import word_arpa
 
 from ptasr.data.text import Vocabulary
@@ -133,8 +132,8 @@ def test_missing_flashlight_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_search_weights_reuses_emissions_and_finds_the_lm_helps(word_lm: Path) -> None:
-    from ptasr.evaluation.scoring import error_rates, score_utterance
     from ptasr.decoding.lm import best_trial, search_weights
+    from ptasr.evaluation.scoring import error_rates, score_utterance
 
     references = ["casa mesa", "casa"]
     emissions = [CAZA_MEZA[0], CAZA[0]]  # (T_i, V) each, different lengths

@@ -14,9 +14,9 @@ import torch
 from ptasr.cli import main
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.export.model_card import TRANSFORMERS_WITH_LM, TRANSFORMERS_WITHOUT_LM
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from ptasr.export.model_card import TRANSFORMERS_WITH_LM, TRANSFORMERS_WITHOUT_LM
 
 pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (pip install 'ptasr[lm]') is not installed")
 

@@ -188,6 +188,7 @@ def test_a_fit_on_two_manifests_logs_each_source_and_the_card_lists_them(
     import json
 
     from helpers import SMALL_MODEL, SMALL_RUN
+
     from ptasr.cli import main
     from ptasr.data.testing import make_recordings, write_manifest
     from ptasr.run_log import read_scalars

@@ -15,7 +15,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC
 from ptasr.model.convert import CheckpointError, read_fairseq
 from ptasr.model.loss import ctc_loss
 

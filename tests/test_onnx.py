@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from ptasr import Wav2Vec2CTC, Wav2Vec2Config
+from ptasr import Wav2Vec2Config, Wav2Vec2CTC
 from ptasr.cli import main
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.export.hf_folder import write_hf_folder

@@ -14,11 +14,11 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 from ptasr.errors import UserError
 from ptasr.train.cli import cli_main
 from ptasr.train.out_of_memory import OutOfMemory
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB"

@@ -51,9 +51,9 @@ def _write(path: Path, header: list[str], rows: list[list[str]], delimiter: str 
 
 
 def _recognizer():
-    from ptasr.recognition.recognizer import Recognizer
     from ptasr.model.config import Wav2Vec2Config
     from ptasr.model.wav2vec2 import Wav2Vec2CTC
+    from ptasr.recognition.recognizer import Recognizer
 
     torch.manual_seed(0)
     vocab = Vocabulary.build(SENTENCES)

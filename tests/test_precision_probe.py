@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
+from helpers import SMALL_MODEL, SMALL_RUN
 from torch.utils._python_dispatch import TorchDispatchMode  # torch's own tests inject kernels this way
 
 from ptasr import precision_probe
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.evaluation.evaluate import evaluate, load_eval_set
-from ptasr.recognition.recognizer import Recognizer
+from ptasr.evaluation.scoring import error_rates
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
 from ptasr.precision_probe import guard_low_precision
-from ptasr.evaluation.scoring import error_rates
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL, SMALL_RUN
+
 
 def relative_error(low: torch.Tensor, reference: torch.Tensor) -> float:
     return ((low.float() - reference.float()).norm() / reference.float().norm()).item()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers import small_module
 
 from ptasr.data.text import Vocabulary
 from ptasr.train.module import Wav2Vec2CTCModule
-from helpers import small_module
 
 BATCH = {"waveforms": torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)),
          "lengths": torch.tensor([16000, 16000]), "labels": torch.tensor([[1, 2], [2, 1]]),

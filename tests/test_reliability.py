@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import HANG_S, SMALL_MODEL, train_py_error_line  # the ~40 k-parameter model of the training tests
 
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.train.cli import cli_main
-from helpers import HANG_S, SMALL_MODEL, train_py_error_line  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [

@@ -14,10 +14,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, dev_split_data, small_module
 
 from ptasr.data.datamodule import SpeechDataModule
 from ptasr.train.module import TrainingDiverged, Wav2Vec2CTCModule
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, dev_split_data, small_module
 
 REPO = Path(__file__).resolve().parents[1]
 

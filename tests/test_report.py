@@ -26,11 +26,11 @@ from ptasr.cli import main
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.data.commonvoice import read_tsv
 from ptasr.data.text import TextNormalizer, Vocabulary
+from ptasr.evaluation.report import MAX_COLUMNS, aligned_words, copy_playable, summarise_posteriors
 from ptasr.export.hf_folder import write_hf_folder
-from ptasr.recognition.recognizer import Recognizer
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
-from ptasr.evaluation.report import MAX_COLUMNS, aligned_words, copy_playable, summarise_posteriors
+from ptasr.recognition.recognizer import Recognizer
 
 CORPUS = Path(BUNDLED_CORPUS)
 SPLIT_ROWS = 50  # utterances in the bundled corpus's test split

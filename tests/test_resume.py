@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from helpers import HANG_S, fake_checkpoint, save_half_then
 
 from ptasr.data import BUNDLED_CORPUS
 from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
 from ptasr.train.cli import CONFIG_DIR, cli_main
-from helpers import HANG_S, fake_checkpoint, save_half_then
 
 REPO = Path(__file__).resolve().parents[1]
 # The dev split: 50 clips in batches of 8 are 7 updates per epoch. A checkpoint after every update (all kept);

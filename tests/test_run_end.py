@@ -18,10 +18,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 from ptasr.train import LastCheckpoint
 from ptasr.train.cli import CONFIG_DIR, cli_main
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 # The dev split: 50 clips in batches of 8 are 7 updates per epoch.
 EPOCH = 7

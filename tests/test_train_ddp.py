@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.data import BUNDLED_CORPUS
@@ -26,7 +27,6 @@ from ptasr.data.sources import DataSource
 from ptasr.data.testing import make_corpus
 from ptasr.evaluation.scoring import Counts, edit_counts, error_rate
 from ptasr.train.cli import cli_main
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCH = 4  # the dev split: 50 clips in batches of 8 are 7 batches, evened out to 8, so 4 per rank

@@ -13,16 +13,16 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, dev_split_data, small_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.data.audio import normalize_waveform
 from ptasr.data.text import Vocabulary
-from ptasr.recognition.recognizer import Recognizer
-from ptasr.model.config import Wav2Vec2Config
 from ptasr.evaluation.scoring import collapse_whitespace, edit_counts, error_rate
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.train.cli import cli_main
 from ptasr.train.module import Wav2Vec2CTCModule
-from helpers import SMALL_MODEL, SMALL_RUN, NaNLossAtStep, dev_split_data, small_module
 
 STEPS = 4
 

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_MODEL, SMALL_RUN
 
-from ptasr.recognition.trained_model import checkpoint_entry
 from ptasr.data.filters import FilterSettings
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import DataError, SettingError, UserError
 from ptasr.model.config import Wav2Vec2Config
+from ptasr.recognition.trained_model import checkpoint_entry
 from ptasr.train.cli import cli_main
 from ptasr.train.data_match import check_data_fits_model, text_side_after_loading
 from ptasr.train.gradients import clip_with_norm, drop_skipped_layer_gradients
 from ptasr.train.nonfinite import NonFiniteUpdates, TrainingDiverged, skip_update_if
 from ptasr.train.random_state import RandomStateCheckpoint, rng_states, set_rng_states
 from ptasr.train.step_randomness import layerdrop_generator, spec_augment_generator
-from helpers import SMALL_MODEL, SMALL_RUN
 
 
 def test_a_streak_that_reaches_the_patience_diverges_at_its_update() -> None:

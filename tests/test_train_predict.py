@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 from ptasr.data.commonvoice import read_tsv
 from ptasr.data.testing import make_corpus
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.train.cli import cli_main
-from helpers import SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 TEST_CLIPS = 5
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.recognition.trained_model import load_any
 from ptasr.train.cli import cli_main
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
 
 ROOT = Path(__file__).resolve().parent
 RUN = str(ROOT / "sharded_run.py")

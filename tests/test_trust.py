@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import HANG_S, SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 from ptasr.data.testing import make_corpus
 from ptasr.run_log import read_scalars, training_results
 from ptasr.train.cli import cli_main
-from helpers import HANG_S, SMALL_MODEL  # the ~40 k-parameter model of the training tests
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [*SMALL_MODEL, "--data.loading.num_workers=0", "--data.batching.batch_size=4", "--data.batching.eval_batch_size=4",

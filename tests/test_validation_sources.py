@@ -17,8 +17,8 @@ import jiwer
 import lightning as L
 import pytest
 import torch
-
 from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
+
 from ptasr.data.datamodule import SpeechDataModule
 from ptasr.data.filters import FilterSettings
 from ptasr.data.settings import BatchSettings, LoadingSettings, TextSettings

@@ -21,8 +21,17 @@ from ptasr.data.filters import check_leakage, filter_manifest
 from ptasr.data.manifests import ManifestFile
 from ptasr.data.sampler import BucketBatchSampler
 from ptasr.data.settings import BatchSettings, FilterSettings, LoadingSettings, TextSettings
-from ptasr.data.sources import (DataSource, Reader, as_sources, check_sources, describe, distinct_names, open_source,
-                                source_name, source_splits)
+from ptasr.data.sources import (
+    DataSource,
+    Reader,
+    as_sources,
+    check_sources,
+    describe,
+    distinct_names,
+    open_source,
+    source_name,
+    source_splits,
+)
 from ptasr.data.table import Manifest
 from ptasr.data.text import AlphabetReport, Vocabulary
 from ptasr.errors import DataError, SettingError

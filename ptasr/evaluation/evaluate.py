@@ -49,11 +49,11 @@ from ptasr.evaluation.scoring import Scored, breakdown, confidence_results, erro
 from ptasr.storage import staged_files, storage_error
 
 if TYPE_CHECKING:
-    from ptasr.recognition.inputs import AudioInput
     from ptasr.data.text import TextNormalizer
-    from ptasr.recognition.recognizer import Chunking, Recognizer
     from ptasr.decoding.confidence import ConfidenceMeasure
     from ptasr.decoding.lm import BeamSearchDecoder, Trial
+    from ptasr.recognition.inputs import AudioInput
+    from ptasr.recognition.recognizer import Chunking, Recognizer
     from ptasr.recognition.transcript import Transcript
 
 BREAKDOWN_COLUMNS = ("gender", "age", "accent")

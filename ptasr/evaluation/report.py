@@ -40,8 +40,8 @@ from ptasr.evaluation.scoring import aligned_words
 from ptasr.storage import check_writable, staged_folder
 
 if TYPE_CHECKING:
-    from ptasr.recognition.recognizer import Recognizer
     from ptasr.evaluation.scoring import Scored
+    from ptasr.recognition.recognizer import Recognizer
     from ptasr.recognition.transcript import Transcript
 
 ASSETS = Path(__file__).parents[1] / "assets" / "report"

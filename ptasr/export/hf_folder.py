@@ -27,9 +27,9 @@ from typing import Any
 
 from ptasr.data.text import Vocabulary
 from ptasr.errors import HubError, MissingPathError, SettingError
-from ptasr.recognition.recognizer import Recognizer
-from ptasr.model.config import Wav2Vec2Config
 from ptasr.export.model_card import data_language, data_name, hyperparameters, model_card, previous_card
+from ptasr.model.config import Wav2Vec2Config
+from ptasr.recognition.recognizer import Recognizer
 from ptasr.run_log import find_log_dir, read_scalars, run_config, training_results
 from ptasr.storage import staged_folder
 

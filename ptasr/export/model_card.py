@@ -15,7 +15,6 @@ import yaml
 from ptasr.recognition.recognizer import Recognizer
 from ptasr.run_log import ResultRow
 
-
 # --- the training results tables -----------------------------------------------------------------------------
 
 

@@ -134,8 +134,8 @@ def onnx_recognizer(source: str | Path, threads: int | None = None) -> Recognize
     The folder is what ``ptasr export ... --onnx`` writes: the vocabulary and normaliser come from its HF files,
     the network from ``model.onnx``.
     """
-    from ptasr.recognition.trained_model import load_folder_normalizer, load_folder_vocabulary
     from ptasr.recognition.recognizer import Recognizer
+    from ptasr.recognition.trained_model import load_folder_normalizer, load_folder_vocabulary
 
     folder = Path(source)
     path = folder / ONNX_FILE

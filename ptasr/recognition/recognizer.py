@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn.utils import parametrize
 
-from ptasr.recognition.inputs import AudioInput, describe_input, read_input
-from ptasr.recognition.trained_model import load_any
 from ptasr.data.audio import SAMPLE_RATE, normalize_waveform
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decoding.confidence import DEFAULT_MEASURE, ConfidenceMeasure, word_confidences
-from ptasr.recognition.devices import resolve_device, resolve_dtype
-from ptasr.precision_probe import guard_low_precision
 from ptasr.errors import CheckpointError, SettingError
 from ptasr.model.config import Wav2Vec2Config
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from ptasr.precision_probe import guard_low_precision
+from ptasr.recognition.devices import resolve_device, resolve_dtype
+from ptasr.recognition.inputs import AudioInput, describe_input, read_input
+from ptasr.recognition.trained_model import load_any
 from ptasr.recognition.transcript import Transcript, token_spans, word_spans
 
 if TYPE_CHECKING:

@@ -36,8 +36,8 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ptasr.compat import is_sharded_checkpoint, load_sharded_checkpoint
-from ptasr.recognition.trained_model import verify_checkpoint
 from ptasr.errors import MissingPathError, StorageError
+from ptasr.recognition.trained_model import verify_checkpoint
 from ptasr.storage import storage_error
 
 log = logging.getLogger(__name__)

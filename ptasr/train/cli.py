@@ -37,13 +37,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ptasr import compat
 from ptasr.compat import is_sharded_checkpoint
-from ptasr.recognition.trained_model import load_folder_vocabulary, read_text_side, verify_checkpoint
 from ptasr.data.datamodule import SpeechDataModule
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import MissingPathError, SettingError, UserError
 from ptasr.model.config import PRESETS, Wav2Vec2Config
 from ptasr.model.convert import head_log, is_hub_id
+from ptasr.recognition.trained_model import load_folder_vocabulary, read_text_side, verify_checkpoint
 from ptasr.train.config_errors import ConfigParser
 from ptasr.train.module import Wav2Vec2CTCModule
 from ptasr.train.out_of_memory import out_of_memory_explained
@@ -73,9 +74,7 @@ class PtasrCLI(LightningCLI):
         parser.link_arguments(model, "data.filters.conv_stride", compute_fn=_conv_stride, apply_on="parse")
         # A source's path is data, not a file of settings: jsonargparse reads a file path given for a type that
         # holds dataclasses as the value (sub_configs), so --data.train mine.csv would become the CSV's text.
-        for action in parser._actions:  # argparse's list of arguments, as config_errors reads it too
-            if action.dest in ("data.train", "data.val", "data.test"):
-                action._enable_path = False
+        compat.paths_are_values(parser, ("data.train", "data.val", "data.test"))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ptasr.recognition.trained_model import text_side
 from ptasr.data.datamodule import check_checkpoint_vocabulary
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.errors import SettingError
 from ptasr.model.config import Wav2Vec2Config
+from ptasr.recognition.trained_model import text_side
 
 
 def check_data_fits_model(vocab: Vocabulary | None, filters: Any | None, config: Wav2Vec2Config) -> None:

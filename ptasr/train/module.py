@@ -19,12 +19,12 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from ptasr.recognition.trained_model import ENTRY, checkpoint_entry
 from ptasr.compat import should_update_logs
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decoding.greedy import greedy_decode
 from ptasr.errors import CheckpointError
 from ptasr.model.loss import config_ctc_loss
+from ptasr.recognition.trained_model import ENTRY, checkpoint_entry
 from ptasr.train.build import build_model
 from ptasr.train.cpu_threads import CPUThreadsUnderLoad
 from ptasr.train.data_match import check_data_fits_model, text_side_after_loading

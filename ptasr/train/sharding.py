@@ -31,8 +31,8 @@ from typing import Literal
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from ptasr.compat import shard_over_every_rank
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
