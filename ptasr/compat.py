@@ -151,3 +151,9 @@ def paths_are_values(parser: Any, dests: tuple[str, ...]) -> None:
     for action in parser._actions:
         if action.dest in dests:
             action._enable_path = False
+
+
+def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
+    """The module's Trainer, or ``None`` where it has none (``load_from_checkpoint`` calls ``configure_model``
+    outside any fit), where ``module.trainer`` raises. Lightning's private ``_trainer`` (2.x)."""
+    return module._trainer

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from ptasr import compat
 from ptasr.compat import should_update_logs
 from ptasr.data.text import TextNormalizer, Vocabulary
 from ptasr.decoding.greedy import greedy_decode
@@ -134,8 +135,11 @@ class Wav2Vec2CTCModule(L.LightningModule):
         if self.hparams.compile and not self._compiled:
             self.model.compile_blocks()  # in place, so checkpoints keep plain parameter names
             self._compiled = True
-        if isinstance(self.trainer.strategy, ShardedStrategy):  # its mesh exists from here on
-            self.trainer.strategy.shard(self.model)
+        # load_from_checkpoint calls this hook too, with no Trainer: nothing to shard then
+        trainer = compat.attached_trainer(self)
+        strategy = trainer.strategy if trainer is not None else None
+        if isinstance(strategy, ShardedStrategy):  # its mesh exists from here on
+            strategy.shard(self.model)
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Part of every run, whatever the config's callbacks: the random streams in its checkpoints;
