@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import weakref
 from pathlib import Path
 
 import torch
@@ -45,16 +44,8 @@ torch.is_autocast_enabled = lambda *device: False if device and str(device[0]) =
 class MetaPeakMemory(PeakTensorMemory):
     """``PeakTensorMemory`` for meta tensors: a storage is keyed by its Python object (all addresses are 0)."""
 
-    def _add(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key = (id(storage), storage.nbytes())
-        if storage.nbytes() == 0 or key in self._sizes:
-            return
-        size = -(-storage.nbytes() // CUDA_BLOCK) * CUDA_BLOCK
-        self._sizes[key] = size
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._free, key)
+    def _key(self, storage: torch.UntypedStorage) -> tuple[int, int]:
+        return id(storage), storage.nbytes()
 
 
 def _bytes(tensors: list[torch.Tensor], bytes_each: int) -> int:

@@ -63,9 +63,13 @@ class PeakTensorMemory(TorchDispatchMode):
         for tensor in tensors:
             self._add(tensor)
 
+    def _key(self, storage: torch.UntypedStorage) -> tuple[int, int]:
+        """What tells storages apart: their address and size."""
+        return storage.data_ptr(), storage.nbytes()
+
     def _add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
-        key = (storage.data_ptr(), storage.nbytes())
+        key = self._key(storage)
         if storage.nbytes() == 0 or key in self._sizes:
             return
         size = -(-storage.nbytes() // CUDA_BLOCK) * CUDA_BLOCK

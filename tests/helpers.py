@@ -119,3 +119,31 @@ def train_py_error_line(result: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in lines if line.startswith("train.py: error:")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
     return errors[0]
+
+
+def sigterm_two_ranks(command: list[str], folder: Path, env: dict[str, str], updates_first: int, what: str
+                      ) -> tuple[int, list[list[int]], str]:
+    """Run a 2-rank ``train.py fit`` ``command`` (with test_run_end's ``SlowStepLog`` writing
+    ``folder/rank{N}.log``) in its own session, SIGTERM rank 0's process once rank 0 logged ``updates_first``
+    updates, and return the exit status, each rank's logged updates and the stderr. A fit that makes no
+    progress fails the test (``what`` names it); one still running at the end is killed with its session."""
+    import os
+    import signal
+    import time
+
+    fit = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)  # its own session: a failure here ends both ranks
+    log = folder / "rank0.log"
+    try:
+        deadline = time.monotonic() + HANG_S
+        while not (log.exists() and len(log.read_text().split()) >= updates_first):
+            assert fit.poll() is None, fit.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, f"the {what} fit made no progress"
+            time.sleep(0.1)
+        fit.send_signal(signal.SIGTERM)  # rank 0's process only
+        _, stderr = fit.communicate(timeout=HANG_S)
+    finally:
+        if fit.poll() is None:
+            os.killpg(fit.pid, signal.SIGKILL)
+    updates = [[int(step) for step in (folder / f"rank{rank}.log").read_text().split()] for rank in (0, 1)]
+    return fit.returncode, updates, stderr

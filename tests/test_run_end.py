@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import pytest
 import torch
 import yaml
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, sigterm_two_ranks
 
 from ptasr.train import LastCheckpoint
 from ptasr.train.cli import CONFIG_DIR, cli_main
@@ -153,22 +152,8 @@ def test_sigterm_stops_every_ddp_rank_at_the_same_update_with_last_ckpt(tmp_path
                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    # Its own session, so that a failure here can end both ranks; the signal goes to rank 0's process only.
-    fit = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + HANG_S
-        while not ((tmp_path / "rank0.log").exists() and len((tmp_path / "rank0.log").read_text().split()) >= 2):
-            assert fit.poll() is None, fit.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the DDP fit made no progress"
-            time.sleep(0.1)
-        fit.send_signal(signal.SIGTERM)
-        _, stderr = fit.communicate(timeout=HANG_S)
-    finally:
-        if fit.poll() is None:
-            os.killpg(fit.pid, signal.SIGKILL)
-    assert fit.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    updates = [[int(step) for step in (tmp_path / f"rank{rank}.log").read_text().split()] for rank in (0, 1)]
+    returncode, updates, stderr = sigterm_two_ranks(command, tmp_path, env, updates_first=2, what="DDP")
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert updates[0] == updates[1]  # both ranks stopped after the same update
     assert 2 <= updates[0][-1] < 40
     saved = torch.load(tmp_path / "demo" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",

@@ -13,12 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
+from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, sigterm_two_ranks
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.recognition.trained_model import load_any
@@ -146,21 +145,8 @@ def test_sharded_fit_stops_every_rank_at_one_update_on_sigterm_and_test_reads_it
                *fit_args, "--trainer.callbacks+=test_run_end.SlowStepLog", f"--trainer.callbacks.folder={tmp_path}",
                "--trainer.devices=2", "--trainer.strategy=ptasr.train.sharding.ShardedStrategy",
                "--trainer.strategy.param_dtype=float32"]
-    fit = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)  # its own session: a failure here ends both ranks
-    try:
-        deadline = time.monotonic() + HANG_S
-        while not ((tmp_path / "rank0.log").exists() and len((tmp_path / "rank0.log").read_text().split()) >= 3):
-            assert fit.poll() is None, fit.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the sharded fit made no progress"
-            time.sleep(0.1)
-        fit.send_signal(signal.SIGTERM)
-        _, stderr = fit.communicate(timeout=HANG_S)
-    finally:
-        if fit.poll() is None:
-            os.killpg(fit.pid, signal.SIGKILL)
-    assert fit.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    updates = [[int(step) for step in (tmp_path / f"rank{rank}.log").read_text().split()] for rank in (0, 1)]
+    returncode, updates, stderr = sigterm_two_ranks(command, tmp_path, _env(), updates_first=3, what="sharded")
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert updates[0] == updates[1] and 3 <= updates[0][-1] < 40  # both ranks stopped after the same update
     run = tmp_path / "demo" / "version_0"
     last = run / "checkpoints" / "last.ckpt"
