@@ -4,7 +4,7 @@ Why: torch runs its CPU ops on an OpenMP team of one thread per core, and the Op
 (libgomp polls 300,000 times) before they sleep. On free cores that is what makes small ops fast: the team is
 awake when the next parallel region starts. When another process wants the same cores (someone else's job), the
 spinning threads burn the time it needs, and every parallel region then waits for a team member the kernel has
-descheduled: on 2 cores beside one CPU-bound process the demo trained at about a quarter of its idle rate with
+descheduled: on 2 cores beside one CPU-bound process the demo trained at about a third of its idle rate with
 torch's defaults. Threads that sleep as soon as they have no work (``OMP_WAIT_POLICY=PASSIVE``) give the core
 back at once and slow a busy machine's run in proportion to the load, but each wake-up costs time, about a fifth
 of the demo's rate on free cores. So the policy looks before it chooses: other processes' CPU use over a short
@@ -17,15 +17,16 @@ values, such as ``data.loading.num_workers``, win):
 - ``OMP_WAIT_POLICY=PASSIVE`` when other processes keep at least :data:`BUSY_CPUS` of this process's CPUs busy
   (or their use cannot be read); torch's spinning threads otherwise. Not set when the user set
   ``OMP_WAIT_POLICY``, or tuned the spinning through ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``. The choice holds
-  for the process: the OpenMP runtime reads it once. A machine that gets busy later (a second job started
-  beside a long run) keeps spinning threads; set ``OMP_WAIT_POLICY=PASSIVE`` for runs that share their cores.
+  for the process: the OpenMP runtime reads it once. When the CPUs get busy later (a second job started beside
+  a long fit), :class:`~ptasr.train.cpu_threads.CPUThreadsUnderLoad` shrinks the spinning team instead
+  (:func:`threads_beside`, :class:`OtherProcessesMeter`).
 - intra-op threads (``OMP_NUM_THREADS``): the CPUs this process may run on (its CPU affinity, and a cgroup CPU
   quota such as ``docker --cpus``), where torch counts every core of the host. Not set when the user set
   ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``.
 - inter-op threads: torch's own choice; that pool serves ``torch.jit.fork``, which ptasr does not call.
-- DataLoader workers (:func:`dataloader_workers`), when ``data.loading.num_workers`` is not given: one for training on
-  the CPU (decoding a batch costs a small part of an update; more workers would take cores from the model), and
-  for an accelerator the CPUs left per process, up to 8.
+- DataLoader workers (:func:`dataloader_workers`), when ``data.loading.num_workers`` is not given: one for
+  training on the CPU (decoding a batch costs a small part of an update; more workers would take cores from the
+  model), and for an accelerator the CPUs left per process, up to 8.
 
 The OpenMP runtime reads its environment once, when torch loads it, so :func:`apply_before_torch` runs before
 anything imports torch in every entry point: ``train.py``, ``ptasr`` / ``python -m ptasr`` (``ptasr.cli.main``)
