@@ -94,24 +94,12 @@ def decide(environ: Mapping[str, str], cpus: int, host_cpus: int, busy: float | 
     return ThreadPolicy(environment, tuple(reasons))
 
 
-def busy_cpus(window: float = BUSY_WINDOW_SECONDS, stat: Path = Path("/proc/stat")) -> float | None:
-    """CPUs' worth of time other processes used on this process's CPUs over the next ``window`` seconds, while
-    this process sleeps; ``None`` where ``stat`` (Linux's ``/proc/stat``) cannot be read.
-
-    Counts user, nice, system, irq and softirq time; steal (a hypervisor's other guests) and I/O wait do not
-    take this process's cores.
-    """
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    before = _cpu_ticks(stat, allowed)
-    if before is None:
-        return None
+def busy_cpus(window: float = BUSY_WINDOW_SECONDS) -> float | None:
+    """CPUs' worth of time other processes use on this process's CPUs over the next ``window`` seconds, while
+    this process sleeps (:class:`OtherProcessesMeter`); ``None`` off Linux."""
+    meter = OtherProcessesMeter()
     time.sleep(window)
-    after = _cpu_ticks(stat, allowed)
-    if after is None or after[1] <= before[1]:
-        return None
-    busy, total = after[0] - before[0], after[1] - before[1]
-    cpus = len(allowed) if allowed else os.cpu_count() or 1
-    return cpus * busy / total
+    return meter.sample()
 
 
 def _cpu_ticks(stat: Path, allowed: set[int] | None) -> tuple[int, int] | None:
@@ -128,6 +116,7 @@ def _cpu_ticks(stat: Path, allowed: set[int] | None) -> tuple[int, int] | None:
             continue
         ticks = [int(field) for field in fields[:8]] + [0] * (8 - len(fields[:8]))
         user, nice, system, idle, iowait, irq, softirq, _steal = ticks
+        # steal (a hypervisor's other guests) and I/O wait do not take this process's cores
         busy += user + nice + system + irq + softirq
         total += user + nice + system + idle + iowait + irq + softirq
     return (busy, total) if total else None
