@@ -99,7 +99,7 @@ def _config(tmp_path: Path, name: str, loss_log: Path, kill_at: int | None = Non
         hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, feat_proj_dropout=0.1,
         final_dropout=0.1, layerdrop=0.1,
     )
-    model.update(schedule="linear", warmup_steps=2)
+    model.update(schedule="linear", warmup_steps=2, speed_perturbation=[0.9, 1.0, 1.1])  # every random stream on
     config["data"].update(train=[{"path": BUNDLED_CORPUS, "splits": ["dev"]}], loading={"num_workers": 0})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -2,10 +2,10 @@
 
 The model (``ptasr.model``) is the maths; this module is the run around it, top-down: set-up, the steps (CTC
 loss, greedy decoding for validation), the optimiser step, checkpoints. Its pieces sit beside it in
-``ptasr.train``: ``build`` (the model), ``optim`` (optimiser, schedule), ``step_randomness`` (LayerDrop's and
-SpecAugment's generators), ``gradients`` (skipped layers, clipping), ``nonfinite`` (skipped updates,
-divergence), ``empty_batches``, ``data_match`` (data against model and checkpoint), ``random_state`` and
-``sharding`` (the sharded strategy, which ``configure_model`` applies).
+``ptasr.train``: ``build`` (the model), ``optim`` (optimiser, schedule), ``speed`` (speed perturbation),
+``step_randomness`` (LayerDrop's, SpecAugment's and the speeds' generators), ``gradients`` (skipped layers,
+clipping), ``nonfinite`` (skipped updates, divergence), ``empty_batches``, ``data_match`` (data against model
+and checkpoint), ``random_state`` and ``sharding`` (the sharded strategy, which ``configure_model`` applies).
 Metrics and health reports live in ``ptasr.train.callbacks``.
 
 Every knob here is an ``__init__`` argument, so LightningCLI shows it in ``--print_config`` and the YAML
@@ -37,7 +37,8 @@ from ptasr.train.optim import drop_gradients, optimizer_and_schedule
 from ptasr.train.random_state import RandomStateCheckpoint
 from ptasr.train.schedules import ScheduleName
 from ptasr.train.sharding import ShardedStrategy, full_norm
-from ptasr.train.step_randomness import layerdrop_generator, spec_augment_generator
+from ptasr.train.speed import check_speeds, draw_speeds, perturb_speed
+from ptasr.train.step_randomness import layerdrop_generator, spec_augment_generator, speed_generator
 
 __all__ = ["TrainingDiverged", "Wav2Vec2CTCModule"]  # TrainingDiverged: where train.py and callers import it
 
@@ -59,6 +60,9 @@ class Wav2Vec2CTCModule(L.LightningModule):
         config_overrides: ``Wav2Vec2Config`` fields applied on top of the preset or pretrained config:
             SpecAugment (``mask_time_prob`` ...), LayerDrop, dropouts, CTC ``ctc_loss_reduction`` ("mean" or
             "sum") and ``ctc_zero_infinity`` -- these travel with the model config into every export.
+        speed_perturbation: speeds each training clip is played at, one drawn per clip and update (e.g.
+            ``[0.9, 1.0, 1.1]``, Kaldi's and NeMo's choice; see ``ptasr.train.speed``); ``None``: off. Training
+            only: validation, test and transcription hear the clips as they are.
         freeze_feature_encoder: do not train the conv stack and run it without autograd (HF script, fairseq).
         freeze_transformer_steps: for the first N optimiser updates only the CTC head learns (fairseq's
             ``freeze_finetune_updates``), so a random head does not wreck the pretrained encoder.
@@ -90,6 +94,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
         # the model
         vocab_size: int, pad_token_id: int, preset: str = "tiny", pretrained: str | None = None,
         vocab_tokens: list[str] | None = None, config_overrides: dict[str, Any] | None = None,
+        speed_perturbation: list[float] | None = None,
         freeze_feature_encoder: bool = True, freeze_transformer_steps: int = 0,
         gradient_checkpointing: bool = False, compile: bool = False,
         # the optimiser
@@ -105,6 +110,7 @@ class Wav2Vec2CTCModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.speeds = check_speeds(speed_perturbation)
         self.model = build_model(vocab_size, pad_token_id, preset, pretrained, vocab_tokens, config_overrides,
                                  freeze_feature_encoder, gradient_checkpointing)
         # Text side, needed to decode predictions and saved in every checkpoint. Set in `setup` from the
@@ -176,8 +182,8 @@ class Wav2Vec2CTCModule(L.LightningModule):
             return empty_training_loss(self)
         # LayerDrop the same on every DDP rank (their gradients meet in one all-reduce); SpecAugment per rank.
         layers = self.model.draw_layers(self._step_generator(batch_idx))
-        logits, frame_lengths = self.model(batch["waveforms"], _lengths(batch), self._mask_generator(batch_idx),
-                                           layers=layers)
+        waveforms, lengths = self._perturbed(batch, batch_idx)
+        logits, frame_lengths = self.model(waveforms, lengths, self._mask_generator(batch_idx), layers=layers)
         # Layers LayerDrop skipped in every batch of this update: their all-zero gradients are dropped before
         # the optimiser step (see on_before_optimizer_step).
         dropped = dropped_layers(layers)
@@ -219,6 +225,16 @@ class Wav2Vec2CTCModule(L.LightningModule):
             )
         blank = self.model.config.pad_token_id
         return [self.vocab.decode(ids) for ids in greedy_decode(logits, frame_lengths, blank)]
+
+    def _perturbed(self, batch: Batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's waveforms (B, S') and host lengths (B,), each clip at its drawn speed (if any)."""
+        if not self.speeds:
+            return batch["waveforms"], _lengths(batch)
+        config = self.model.config
+        generator = speed_generator(self.global_step, batch_idx, self.global_rank)
+        speeds = draw_speeds(self.speeds, batch["texts"], _lengths(batch), config.conv_kernel, config.conv_stride,
+                             generator)
+        return perturb_speed(batch["waveforms"], _lengths(batch), speeds)
 
     def _step_generator(self, batch_idx: int) -> torch.Generator:  # LayerDrop's: the same on every rank
         return layerdrop_generator(self.global_step, batch_idx)
