@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.distributed.checkpoint
 from helpers import small_module
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -80,6 +82,22 @@ def poison_loss(module: L.LightningModule, update: int) -> None:
     module.training_step = poisoned
 
 
+def stall_in_save(name: str, save: int, out: Path) -> None:
+    """Stop every rank inside the ``save``-th save of checkpoint ``name``, once its shards are written and before
+    the save ends: each rank writes ``<out>/in-save-<rank>`` and sleeps, for the test to kill the job there."""
+    original, saves = torch.distributed.checkpoint.save, []
+
+    def save_then_stall(state: dict, *args, checkpoint_id=None, **kwargs):
+        result = original(state, *args, checkpoint_id=checkpoint_id, **kwargs)
+        saves.extend([checkpoint_id] if name in Path(checkpoint_id).name else [])
+        if len(saves) == save:
+            (out / f"in-save-{torch.distributed.get_rank()}").write_text(str(checkpoint_id))
+            time.sleep(3600)
+        return result
+
+    torch.distributed.checkpoint.save = save_then_stall  # Lightning imports it at each save
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -88,6 +106,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--resume", default=None, help="a checkpoint to resume from")
     parser.add_argument("--nan-update", type=int, default=0, help="this update's loss is NaN (0: none)")
+    parser.add_argument("--stall-in-last-save", type=int, default=0,
+                        help="stall every rank inside this save of last.ckpt (0: none)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -100,6 +120,8 @@ def main() -> None:
     module.vocab, module.normalizer = VOCAB, TextNormalizer()
     if args.nan_update:
         poison_loss(module, args.nan_update)
+    if args.stall_in_last_save:
+        stall_in_save("last.ckpt", args.stall_in_last_save, args.out)
     batches = [rank_share(global_batch(i), rank, world) for i in range(UPDATES_PER_EPOCH)]
     strategy = ShardedStrategy(param_dtype="float32", reduce_dtype="float32") if world > 1 else "auto"
     trainer = L.Trainer(
@@ -107,8 +129,10 @@ def main() -> None:
         num_nodes=world // int(os.environ.get("LOCAL_WORLD_SIZE", 1)), max_steps=args.updates,
         precision="32-true", gradient_clip_val=0.5, logger=False, enable_progress_bar=False,
         enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
-        callbacks=[Recorder(args.out), ModelCheckpoint(dirpath=args.out / "checkpoints", every_n_train_steps=UPDATES_PER_EPOCH,
-                                                       save_top_k=-1)])
+        callbacks=[Recorder(args.out),
+                   # epoch=E-step=S.ckpt at each epoch's end, and last.ckpt overwritten after each
+                   ModelCheckpoint(dirpath=args.out / "checkpoints", every_n_train_steps=UPDATES_PER_EPOCH,
+                                   save_top_k=-1, save_last=True)])
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=args.resume)
 

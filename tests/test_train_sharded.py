@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, sigterm_two_ranks
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.recognition.trained_model import load_any
+from ptasr.train.checkpoint_io import remove_partial_files
 from ptasr.train.cli import cli_main
 
 ROOT = Path(__file__).resolve().parent
 RUN = str(ROOT / "sharded_run.py")
 UPDATES = 10
+UPDATES_PER_EPOCH = 5  # sharded_run.py saves a checkpoint and last.ckpt at the end of each epoch
 
 
 def _free_port() -> int:
@@ -109,6 +112,31 @@ def test_sharded_checkpoint_resumes_exactly(runs: dict[str, Path], tmp_path: Pat
     assert sorted(resumed) == list(range(6, UPDATES + 1))
     for update in resumed:
         assert resumed[update]["loss"] == pytest.approx(uninterrupted[update]["loss"], abs=1e-6), update
+
+
+def test_a_kill_mid_sharded_save_keeps_the_previous_last_checkpoint(runs: dict[str, Path], tmp_path: Path) -> None:
+    # Both ranks have written their shards of the second last.ckpt (update 10) and not finished the save: the
+    # job is killed there. last.ckpt is still the whole one of update 5 and resumes as the uninterrupted run.
+    out = tmp_path / "killed"
+    job = subprocess.Popen([*_torchrun(1, 2, 0, _free_port()), RUN, f"--out={out}", "--stall-in-last-save=2"],
+                           env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not all((out / f"in-save-{rank}").exists() for rank in (0, 1)):
+            assert job.poll() is None, f"the run ended with status {job.returncode} before its second save"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == UPDATES_PER_EPOCH
+    resumed = _updates(_fit(tmp_path / "resumed", f"--resume={last}", ranks=2))
+    uninterrupted = _updates(runs["sharded"])
+    assert sorted(resumed) == list(range(UPDATES_PER_EPOCH + 1, UPDATES + 1))
+    for update in resumed:
+        assert resumed[update]["loss"] == pytest.approx(uninterrupted[update]["loss"], abs=1e-6), update
+    [partial] = (out / "checkpoints").glob(".last.ckpt.*.partial")  # the killed save's, for the next start
+    assert len(list(partial.glob("*.distcp"))) == 2
+    assert remove_partial_files(out / "checkpoints") == [partial.name]  # what RunLock does at the next start
 
 
 def test_sharded_checkpoint_loads_whole_weight_norm_included(runs: dict[str, Path], tmp_path: Path) -> None:
