@@ -1,7 +1,8 @@
 """The sharded strategy (``ptasr.train.sharding``, FSDP2) on CPU: 2 gloo processes under ``torchrun`` train as
-one process does -- the same loss and every gradient within 1e-5 for 10 updates (LayerDrop on in one variant),
-a resume from its sharded checkpoint continues as the uninterrupted run, 2 "nodes" on localhost give the 1-node
-losses, and the sharded checkpoint loads (weight-normed positional conv included) for test and export.
+one process does -- the same loss and every gradient within 1e-5 for 10 updates (LayerDrop on in one variant; 3
+updates of a 2-layer model of XLS-R 1B's layer shape), a resume from its sharded checkpoint continues as the
+uninterrupted run, a kill in the middle of a save leaves the previous last.ckpt whole, 2 "nodes" on localhost give
+the 1-node losses, and the sharded checkpoint loads (weight-normed positional conv included) for test and export.
 
 The runs are ``tests/sharded_run.py``: fixed batches, every rank its share of each update's 4 clips.
 """
@@ -57,8 +58,9 @@ def _fit(out: Path, *args: str, ranks: int = 1) -> Path:
     return out
 
 
-def _updates(out: Path) -> dict[int, dict]:
-    return torch.load(out / "updates.pt", weights_only=False)
+def _updates(out: Path, mmap: bool = False) -> dict[int, dict]:
+    """The run's record; ``mmap``: its tensors read from the file as they are used (a 1B-shaped run's are large)."""
+    return torch.load(out / "updates.pt", weights_only=False, mmap=mmap)
 
 
 def _assert_same_training(single: dict[int, dict], sharded: dict[int, dict], updates: range) -> None:
@@ -91,6 +93,18 @@ def test_two_sharded_ranks_train_as_one_process(runs: dict[str, Path]) -> None:
     assert sum(g is not None for g in single[1]["grads"].values()) == 2  # the CTC head alone
     assert sum(g is not None for g in single[3]["grads"].values()) > 20
     assert single[UPDATES]["loss"] < single[1]["loss"] - 0.3
+
+
+def test_two_sharded_ranks_train_a_1b_shaped_model_as_one_process(tmp_path: Path) -> None:
+    # XLS-R 1B's layer shape (the preset: hidden 1280, 16 heads, FFN 5120, its conv stack and 128-wide positional
+    # conv) with 2 transformer layers, 57 M parameters: 2 clips of 0.375 s per update, one per rank. 3 updates,
+    # not 10: each of the two runs records 210 MB of gradients per update and takes 20-30 s on 2 loaded cores.
+    args = ("--shape=xls-r-1b", "--clips=2", "--updates=3", "--no-checkpoints")
+    single = _updates(_fit(tmp_path / "single", *args), mmap=True)
+    sharded = _updates(_fit(tmp_path / "sharded", *args, ranks=2), mmap=True)
+    _assert_same_training(single, sharded, range(1, 4))
+    assert single[1]["grads"]["wav2vec2.encoder.layers.1.feed_forward.output_dense.weight"].shape == (1280, 5120)
+    assert sum(g is not None for g in single[1]["grads"].values()) == 43  # all but the frozen conv stack's
 
 
 def test_layerdrop_and_a_nonfinite_update_under_sharding_as_one_process(tmp_path: Path) -> None:
