@@ -157,3 +157,11 @@ def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
     """The module's Trainer, or ``None`` where it has none (``load_from_checkpoint`` calls ``configure_model``
     outside any fit), where ``module.trainer`` raises. Lightning's private ``_trainer`` (2.x)."""
     return module._trainer
+
+
+def process_group_store() -> torch.distributed.Store:
+    """The key-value store the default process group was set up with (torchrun's agent store, or rank 0's
+    ``MASTER_PORT`` store): reachable by every rank, with no collective. torch keeps its getter private."""
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return _get_default_store()

@@ -102,3 +102,15 @@ def test_sharded_checkpoint_folder_is_recognised_and_read_whole(tmp_path: Path) 
     checkpoint = load_sharded_checkpoint(folder)
     assert checkpoint["global_step"] == 7 and checkpoint["ptasr"] == {"vocab": None}
     torch.testing.assert_close(checkpoint["state_dict"]["model.w"], weights["model.w"])
+
+
+def test_process_group_store_is_the_default_groups(tmp_path: Path) -> None:
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        keys = store.num_keys()
+        compat.process_group_store().set("ptasr/key", "1")
+        assert compat.process_group_store().get("ptasr/key") == b"1"
+        assert store.num_keys() == keys + 1  # kept in the store the group was given (under the group's prefix)
+    finally:
+        torch.distributed.destroy_process_group()

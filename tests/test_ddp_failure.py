@@ -1,5 +1,7 @@
 """One DDP rank fails (out of memory, a bug) in a 2-process ``python train.py fit`` (gloo, CPU): the job ends
-within seconds, each rank's line names it, and last.ckpt stays at the last update every rank completed.
+within seconds, each rank's line names it, and last.ckpt stays at the last update every rank completed. The same
+under the sharded strategy (``ptasr.train.sharding``), and for 2 "nodes" on localhost under ``torchrun`` (one
+process each), where no launcher sees the other node's processes (``ptasr.train.rank_failure.PeerFailureWatch``).
 
 NCCL does not notice that a peer is gone: the ranks left wait in their next collective until the process group's
 timeout (30 minutes). On CPU a rank that sleeps at the failing update stands in for one blocked that way; under
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import yaml
 from helpers import HANG_S, SMALL_MODEL, SMALL_RUN
@@ -51,23 +55,36 @@ class FailOnRank(L.Callback):
         raise RuntimeError(f"a bug on rank {trainer.global_rank}")
 
 
-def _fit(folder: Path, *failures: dict) -> tuple[int, str, float]:
-    """Run the 2-rank fit with the given FailOnRank arguments; its exit status, stderr, and the seconds from
-    the failure to the end of every process of the job (infinite if one was left running)."""
+def _fit_args(folder: Path, failures: tuple[dict, ...], strategy: str) -> list[str]:
+    """``train.py fit`` arguments of the small 6-update run, with the given FailOnRank arguments."""
     callbacks = [yaml.safe_dump({"class_path": "test_ddp_failure.FailOnRank",
                                  "init_args": {**failure, "folder": str(folder)}}, default_flow_style=True).strip()
                  for failure in failures]
-    command = [sys.executable, str(REPO / "train.py"), "fit", f"--trainer.logger.init_args.save_dir={folder}",
-               *SMALL_MODEL, *SMALL_RUN, "--trainer.max_steps=6", "--trainer.max_time=null",
-               "--trainer.limit_val_batches=1", "--trainer.precision=32-true", "--trainer.accelerator=cpu",
-               "--trainer.devices=2", "--trainer.strategy=ddp",
-               *(f"--trainer.callbacks+={callback}" for callback in callbacks)]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    return [f"--trainer.logger.init_args.save_dir={folder}", *SMALL_MODEL, *SMALL_RUN, "--trainer.max_steps=6",
+            "--trainer.max_time=null", "--trainer.limit_val_batches=1", "--trainer.precision=32-true",
+            "--trainer.accelerator=cpu", *STRATEGIES[strategy],
+            *(f"--trainer.callbacks+={callback}" for callback in callbacks)]
+
+
+STRATEGIES = {"ddp": ["--trainer.strategy=ddp"],
+              "sharded": ["--trainer.strategy=ptasr.train.sharding.ShardedStrategy",
+                          "--trainer.strategy.param_dtype=float32"]}
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+
+
+def _fit(folder: Path, *failures: dict, strategy: str = "ddp") -> tuple[int, str, float]:
+    """Run the 2-rank fit with the given FailOnRank arguments; its exit status, stderr, and the seconds from
+    the failure to the end of every process of the job (infinite if one was left running)."""
+    command = [sys.executable, str(REPO / "train.py"), "fit", *_fit_args(folder, failures, strategy),
+               "--trainer.devices=2"]
     # stderr into a file: a rank left running keeps a pipe open. Its own session, so that whatever is left of the
     # job can be ended here.
     with open(folder / "stderr.txt", "w") as stderr:
-        job = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        job = subprocess.Popen(command, cwd=folder, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr,
                                start_new_session=True)
     try:
         job.wait(timeout=HANG_S)  # rank 0
@@ -104,7 +121,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("train.py") and ": error: " in line]
+    # A line printed while rank 0's progress bar is drawn follows the bar on its line.
+    return [line[line.index("train.py"):] for line in stderr.splitlines()
+            if "train.py" in line and ": error: " in line]
 
 
 def _last_step(folder: Path) -> int:
@@ -147,3 +166,60 @@ def test_a_bug_on_rank_1_ends_rank_0_blocked_in_a_collective(tmp_path: Path) -> 
     assert status == -signal.SIGKILL, stderr[-3000:]
     assert "[rank1]: RuntimeError: a bug on rank 1" in stderr  # a bug keeps its traceback, torch names the rank
     assert "Child process with PID" in stderr and "terminated with code 1" in stderr
+
+
+def test_sharded_rank_1_out_of_memory_ends_the_job_with_its_line(tmp_path: Path) -> None:
+    status, stderr, seconds = _fit(tmp_path, {"rank": 1, "error": "oom"}, strategy="sharded")
+    assert seconds < ENDS_WITHIN, stderr[-3000:]
+    errors = _errors(stderr)
+    assert errors[0].startswith("train.py (rank 1): error: out of memory in a training batch of "), stderr[-3000:]
+    # Rank 0 gets gloo's "Connection closed by peer" in its next collective, unless Lightning's watcher kills it.
+    assert status == 1 and errors[1].startswith("train.py (rank 0): error: rank 1 ended with exit status 1") \
+        or status == -signal.SIGKILL and errors[1:] == [], stderr[-3000:]
+
+
+def _fit_on_two_nodes(folder: Path, *failures: dict) -> tuple[list[int], list[str], float]:
+    """The sharded fit on 2 "nodes" of localhost: a ``torchrun --nnodes 2`` of one process per node, each in its
+    own session. Each node's exit status and output, and the seconds from the failure to the end of both."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nodes = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}", str(REPO / "train.py"),
+                   "fit", *_fit_args(folder, failures, "sharded"), "--trainer.devices=1", "--trainer.num_nodes=2",
+                   "--trainer.logger.init_args.version=0"]
+        with open(folder / f"node{node}.txt", "w") as output:
+            nodes.append(subprocess.Popen(command, cwd=folder, env=_env(), stdout=output, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+    try:
+        deadline = time.time() + HANG_S
+        while not (folder / "failed").exists() and time.time() < deadline:
+            assert all(node.poll() is None for node in nodes), "a node ended before the failure"
+            time.sleep(0.2)
+        deadline = _failed_at(folder) + ENDS_WITHIN
+        while any(node.poll() is None for node in nodes) and time.time() < deadline:
+            time.sleep(0.2)
+        left_running = any(node.poll() is None for node in nodes)
+        seconds = float("inf") if left_running else time.time() - _failed_at(folder)
+    finally:
+        for node in nodes:
+            if _group_alive(node.pid):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+    return [node.returncode for node in nodes], [(folder / f"node{n}.txt").read_text() for n in (0, 1)], seconds
+
+
+@pytest.mark.parametrize(("failing", "blocked"), [(1, 0), (0, 1)])
+def test_a_failing_node_ends_the_other_blocked_in_a_collective(tmp_path: Path, failing: int, blocked: int) -> None:
+    # The other node's rank sleeps at the failing update, as one blocked in a NCCL collective does: nothing of
+    # its own would end it. Node 0 holds the job's store (torchrun's agent), node 1 reaches it over TCP.
+    statuses, outputs, seconds = _fit_on_two_nodes(tmp_path, {"rank": failing, "error": "oom"},
+                                                   {"rank": blocked, "error": "block"})
+    assert seconds < ENDS_WITHIN, outputs[0][-3000:] + outputs[1][-3000:]
+    assert statuses == [1, 1]
+    assert _errors(outputs[failing])[0].startswith(f"train.py (rank {failing}): error: out of memory in a training ")
+    assert _errors(outputs[blocked]) == [f"train.py (rank {blocked}): error: rank {failing} failed (its error is in "
+                                         f"its own output), and rank {blocked} stopped rather than wait for it in its "
+                                         f"next collective"]

@@ -22,7 +22,13 @@ import yaml
 from helpers import HANG_S, fake_checkpoint, save_half_then
 
 from ptasr.data import BUNDLED_CORPUS
-from ptasr.train.checkpoint_io import STALE_AFTER_SECONDS, AtomicCheckpointIO
+from ptasr.train.checkpoint_io import (
+    STALE_AFTER_SECONDS,
+    AtomicCheckpointIO,
+    partial_name,
+    remove_partial_files,
+    replace_folder,
+)
 from ptasr.train.cli import CONFIG_DIR, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,6 +300,40 @@ def test_a_save_removes_leftovers_of_killed_writes_only(tmp_path: Path, monkeypa
     kept = {".last.ckpt.ba9876543210.partial", ".last.ckpt.abcdefabcdef.partial", ".last.ckpt.fedcbafedcba.partial",
             ".notes.partial", "best-step2-wer0.700.ckpt", "last.ckpt"}
     assert {p.name for p in folder.iterdir()} == kept
+
+
+def _checkpoint_folder(path: Path, step: int) -> Path:
+    """A stand-in for a sharded checkpoint folder: two shard files and the step's meta file."""
+    path.mkdir(parents=True)
+    for name in ("__0_0.distcp", "__1_0.distcp", "meta.pt"):
+        (path / name).write_text(str(step))
+    return path
+
+
+def test_a_checkpoint_folder_replaces_the_old_one_whole(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    _checkpoint_folder(folder / "last.ckpt", 5)
+    replace_folder(_checkpoint_folder(folder / partial_name("last.ckpt", "0123456789ab"), 10), folder / "last.ckpt")
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+    assert {p.read_text() for p in (folder / "last.ckpt").iterdir()} == {"10"}
+
+
+def test_the_next_start_restores_a_folder_moved_aside_and_removes_killed_saves(tmp_path: Path) -> None:
+    # Killed between replace_folder's two renames: the old last.ckpt aside, whole; the new one complete but
+    # unpublished. Killed mid-write: the partial folder of best-*.ckpt. And an old folder aside after a publish.
+    folder = tmp_path / "checkpoints"
+    _checkpoint_folder(folder / ".last.ckpt.0123456789ab.replaced", 5)
+    _checkpoint_folder(folder / ".last.ckpt.ba9876543210.partial", 10)
+    _checkpoint_folder(folder / ".best.ckpt.abcdefabcdef.partial", 10)
+    _checkpoint_folder(folder / "epoch=1.ckpt", 10)
+    _checkpoint_folder(folder / ".epoch=1.ckpt.fedcbafedcba.replaced", 5)
+    removed = remove_partial_files(folder)
+    assert sorted(removed) == sorted([".last.ckpt.0123456789ab.replaced (restored as last.ckpt)",
+                                      ".last.ckpt.ba9876543210.partial", ".best.ckpt.abcdefabcdef.partial",
+                                      ".epoch=1.ckpt.fedcbafedcba.replaced"])
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=1.ckpt", "last.ckpt"]
+    assert {p.read_text() for p in (folder / "last.ckpt").iterdir()} == {"5"}
+    assert {p.read_text() for p in (folder / "epoch=1.ckpt").iterdir()} == {"10"}
 
 
 def test_the_configs_write_checkpoints_atomically(recipe_configs: dict[str, dict[str, Any]]) -> None:

@@ -1,7 +1,8 @@
 """The sharded strategy (``ptasr.train.sharding``, FSDP2) on CPU: 2 gloo processes under ``torchrun`` train as
-one process does -- the same loss and every gradient within 1e-5 for 10 updates (LayerDrop on in one variant),
-a resume from its sharded checkpoint continues as the uninterrupted run, 2 "nodes" on localhost give the 1-node
-losses, and the sharded checkpoint loads (weight-normed positional conv included) for test and export.
+one process does -- the same loss and every gradient within 1e-5 for 10 updates (LayerDrop on in one variant; 3
+updates of a 2-layer model of XLS-R 1B's layer shape), a resume from its sharded checkpoint continues as the
+uninterrupted run, a kill in the middle of a save leaves the previous last.ckpt whole, 2 "nodes" on localhost give
+the 1-node losses, and the sharded checkpoint loads (weight-normed positional conv included) for test and export.
 
 The runs are ``tests/sharded_run.py``: fixed batches, every rank its share of each update's 4 clips.
 """
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,13 @@ from helpers import HANG_S, SMALL_MODEL, SMALL_RUN, sigterm_two_ranks
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ptasr.recognition.trained_model import load_any
+from ptasr.train.checkpoint_io import remove_partial_files
 from ptasr.train.cli import cli_main
 
 ROOT = Path(__file__).resolve().parent
 RUN = str(ROOT / "sharded_run.py")
 UPDATES = 10
+UPDATES_PER_EPOCH = 5  # sharded_run.py saves a checkpoint and last.ckpt at the end of each epoch
 
 
 def _free_port() -> int:
@@ -54,8 +58,9 @@ def _fit(out: Path, *args: str, ranks: int = 1) -> Path:
     return out
 
 
-def _updates(out: Path) -> dict[int, dict]:
-    return torch.load(out / "updates.pt", weights_only=False)
+def _updates(out: Path, mmap: bool = False) -> dict[int, dict]:
+    """The run's record; ``mmap``: its tensors read from the file as they are used (a 1B-shaped run's are large)."""
+    return torch.load(out / "updates.pt", weights_only=False, mmap=mmap)
 
 
 def _assert_same_training(single: dict[int, dict], sharded: dict[int, dict], updates: range) -> None:
@@ -90,6 +95,18 @@ def test_two_sharded_ranks_train_as_one_process(runs: dict[str, Path]) -> None:
     assert single[UPDATES]["loss"] < single[1]["loss"] - 0.3
 
 
+def test_two_sharded_ranks_train_a_1b_shaped_model_as_one_process(tmp_path: Path) -> None:
+    # XLS-R 1B's layer shape (the preset: hidden 1280, 16 heads, FFN 5120, its conv stack and 128-wide positional
+    # conv) with 2 transformer layers, 57 M parameters: 2 clips of 0.375 s per update, one per rank. 3 updates,
+    # not 10: each of the two runs records 210 MB of gradients per update and takes 20-30 s on 2 loaded cores.
+    args = ("--shape=xls-r-1b", "--clips=2", "--updates=3", "--no-checkpoints")
+    single = _updates(_fit(tmp_path / "single", *args), mmap=True)
+    sharded = _updates(_fit(tmp_path / "sharded", *args, ranks=2), mmap=True)
+    _assert_same_training(single, sharded, range(1, 4))
+    assert single[1]["grads"]["wav2vec2.encoder.layers.1.feed_forward.output_dense.weight"].shape == (1280, 5120)
+    assert sum(g is not None for g in single[1]["grads"].values()) == 43  # all but the frozen conv stack's
+
+
 def test_layerdrop_and_a_nonfinite_update_under_sharding_as_one_process(tmp_path: Path) -> None:
     args = ("--layers=4", "--layerdrop=0.5", "--nan-update=4")
     single, sharded = _updates(_fit(tmp_path / "single", *args)), _updates(_fit(tmp_path / "sharded", *args, ranks=2))
@@ -109,6 +126,31 @@ def test_sharded_checkpoint_resumes_exactly(runs: dict[str, Path], tmp_path: Pat
     assert sorted(resumed) == list(range(6, UPDATES + 1))
     for update in resumed:
         assert resumed[update]["loss"] == pytest.approx(uninterrupted[update]["loss"], abs=1e-6), update
+
+
+def test_a_kill_mid_sharded_save_keeps_the_previous_last_checkpoint(runs: dict[str, Path], tmp_path: Path) -> None:
+    # Both ranks have written their shards of the second last.ckpt (update 10) and not finished the save: the
+    # job is killed there. last.ckpt is still the whole one of update 5 and resumes as the uninterrupted run.
+    out = tmp_path / "killed"
+    job = subprocess.Popen([*_torchrun(1, 2, 0, _free_port()), RUN, f"--out={out}", "--stall-in-last-save=2"],
+                           env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not all((out / f"in-save-{rank}").exists() for rank in (0, 1)):
+            assert job.poll() is None, f"the run ended with status {job.returncode} before its second save"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == UPDATES_PER_EPOCH
+    resumed = _updates(_fit(tmp_path / "resumed", f"--resume={last}", ranks=2))
+    uninterrupted = _updates(runs["sharded"])
+    assert sorted(resumed) == list(range(UPDATES_PER_EPOCH + 1, UPDATES + 1))
+    for update in resumed:
+        assert resumed[update]["loss"] == pytest.approx(uninterrupted[update]["loss"], abs=1e-6), update
+    [partial] = (out / "checkpoints").glob(".last.ckpt.*.partial")  # the killed save's, for the next start
+    assert len(list(partial.glob("*.distcp"))) == 2
+    assert remove_partial_files(out / "checkpoints") == [partial.name]  # what RunLock does at the next start
 
 
 def test_sharded_checkpoint_loads_whole_weight_norm_included(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ never publishes data still in flight. Configured in ``configs/*.yaml`` as a trai
 A kill during a write (SIGKILL, pre-emption, power loss) leaves its hidden temporary file behind; the next
 start of a run in that folder (``RunLock``) and the next successful save into it remove such leftovers.
 
+A sharded checkpoint is a folder (one file per rank, ``ptasr.train.sharding``), which no single rename can put
+over an older folder: :func:`replace_folder` moves the old one aside, the new one in, then deletes the old one.
+A kill between those two renames leaves the old one aside, whole, under a hidden ``.replaced`` name: the next
+start puts it back (:func:`remove_partial_files`).
+
 Every record of the archive carries its CRC-32 (torch's default, held on here), and a local checkpoint is checked
 against them before Lightning restores anything (:func:`ptasr.recognition.trained_model.verify_checkpoint`). A write that fails
 for want of space or permission is one line naming the checkpoint, with the space it needs and the space free;
@@ -23,6 +28,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,8 +48,10 @@ from ptasr.storage import storage_error
 
 log = logging.getLogger(__name__)
 
-# ".<checkpoint name>.<12 hex digits>.partial": the temporary files save_checkpoint makes, and nothing else.
+# ".<checkpoint name>.<12 hex digits>.partial": the temporary files (or folders) a save writes into, and nothing
+# else; ".<checkpoint name>.<12 hex digits>.replaced": a whole checkpoint folder that replace_folder moved aside.
 _PARTIAL_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.partial")
+_REPLACED_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.replaced")
 # A temporary file is left over, not being written, when untouched since before this process began saving
 # and for at least this long (the margin absorbs a network filesystem's clock running ahead of ours).
 STALE_AFTER_SECONDS = 60.0
@@ -79,7 +87,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         folder = os.path.dirname(os.path.abspath(path))
         # A hidden name that ModelCheckpoint's own file listing ignores (it looks for *.ckpt); created with the
         # umask's permissions like any file (mkstemp would make it private to the user).
-        partial = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.partial")
+        partial = os.path.join(folder, partial_name(os.path.basename(path), uuid.uuid4().hex[:12]))
         try:
             os.makedirs(folder, exist_ok=True)
             descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -105,7 +113,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             line = str(storage_error(path, cause, max([written, *before])))
             intact = f"; {os.path.basename(path)} as saved before is intact" if os.path.exists(path) else ""
             raise StorageError(line + intact) from error
-        _fsync_folder(folder)  # make the rename itself durable
+        _fsync(folder)  # make the rename itself durable
         self._remove_leftovers(folder)
 
     def _remove_leftovers(self, folder: str) -> None:
@@ -123,24 +131,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 continue
             try:
                 if entry.stat().st_mtime < oldest_live:
-                    os.remove(entry.path)
+                    _remove(entry.path)
             except FileNotFoundError:
                 continue  # another process cleaned it up first
             except OSError as error:  # e.g. another user's file in a shared folder: not worth failing a save
                 log.warning("could not remove the leftover checkpoint file %s: %s", entry.path, error)
 
 
+def partial_name(name: str, token: str) -> str:
+    """The hidden name a checkpoint ``name`` is written under until it is whole; ``token``: 12 hex digits.
+
+    >>> partial_name("last.ckpt", "0123456789ab")
+    '.last.ckpt.0123456789ab.partial'
+    """
+    return f".{name}.{token}.partial"
+
+
+def replace_folder(partial: Path, path: Path) -> None:
+    """Put the whole checkpoint folder ``partial`` in the place of ``path`` (a folder, a file, or nothing).
+
+    Its files are fsynced first, so that no rename publishes data still in flight. An old ``path`` is renamed
+    aside before ``partial`` is renamed in, and deleted after: at every moment a whole checkpoint exists, under
+    ``path`` or (between the renames) under the ``.replaced`` name that :func:`remove_partial_files` restores.
+    """
+    for file in partial.iterdir():
+        _fsync(str(file))
+    _fsync(str(partial))
+    if not os.path.lexists(path):
+        os.rename(partial, path)
+        _fsync(str(path.parent))
+        return
+    aside = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.replaced"
+    os.rename(path, aside)
+    os.rename(partial, path)
+    _fsync(str(path.parent))
+    _remove(str(aside))
+
+
 def remove_partial_files(folder: str | os.PathLike[str]) -> list[str]:
-    """Delete every temporary file of :class:`AtomicCheckpointIO` in ``folder`` (by its name pattern only);
-    the caller knows that no other process writes there (``RunLock``). Returns the names removed."""
+    """Delete every temporary file or folder of an interrupted save in ``folder`` (by its name pattern only), and
+    put back a checkpoint :func:`replace_folder` had moved aside when it was killed; the caller knows that no
+    other process writes there (``RunLock``). Returns the names removed or restored."""
     removed = []
     with contextlib.suppress(FileNotFoundError):  # no checkpoint folder yet
         for entry in os.scandir(folder):
-            if _PARTIAL_NAME.fullmatch(entry.name):
+            replaced = _REPLACED_NAME.fullmatch(entry.name)
+            target = os.path.join(folder, replaced["name"]) if replaced else None
+            if target is not None and not os.path.lexists(target):
+                os.rename(entry.path, target)  # killed between replace_folder's renames: the old one is whole
+                removed.append(f"{entry.name} (restored as {replaced['name']})")
+            elif replaced or _PARTIAL_NAME.fullmatch(entry.name):
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(entry.path)
+                    _remove(entry.path)
                     removed.append(entry.name)
     return removed
+
+
+def _remove(path: str) -> None:
+    """Delete a file, or a folder with everything in it (a sharded checkpoint's)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 @contextlib.contextmanager
@@ -168,10 +220,11 @@ def _is_local(path: _PATH) -> bool:
     return isinstance(get_filesystem(path), LocalFileSystem)
 
 
-def _fsync_folder(folder: str) -> None:
-    if os.name != "posix":  # folders cannot be opened for fsync on Windows
+def _fsync(path: str) -> None:
+    """Flush a file's data, or a folder's entries (a rename in it), to the disk."""
+    if os.name != "posix" and os.path.isdir(path):  # folders cannot be opened for fsync on Windows
         return
-    descriptor = os.open(folder, os.O_RDONLY)
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:

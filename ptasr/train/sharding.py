@@ -21,12 +21,19 @@ the root unit. Compute runs in ``param_dtype`` (bf16: the gathered weights are c
 gradients are averaged across ranks in ``reduce_dtype`` (fp32 by default: a sum of R bf16 gradients loses
 precision); the sharded master weights and AdamW's moments stay fp32. Use ``trainer.precision: 32-true`` with it:
 the policy, not autocast, sets the compute dtype.
+
+A sharded checkpoint is a folder, and Lightning writes it in place: a kill during the save would leave a mix of
+new and old shards under the name ``last.ckpt``. Here every rank writes into a hidden sibling folder, and rank 0
+puts it in the checkpoint's place only once every rank has finished (``ptasr.train.checkpoint_io``, whose
+``RunLock`` clean-up removes a killed save's folder at the next start).
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -36,6 +43,7 @@ from torch.distributed.tensor import DTensor
 
 from ptasr.compat import shard_over_every_rank
 from ptasr.model.wav2vec2 import Wav2Vec2CTC
+from ptasr.train.checkpoint_io import partial_name, replace_folder
 
 DtypeName = Literal["bfloat16", "float32"]
 
@@ -63,11 +71,29 @@ class ShardedStrategy(ModelParallelStrategy):
                          process_group_backend=process_group_backend, timeout=timeout)
         self.policy = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype),
                                            reduce_dtype=getattr(torch, reduce_dtype))
+        self.sharded_checkpoints = save_distributed_checkpoint
 
     def setup_environment(self) -> None:
         # Every rank of every node shards along one dimension ("auto" would make it one rank per node).
         shard_over_every_rank(self, self.num_nodes * self.num_processes)
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
+                        storage_options: Any | None = None) -> None:
+        """Write a checkpoint folder atomically: the old one at ``filepath`` stays whole until the new one is.
+
+        (A full-weights file, ``save_distributed_checkpoint=False``, goes through the trainer's checkpoint I/O
+        plugin on rank 0: ``AtomicCheckpointIO`` makes that one atomic.)
+        """
+        if not self.sharded_checkpoints:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        path = Path(self.broadcast(filepath))  # rank 0's name and token: one folder for every rank
+        partial = path.parent / partial_name(path.name, self.broadcast(uuid.uuid4().hex[:12]))
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("sharded checkpoint written")  # every rank's shard is on disk
+        if self.is_global_zero:
+            replace_folder(partial, path)
 
     def shard(self, model: Wav2Vec2CTC) -> None:
         """Shard ``model`` in place across this run's ranks (once; a second call leaves it as it is)."""
