@@ -478,7 +478,7 @@ def run_align(args: argparse.Namespace) -> int:
 def run_pseudo_label(args: argparse.Namespace) -> int:
     from ptasr.labelling.pseudo import check_output_free, pseudo_label, write_manifest
 
-    files = find_audio(args.audio)
+    files = list(dict.fromkeys(find_audio(args.audio)))  # a file named and in a named folder: one manifest row
     if not files:
         raise MissingPathError(f"no audio files in {', '.join(args.audio)}")
     output = Path(args.output)
