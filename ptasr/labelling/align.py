@@ -5,8 +5,8 @@ Per recording: its audio is decoded once (any format soundfile reads, resampled 
 log-probabilities come in overlapping chunks (the recognizer's chunking, so memory follows the chunk, not the
 recording); the transcript is cut into sentences (:func:`read_sentences`), each normalised as the model's training
 text was and turned into its tokens (characters the model cannot emit are counted and left out of the alignment);
-:mod:`ptasr.labelling.forced` places each sentence and scores it. An accepted sentence becomes a 16 kHz FLAC clip
-from its first to its last token, widened by ``pad_s`` on each side (at most halfway to its neighbours), and a
+:mod:`ptasr.labelling.forced` places each sentence and scores it, and its end is moved to where its last sound
+ends (:func:`extend_ends`). An accepted sentence becomes a 16 kHz FLAC clip from its first token to that end, widened by ``pad_s`` on each side (at most halfway to its neighbours), and a
 manifest row with its score and where it lies in the source. Rejected sentences, and stretches of audio where the
 model reads words no accepted sentence covers, go to ``rejected.csv``: nothing is forced into the manifest.
 """
@@ -18,7 +18,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import soundfile as sf
@@ -126,11 +126,51 @@ def align_recording(recognizer: Recognizer, audio: Path, sentences: Sequence[str
     vocab = recognizer.vocab
     alignments = align_sentences(log_probs, targets, vocab.pad_id, settings.min_score,
                                  search_frames=round(settings.search_s / seconds_per_frame))
+    alignments = extend_ends(alignments, waveform, recognizer.samples_per_frame)
     spans = [(a.first, a.end) for a in alignments if a.accepted]
     uncovered = [(first, end, vocab.decode(tokens))
                  for first, end, tokens in uncovered_audio(log_probs, spans, vocab.pad_id, vocab.word_delimiter_id,
                                                            settings.min_uncovered_chars)]
     return RecordingAlignment(audio, list(sentences), alignments, uncovered, waveform, seconds_per_frame, unknown)
+
+
+# How far past its last token a sentence's speech may go on, and how loud it must stay (below the sentence's
+# loudest 10 ms) to count as speech.
+MAX_EXTENSION_S = 0.5
+SPEECH_BELOW_PEAK_DB = 35.0
+QUIET_FRAMES = 3
+
+
+def extend_ends(alignments: Sequence[SentenceAlignment], waveform: torch.Tensor,
+                samples_per_frame: int) -> list[SentenceAlignment]:
+    """Each accepted sentence's end moved to where its speech ends in the audio.
+
+    CTC emits a character near the start of its sound and blanks for the rest of it, so a sentence's last token
+    ends before its last sound does (by 0.1-0.3 s on the demo's voices, ``benchmarks/align_boundaries.py``). The
+    end goes on over the following 20 ms frames while their energy stays within :data:`SPEECH_BELOW_PEAK_DB` of
+    the sentence's loudest (:data:`QUIET_FRAMES` quieter ones in a row end it), for at most
+    :data:`MAX_EXTENSION_S` and never past the next sentence's first token.
+
+    Args:
+        alignments: in order, frames as :func:`~ptasr.labelling.forced.align_sentences` gives them.
+        waveform: (S,) the recording at 16 kHz.
+    """
+    frames = waveform.shape[0] // samples_per_frame
+    power = waveform[: frames * samples_per_frame].reshape(frames, samples_per_frame).pow(2).mean(dim=1)  # (T,)
+    energy = 10 * torch.log10(power + 1e-12)
+    accepted = [n for n, a in enumerate(alignments) if a.accepted]
+    extended = list(alignments)
+    most = round(MAX_EXTENSION_S * SAMPLE_RATE / samples_per_frame)
+    for k, n in enumerate(accepted):
+        a = alignments[n]
+        limit = min(a.end + most, frames, alignments[accepted[k + 1]].first if k + 1 < len(accepted) else frames)
+        if a.end >= limit or a.first >= frames:
+            continue
+        quiet = energy[a.end:limit] < energy[a.first:a.end].max() - SPEECH_BELOW_PEAK_DB  # (W,)
+        # the speech ends where QUIET_FRAMES quiet frames in a row begin (a stop's closure is quiet, and shorter)
+        runs = torch.cat([quiet, torch.ones(QUIET_FRAMES - 1, dtype=torch.bool)]).unfold(0, QUIET_FRAMES, 1).all(dim=1)
+        extended[n] = replace(a, end=a.end + int(runs.nonzero().flatten()[0]) if runs.any() else limit)
+    return extended
 
 
 def clip_bounds(spans: Sequence[tuple[float, float]], duration: float, pad_s: float) -> list[tuple[float, float]]:

@@ -7,6 +7,11 @@ inside a window of frames that starts where the previous accepted sentence ended
 sentence could plausibly take plus ``search_frames`` (audio the text does not cover can sit before it). Memory and
 time grow with the recording's length, not its square; one window costs ``window x (2 L + 5)`` cells.
 
+Each sentence is tried in a near window first (its plausible length plus a tenth of the search) and only when it
+is rejected there in the whole window, so that a sentence the audio lacks meets the speech right after the previous
+one, where it does not fit, before it could land on a look-alike far ahead and carry the search past its
+neighbours.
+
 How a sentence finds its place in the window: its tokens are framed by a wildcard, the star token of torchaudio's
 "forced alignment for multilingual data" tutorial, whose log-probability at each frame is that of the frame's best
 token (the free best path). The target ``[*, c_1, ..., c_L, *]`` is aligned by
@@ -27,7 +32,7 @@ Notation: T frames, V vocabulary size (blank included), L tokens of one sentence
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torchaudio.functional as AF
@@ -52,6 +57,8 @@ class SentenceAlignment:
 # What a wildcard frame costs against the free best path: a hair, so that a tie goes to the sentence (a token
 # held over several frames keeps all of them, and its span starts at its first frame, not its last).
 WILDCARD_PENALTY = 1e-3
+# The near window reaches this share of the search beyond a sentence's plausible length (3 s of a 30 s search).
+NEAR_SHARE = 10
 # A log-probability no path takes (finite: the Viterbi adds them up).
 NEVER = -1e4
 
@@ -138,19 +145,28 @@ def align_sentences(log_probs: torch.Tensor, sentences: Sequence[Sequence[int]],
     cursor, lost = 0, 0.0  # where the search starts; plausible frames of sentences rejected since the last accepted
     for index, tokens in enumerate(sentences):
         plausible = 2 * rate * len(tokens)
-        stop = min(log_probs.shape[0], cursor + int(lost + plausible) + search_frames)
         if not tokens:
             results.append(SentenceAlignment(index, cursor, cursor, float("-inf"), False, "no characters to align"))
             continue
-        if stop - cursor < frames_needed(tokens):
-            results.append(SentenceAlignment(index, cursor, cursor, float("-inf"), False, "the audio ended before it"))
-            continue
-        first, end, score = place(scored[cursor:stop], best[cursor:stop], tokens, blank)
-        accepted = score >= min_score
-        reason = "" if accepted else f"score {score:.2f} < {min_score:g}: not in the audio, or not recognisable"
-        results.append(SentenceAlignment(index, cursor + first, cursor + end, score, accepted, reason))
-        if accepted:
-            cursor, lost = cursor + end, 0.0
+        found = None
+        # near first, then wide: a sentence the audio lacks is tried on the speech right after the cursor (and
+        # rejected there) before it could land on a look-alike far ahead and carry the cursor past its neighbours
+        for reach in (search_frames // NEAR_SHARE, search_frames):
+            stop = min(log_probs.shape[0], cursor + int(lost + plausible) + reach)
+            if stop - cursor < frames_needed(tokens):
+                break
+            first, end, score = place(scored[cursor:stop], best[cursor:stop], tokens, blank)
+            found = SentenceAlignment(index, cursor + first, cursor + end, score, score >= min_score)
+            if found.accepted:
+                break
+        if found is None:
+            found = SentenceAlignment(index, cursor, cursor, float("-inf"), False, "the audio ended before it")
+        elif not found.accepted:
+            found = replace(found, reason=f"score {found.score:.2f} < {min_score:g}: not in the audio, or not "
+                                          f"recognisable")
+        results.append(found)
+        if found.accepted:
+            cursor, lost = found.end, 0.0
         else:
             lost += plausible
     return results
