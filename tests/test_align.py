@@ -121,18 +121,23 @@ def test_transcripts_are_cut_into_sentences_and_unknown_characters_counted(tmp_p
     assert VOCAB.decode(ids) == "o andar vezes" and ids[0] != VOCAB.word_delimiter_id
 
 
-def recording(path: Path, seconds: float, rate: int, fmt: str, subtype: str) -> Path:
-    """Noise with a tone, ``seconds`` long (the stand-in recognizer does not listen)."""
+def recording(path: Path, seconds: float, rate: int, fmt: str, subtype: str,
+              loud: list[tuple[float, float]] | None = None) -> Path:
+    """Faint noise with a tone during the ``loud`` stretches (seconds; default: all of it), ``seconds`` long."""
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * rate)) / rate
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32),
+    tone = np.zeros_like(t)
+    for start, end in loud or [(0.0, seconds)]:
+        tone[(t >= start) & (t < end)] = 0.3
+    sf.write(path, (tone * np.sin(2 * np.pi * 220 * t) + 1e-4 * rng.standard_normal(t.shape)).astype(np.float32),
              rate, format=fmt, subtype=subtype)
     return path
 
 
 def test_clips_manifest_and_rejections_from_a_real_recording(tmp_path: Path, caplog) -> None:
-    audio = recording(tmp_path / "long.opus", 12.0, 48000, "OGG", "OPUS")
     plan = [(50, "bom dia"), (200, "isto nao esta no texto"), (400, "como vai")]
+    # the first sentence's sound goes on 0.2 s past its last token (CTC emits a character at its onset)
+    audio = recording(tmp_path / "long.opus", 12.0, 48000, "OGG", "OPUS", loud=[(1.0, 1.6), (4.0, 5.3), (8.0, 8.46)])
     text = ["Bom dia.", "O gato dorme no sofá.", "Como vai?"]
     aligned = align_recording(Known(plan), audio, text, AlignSettings())
     out = tmp_path / "out"
@@ -140,7 +145,9 @@ def test_clips_manifest_and_rejections_from_a_real_recording(tmp_path: Path, cap
     rows = list(csv.DictReader(open(out / "manifest.csv", encoding="utf-8")))
     assert [r["text"] for r in rows] == ["Bom dia.", "Como vai?"]
     first, end = span(*plan[0])
-    assert (float(rows[0]["start"]), float(rows[0]["end"])) == (first / 50 - 0.25, end / 50 + 0.25)
+    assert float(rows[0]["start"]) == first / 50 - 0.25 and end / 50 == 1.4
+    assert float(rows[0]["end"]) == pytest.approx(1.6 + 0.25, abs=0.021)  # to the frame
+    assert float(rows[1]["end"]) == pytest.approx(span(*plan[2])[1] / 50 + 0.25, abs=0.021)
     for row in rows:
         samples, rate = sf.read(out / row["path"])
         assert rate == 16000 and abs(len(samples) / rate - float(row["duration"])) < 1e-3
