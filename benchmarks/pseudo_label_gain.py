@@ -2,9 +2,9 @@
 with that model, train again on both (same updates, same seed), and compare test WER (issue #27, item 4c).
 
 The demo trains on train + dev (470 clips); here the even rows of the two are the labelled half and the odd rows
-the unlabelled half (their transcripts are never read). Run A trains on the labelled half; ``ptasr pseudo-label``
-transcribes the unlabelled half with A's last checkpoint and keeps clips whose confidence reaches
-``--min-confidence``; run B trains on the labelled half plus the kept pseudo-labels. Both are the demo recipe
+the unlabelled half (their transcripts are never read, but to score the pseudo-labels afterwards). Run A trains on
+the labelled half; ``ptasr pseudo-label`` transcribes the unlabelled half with A's last checkpoint, and the clips
+whose confidence reaches ``--min-confidence`` (default: the median, so half of them) are kept; run B trains on the labelled half plus the kept pseudo-labels. Both are the demo recipe
 (configs/demo.yaml: 2000 updates, seed 42, fp32) with ``OMP_NUM_THREADS=1``, and each is scored on the test split
 (50 clips whose sentences never occur in training) with its ``last.ckpt`` (no test-set model selection).
 
@@ -102,17 +102,28 @@ def test_wer(workdir: Path, name: str, checkpoint: str) -> dict[str, Any]:
     return {"wer": data["wer"], "cer": data["cer"]}
 
 
-def pseudo_label(workdir: Path, checkpoint: str, unlabelled: Path, min_confidence: float) -> dict[str, Any]:
-    manifest = workdir / "pseudo.csv"
+def pseudo_label(workdir: Path, checkpoint: str, unlabelled: Path, min_confidence: float | None) -> dict[str, Any]:
+    """``ptasr pseudo-label`` of the unlabelled half, every clip kept (``pseudo-all.csv``); then the clips at or
+    above ``min_confidence`` (default: the median confidence, a rule that needs no labels) go to ``pseudo.csv``."""
+    everything, manifest = workdir / "pseudo-all.csv", workdir / "pseudo.csv"
     record = workdir / "pseudo.json"
     if record.is_file():
         return json.loads(record.read_text())
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "ptasr", "pseudo-label", checkpoint, str(unlabelled), "-o",
-                           str(manifest), "--min-confidence", str(min_confidence)],
+                           str(everything), "--min-confidence", "0"],
                           env=env(), check=True, capture_output=True, text=True)
-    result = {"manifest": str(manifest), "min_confidence": min_confidence, "printed": done.stdout.strip(),
-              "wall_s": round(time.monotonic() - start, 1)}
+    with open(everything, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    confidences = sorted(float(row["confidence"]) for row in rows)
+    threshold = confidences[len(confidences) // 2] if min_confidence is None else min_confidence
+    kept = [row for row in rows if float(row["confidence"]) >= threshold]
+    with open(manifest, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    result = {"manifest": str(manifest), "min_confidence": round(threshold, 4), "kept": len(kept),
+              "transcribed": len(rows), "printed": done.stdout.strip(), "wall_s": round(time.monotonic() - start, 1)}
     record.write_text(json.dumps(result, indent=2))
     return result
 
@@ -135,7 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/align-4c"))
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
-    parser.add_argument("--min-confidence", type=float, default=0.5)
+    parser.add_argument("--min-confidence", type=float, default=None,
+                        help="keep pseudo-labels at or above this confidence (default: the median, keeping half)")
     parser.add_argument("--until", choices=("a", "pseudo", "b"), default="b", help="stop after this stage")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
