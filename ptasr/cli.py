@@ -478,6 +478,8 @@ def run_align(args: argparse.Namespace) -> int:
 def run_pseudo_label(args: argparse.Namespace) -> int:
     from ptasr.labelling.pseudo import check_output_free, pseudo_label, write_manifest
 
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise SettingError(f"--min-confidence {args.min_confidence:g} is not a confidence: give one from 0 to 1")
     files = list(dict.fromkeys(find_audio(args.audio)))  # a file named and in a named folder: one manifest row
     if not files:
         raise MissingPathError(f"no audio files in {', '.join(args.audio)}")

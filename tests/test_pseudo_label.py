@@ -86,8 +86,12 @@ def test_an_existing_output_is_never_replaced(checkpoint: Path, recordings: Path
     assert output.read_text(encoding="utf-8") == "path,text\nx.wav,mine\n"
 
 
-def test_missing_audio_is_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
-    assert main(["pseudo-label", str(checkpoint), str(tmp_path / "none"), "-o", str(tmp_path / "p.csv"),
-                 "--min-confidence", "0.5"]) == 1
+@pytest.mark.parametrize("argument,message", [("none", "no audio file or folder at"),
+                                              ("--min-confidence=80", "--min-confidence 80 is not a confidence")])
+def test_wrong_arguments_are_one_line(checkpoint: Path, recordings: Path, tmp_path: Path, capsys, argument: str,
+                                      message: str) -> None:
+    audio = str(tmp_path / argument) if argument == "none" else str(recordings)
+    extra = [argument] if argument.startswith("--") else ["--min-confidence", "0.5"]
+    assert main(["pseudo-label", str(checkpoint), audio, "-o", str(tmp_path / "p.csv"), *extra]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no audio file or folder at" in err and not (tmp_path / "p.csv").exists()
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "p.csv").exists()

@@ -175,7 +175,8 @@ def align_sentences(log_probs: torch.Tensor, sentences: Sequence[Sequence[int]],
 def uncovered_audio(log_probs: torch.Tensor, spans: Sequence[tuple[int, int]], blank: int, delimiter: int,
                     min_tokens: int) -> list[tuple[int, int, list[int]]]:
     """Stretches between (and around) the accepted ``spans`` where the free best path reads at least
-    ``min_tokens`` tokens other than the word delimiter: ``(first, end, tokens)`` from its first to its last token.
+    ``min_tokens`` tokens other than the word delimiter: ``(first, end, tokens)``, frames of its first to its last
+    token.
 
     Args:
         log_probs: (T, V) log-probabilities of the whole recording.
@@ -191,9 +192,10 @@ def uncovered_audio(log_probs: torch.Tensor, spans: Sequence[tuple[int, int]], b
     found = []
     for start, stop in zip(edges[0::2], edges[1::2]):
         frames = best[start:stop]
-        emitted = (frames != blank) & torch.cat([torch.tensor([True]), frames[1:] != frames[:-1]])
-        positions = emitted.nonzero().flatten()
-        tokens = frames[positions].tolist()
+        spoken = frames != blank
+        emitted = spoken & torch.cat([torch.tensor([True]), frames[1:] != frames[:-1]])  # a token's first frame
+        tokens = frames[emitted].tolist()
         if sum(token != delimiter for token in tokens) >= min_tokens:
-            found.append((start + int(positions[0]), start + int(positions[-1]) + 1, tokens))
+            at = spoken.nonzero().flatten()
+            found.append((start + int(at[0]), start + int(at[-1]) + 1, tokens))
     return found
