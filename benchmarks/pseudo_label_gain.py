@@ -142,6 +142,14 @@ def pseudo_label_wer(manifest: Path) -> dict[str, Any]:
     return {"kept": len(rows), "wer": round(rates["wer"], 4), "cer": round(rates["cer"], 4)}
 
 
+def val_curve(workdir: Path, name: str) -> dict[int, float]:
+    """Update -> WER on the test split (what each run validated on), from the run's TensorBoard events."""
+    from ptasr.run_log import read_scalars
+
+    return {step + 1: round(value, 4)
+            for step, value in sorted(read_scalars(workdir / "runs" / name / "version_0").get("val/wer", {}).items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/align-4c"))
@@ -149,6 +157,9 @@ def main() -> None:
     parser.add_argument("--min-confidence", type=float, default=None,
                         help="keep pseudo-labels at or above this confidence (default: the median, keeping half)")
     parser.add_argument("--until", choices=("a", "pseudo", "b"), default="b", help="stop after this stage")
+    parser.add_argument("--stopped", action="store_true",
+                        help="run B was stopped before its end: compare the runs at the updates both validated at, "
+                             "and score B's last checkpoint as it is")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     labelled, unlabelled, total = split_halves(args.workdir)
@@ -158,13 +169,20 @@ def main() -> None:
     pseudo = pseudo_label(args.workdir, run_a["checkpoint"], unlabelled, args.min_confidence)
     if args.until == "pseudo":
         return
-    run_b = train(args.workdir, "with-pseudo", f"[{{path: {labelled}}}, {{path: {pseudo['manifest']}}}]")
+    if args.stopped:
+        run_b = {"checkpoint": str(args.workdir / "runs/with-pseudo/version_0/checkpoints/last.ckpt"),
+                 "stopped_before_its_end": True}
+    else:
+        run_b = train(args.workdir, "with-pseudo", f"[{{path: {labelled}}}, {{path: {pseudo['manifest']}}}]")
+    curves = {name: val_curve(args.workdir, name) for name in ("labelled-half", "with-pseudo")}
     results = {
         "benchmark": "pseudo_label_gain", "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "clips_train_dev": total,
         "labelled_half": {**run_a, "test": test_wer(args.workdir, "a", run_a["checkpoint"])},
         "pseudo_labels": {**pseudo, "against_truth": pseudo_label_wer(Path(pseudo["manifest"]))},
         "with_pseudo_labels": {**run_b, "test": test_wer(args.workdir, "b", run_b["checkpoint"])},
+        "test_wer_by_update": {update: {"labelled_half": wer, "with_pseudo_labels": curves["with-pseudo"].get(update)}
+                               for update, wer in curves["labelled-half"].items()},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip(),
     }
