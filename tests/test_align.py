@@ -51,6 +51,11 @@ def tokens(text: str) -> list[int]:
     return VOCAB.encode(text)
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 # --- the algorithm on known emissions -------------------------------------------------------------------------
 
 
@@ -142,7 +147,7 @@ def test_clips_manifest_and_rejections_from_a_real_recording(tmp_path: Path, cap
     aligned = align_recording(Known(plan), audio, text, AlignSettings())
     out = tmp_path / "out"
     assert write_alignment(out, [aligned], pad_s=0.25) == (2, 2)
-    rows = list(csv.DictReader(open(out / "manifest.csv", encoding="utf-8")))
+    rows = read_rows(out / "manifest.csv")
     assert [r["text"] for r in rows] == ["Bom dia.", "Como vai?"]
     first, end = span(*plan[0])
     assert float(rows[0]["start"]) == first / 50 - 0.25 and end / 50 == 1.4
@@ -152,7 +157,7 @@ def test_clips_manifest_and_rejections_from_a_real_recording(tmp_path: Path, cap
         samples, rate = sf.read(out / row["path"])
         assert rate == 16000 and abs(len(samples) / rate - float(row["duration"])) < 1e-3
         assert float(row["score"]) > -0.01 and row["source"] == str(audio)
-    rejected = list(csv.DictReader(open(out / "rejected.csv", encoding="utf-8")))
+    rejected = read_rows(out / "rejected.csv")
     assert [(r["kind"], r["text"]) for r in rejected] == [("sentence", "O gato dorme no sofá."),
                                                           ("audio", "isto nao esta no texto")]
     assert float(rejected[0]["score"]) < -1.0 and float(rejected[1]["start"]) == 4.0
@@ -178,7 +183,7 @@ def test_the_command_writes_a_manifest_from_recordings_at_other_rates(checkpoint
                                                                       rate: int, fmt: str, subtype: str,
                                                                       suffix: str) -> None:
     # a random model aligns nothing well: with every score accepted, each sentence still gets a clip, in order
-    audio = recording(tmp_path / f"long.{suffix}", 6.0, rate, fmt, subtype)
+    recording(tmp_path / f"long.{suffix}", 6.0, rate, fmt, subtype)
     (tmp_path / "long.txt").write_text("Bom dia. Como vai?\nFim do 1.º dia\n", encoding="utf-8")
     (tmp_path / "pairs.tsv").write_text(f"long.{suffix}\tlong.txt\n", encoding="utf-8")
     code = main(["align", str(checkpoint), "--list", str(tmp_path / "pairs.tsv"), "-o", str(tmp_path / "out"),
@@ -186,7 +191,7 @@ def test_the_command_writes_a_manifest_from_recordings_at_other_rates(checkpoint
     out = capsys.readouterr().out
     assert code == 0 and "aligned 3 of 3 sentences in 1 recording(s)" in out
     assert "2 character(s) the model cannot emit, left out of the alignment: '1' x1, 'º' x1" in out
-    rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv", encoding="utf-8")))
+    rows = read_rows(tmp_path / "out" / "manifest.csv")
     assert [r["text"] for r in rows] == ["Bom dia.", "Como vai?", "Fim do 1.º dia"]
     starts = [float(r["start"]) for r in rows]
     assert starts == sorted(starts) and all(sf.info(tmp_path / "out" / r["path"]).samplerate == 16000 for r in rows)
