@@ -157,9 +157,9 @@ def main() -> None:
     parser.add_argument("--min-confidence", type=float, default=None,
                         help="keep pseudo-labels at or above this confidence (default: the median, keeping half)")
     parser.add_argument("--until", choices=("a", "pseudo", "b"), default="b", help="stop after this stage")
-    parser.add_argument("--stopped", action="store_true",
-                        help="run B was stopped before its end: compare the runs at the updates both validated at, "
-                             "and score B's last checkpoint as it is")
+    parser.add_argument("--stopped", metavar="CHECKPOINT", default=None,
+                        help="run B was stopped before its end: score this checkpoint of it (its last validated "
+                             "update's), and compare the runs at the updates both validated at")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     labelled, unlabelled, total = split_halves(args.workdir)
@@ -170,8 +170,7 @@ def main() -> None:
     if args.until == "pseudo":
         return
     if args.stopped:
-        run_b = {"checkpoint": str(args.workdir / "runs/with-pseudo/version_0/checkpoints/last.ckpt"),
-                 "stopped_before_its_end": True}
+        run_b = {"checkpoint": args.stopped, "stopped_before_its_end": True}
     else:
         run_b = train(args.workdir, "with-pseudo", f"[{{path: {labelled}}}, {{path: {pseudo['manifest']}}}]")
     curves = {name: val_curve(args.workdir, name) for name in ("labelled-half", "with-pseudo")}
