@@ -1,4 +1,5 @@
-"""The ``ptasr`` command: ``transcribe``, ``evaluate`` and ``export`` a trained model.
+"""The ``ptasr`` command: ``transcribe``, ``evaluate`` and ``export`` a trained model; ``align`` long recordings
+and ``pseudo-label`` untranscribed audio into training data.
 
 MODEL is anything :meth:`ptasr.recognition.recognizer.Recognizer.load` takes: a ``train.py`` checkpoint (``.ckpt``), a
 folder written by ``ptasr export`` (or any Hugging Face wav2vec2 CTC folder), or a hub id.
@@ -21,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -157,6 +159,38 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", action="store_true",
                         help="also write model.onnx (float32, dynamic batch and length; needs pip install 'ptasr[onnx]')")
     export.set_defaults(run=run_export)
+
+    align = commands.add_parser("align", help="cut long recordings with their transcripts into training clips and "
+                                              "a manifest (CTC forced alignment)")
+    _add_model_arguments(align)
+    recordings = align.add_mutually_exclusive_group(required=True)
+    recordings.add_argument("--audio", default=None, help="a long recording (any format soundfile reads); with --text")
+    recordings.add_argument("--list", default=None,
+                            help="many recordings: one 'audio<TAB>transcript' pair of paths per line (relative to "
+                                 "the list's folder)")
+    align.add_argument("--text", default=None,
+                       help="the recording's transcript: UTF-8, sentences in the order spoken (each line, cut after "
+                            ". ! ? or ...)")
+    align.add_argument("--output-dir", "-o", required=True,
+                       help="a new folder: clips/, manifest.csv (for --data.train) and rejected.csv")
+    align.add_argument("--min-score", type=float, default=-1.0,
+                       help="lowest accepted score of a sentence: mean log-probability per frame of its forced "
+                            "path against the model's best path, 0 at best (default: -1)")
+    align.add_argument("--search-s", type=float, default=30.0,
+                       help="seconds of untranscribed audio a sentence may follow and still be found (default: 30)")
+    align.add_argument("--pad-s", type=float, default=0.25,
+                       help="seconds kept before and after each sentence's speech in its clip (default: 0.25)")
+    align.set_defaults(run=run_align)
+
+    pseudo = commands.add_parser("pseudo-label", help="transcribe untranscribed audio into a training manifest, "
+                                                      "keeping the clips the model is sure of")
+    _add_model_arguments(pseudo)
+    pseudo.add_argument("audio", nargs="+", help="audio files or folders of them")
+    pseudo.add_argument("--output", "-o", required=True, help="the manifest to write (.csv); never replaced")
+    pseudo.add_argument("--min-confidence", type=float, required=True,
+                        help="keep clips whose confidence (the mean of their words', 0-1) is at least this")
+    _add_lm_arguments(pseudo)
+    pseudo.set_defaults(run=run_pseudo_label)
 
     lm = commands.add_parser("lm", help="build an n-gram language model for beam search")
     lm_commands = lm.add_subparsers(dest="lm_command", required=True)
@@ -403,6 +437,62 @@ def run_export(args: argparse.Namespace) -> int:
                  push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, lm=args.lm,
                  onnx=args.onnx)
     print(f"exported to {out}" + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+# --- align, pseudo-label --------------------------------------------------------------------------------------
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from ptasr.labelling.align import (AlignSettings, align_recording, check_output_free, read_pairs, read_sentences,
+                                       write_alignment)
+
+    if (args.audio is None) != (args.text is None):
+        raise SettingError("--audio and --text go together (one recording and its transcript); for many, --list")
+    pairs = read_pairs(Path(args.list)) if args.list else [(Path(args.audio), Path(args.text))]
+    transcripts = [read_sentences(text) for _, text in pairs]  # every file read before the model runs
+    for audio, _ in pairs:
+        if not audio.is_file():
+            raise MissingPathError(f"no audio file at {audio}")
+    out_dir = Path(args.output_dir)
+    check_output_free(out_dir)
+    settings = AlignSettings(args.min_score, args.search_s, args.pad_s)
+    recognizer = _recognizer(args)
+    aligned = [align_recording(recognizer, audio, sentences, settings, args.batch_size, _chunking(args))
+               for (audio, _), sentences in zip(pairs, transcripts, strict=True)]
+    clips, _ = write_alignment(out_dir, aligned, settings.pad_s)
+    sentences = sum(len(r.sentences) for r in aligned)
+    left_out = sum(len(r.alignments) - len(r.accepted) for r in aligned)
+    uncovered = sum(len(r.uncovered) for r in aligned)
+    print(f"aligned {clips} of {sentences} sentences in {len(aligned)} recording(s): {out_dir / 'manifest.csv'}")
+    if left_out or uncovered:
+        print(f"left out {left_out} sentence(s) the audio does not match and {uncovered} stretch(es) of speech the "
+              f"text does not cover: {out_dir / 'rejected.csv'}")
+    unknown = sum((r.unknown for r in aligned), Counter())
+    if unknown:
+        shown = ", ".join(f"{char!r} x{count}" for char, count in unknown.most_common())
+        print(f"{sum(unknown.values())} character(s) the model cannot emit, left out of the alignment: {shown}")
+    return 0
+
+
+def run_pseudo_label(args: argparse.Namespace) -> int:
+    from ptasr.labelling.pseudo import check_output_free, pseudo_label, write_manifest
+
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise SettingError(f"--min-confidence {args.min_confidence:g} is not a confidence: give one from 0 to 1")
+    files = list(dict.fromkeys(find_audio(args.audio)))  # a file named and in a named folder: one manifest row
+    if not files:
+        raise MissingPathError(f"no audio files in {', '.join(args.audio)}")
+    output = Path(args.output)
+    check_output_free(output)
+    recognizer = _recognizer(args)
+    labels = pseudo_label(recognizer, files, args.min_confidence, batch_size=args.batch_size,
+                          chunking=_chunking(args), decoder=_decoder(args, recognizer))
+    write_manifest(output, labels.kept)
+    print(f"kept {len(labels.kept)} of {len(files)} clips (confidence >= {args.min_confidence:g}): {output}; left out "
+          f"{labels.below} below it, {labels.no_words} with no words, {len(labels.unreadable)} unreadable")
+    for line in labels.unreadable[:5]:
+        print(f"ptasr pseudo-label: skipped {line}", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,7 @@ LAYERS = [
     {"model", "data"},
     {"decoding"},
     {"recognition"},
-    {"evaluation", "export"},
+    {"evaluation", "export", "labelling"},
     {"train"},
     {"cli", "__main__", "__init__"},
 ]
