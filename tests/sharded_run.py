@@ -88,14 +88,17 @@ def poison_loss(module: L.LightningModule, update: int) -> None:
 
 def stall_in_save(name: str, save: int, out: Path) -> None:
     """Stop every rank inside the ``save``-th save of checkpoint ``name``, once its shards are written and before
-    the save ends: each rank writes ``<out>/in-save-<rank>`` and sleeps, for the test to kill the job there."""
+    the save ends: each rank writes its pid to ``<out>/in-save-<rank>`` and sleeps, for the test to kill it there
+    (torchrun starts its workers in sessions of their own: killing torchrun's process group leaves them)."""
     original, saves = torch.distributed.checkpoint.save, []
 
     def save_then_stall(state: dict, *args, checkpoint_id=None, **kwargs):
         result = original(state, *args, checkpoint_id=checkpoint_id, **kwargs)
         saves.extend([checkpoint_id] if name in Path(checkpoint_id).name else [])
         if len(saves) == save:
-            (out / f"in-save-{torch.distributed.get_rank()}").write_text(str(checkpoint_id))
+            marker = out / f"in-save-{torch.distributed.get_rank()}"
+            marker.with_suffix(".tmp").write_text(str(os.getpid()))
+            marker.with_suffix(".tmp").rename(marker)  # whole when the test sees it
             time.sleep(3600)
         return result
 

@@ -9,6 +9,7 @@ The runs are ``tests/sharded_run.py``: fixed batches, every rank its share of ea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -141,6 +142,9 @@ def test_a_kill_mid_sharded_save_keeps_the_previous_last_checkpoint(runs: dict[s
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
+        for marker in out.glob("in-save-*"):  # the ranks themselves: torchrun's SIGKILL leaves them sleeping
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
     last = out / "checkpoints" / "last.ckpt"
     assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == UPDATES_PER_EPOCH
     resumed = _updates(_fit(tmp_path / "resumed", f"--resume={last}", ranks=2))
