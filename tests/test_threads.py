@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,12 +61,15 @@ def test_cpu_ticks_count_busy_time_of_the_allowed_cpus_only(tmp_path: Path) -> N
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="busy_cpus reads Linux's /proc/stat")
 def test_a_cpu_bound_process_beside_us_counts_as_busy() -> None:
-    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # a grandchild, outside the tree the meter counts as ours (this process and its children: DataLoader workers);
+    # "; true" keeps sh from exec-ing the spinner in its own place
+    spinner = f'"{sys.executable}" -c "while True: pass"; true'
+    competitor = subprocess.Popen(["sh", "-c", spinner], start_new_session=True)
     try:
         time.sleep(0.3)  # running before the window opens
         busy = threads.busy_cpus(window=0.5)
     finally:
-        competitor.kill()
+        os.killpg(competitor.pid, signal.SIGKILL)
         competitor.wait()
     assert busy is not None and busy >= 0.8  # one CPU's worth, give or take the scheduler's ticks
 
