@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -100,17 +99,26 @@ def main() -> None:
     command = [sys.executable, "-m", "ptasr", "align", str(model), "--audio", str(audio), "--text", str(text),
                "-o", str(out), "--batch-size", "1", "--device", "cpu", "--min-score=-1e9"]
     load_before, started = os.getloadavg(), time.monotonic()
-    done = subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
-    wall = time.monotonic() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # wait4 gives this one child's own usage: its peak RSS and CPU time, not the preparing child's.
+    with open(args.workdir / "stdout.txt", "w+") as stdout, open(args.workdir / "stderr.txt", "w+") as stderr:
+        child = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=stdout, stderr=stderr,
+                                 text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - started
+        stdout.seek(0), stderr.seek(0)
+        done = subprocess.CompletedProcess(command, child.returncode, stdout.read(), stderr.read())
+    peak_kib = usage.ru_maxrss
     results = {
         "benchmark": "align_rtf", "model": "XLS-R 300m shape, random weights", "machine": platform.processor()
         or platform.machine(), "cpu_count": os.cpu_count(), "audio_s": round(seconds, 1), "sentences": sentences,
         "command": " ".join(command[1:]), "returncode": done.returncode, "wall_s": round(wall, 1),
         "real_time_factor": round(wall / seconds, 4), "peak_rss_gib": round(peak_kib / 2**20, 3),
+        "cpu_time_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "cpu_s_per_audio_s": round((usage.ru_utime + usage.ru_stime) / seconds, 3),
         "printed": done.stdout.strip().splitlines(), "stderr_tail": done.stderr[-1500:] if done.returncode else "",
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip(),
     }
     print(json.dumps(results, indent=2, ensure_ascii=False))
