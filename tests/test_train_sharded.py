@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,8 +43,9 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    # One thread per process: the ranks share two cores. sharded_run imports helpers from this folder.
-    return dict(os.environ, OMP_NUM_THREADS="1",
+    # One thread per process: the ranks share two cores. sharded_run imports helpers from this folder. A rank
+    # that dies of a signal prints every thread's Python stack (faulthandler): _crash_report shows them.
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1",
                 PYTHONPATH=os.pathsep.join([str(ROOT.parent), str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
@@ -51,12 +55,34 @@ def _torchrun(nodes: int, per_node: int, node_rank: int, port: int) -> list[str]
 
 
 def _fit(out: Path, *args: str, ranks: int = 1) -> Path:
-    """``sharded_run.py`` in one process (``ranks=1``) or under torchrun with ``ranks`` processes; ``out``."""
-    launcher = [sys.executable] if ranks == 1 else _torchrun(1, ranks, 0, _free_port())
-    result = subprocess.run([*launcher, RUN, f"--out={out}", *args], env=_env(), capture_output=True, text=True,
-                            timeout=HANG_S)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """``sharded_run.py`` in one process (``ranks=1``) or under torchrun with ``ranks`` processes; ``out``.
+
+    A torchrun whose rank died of SIGABRT or SIGSEGV runs once more, with a warning that carries the crash report:
+    one rank of the 1B-shaped run aborted once in about 45 runs (in a whole-suite run; 0 in 40 runs of it alone),
+    cause not found yet. A second such death, or any other failure, fails the test.
+    """
+    for attempt in (1, 2):
+        launcher = [sys.executable] if ranks == 1 else _torchrun(1, ranks, 0, _free_port())
+        result = subprocess.run([*launcher, RUN, f"--out={out}", *args], env=_env(), capture_output=True,
+                                text=True, timeout=HANG_S)
+        crashed = re.search(r"Signal \d+ \((SIGABRT|SIGSEGV)\) received by PID", result.stderr)
+        if result.returncode == 0 or attempt == 2 or not crashed:
+            break
+        warnings.warn(f"{out.name}: a rank died of {crashed[1]}; running it once more. {_crash_report(result.stderr)}",
+                      stacklevel=2)
+        shutil.rmtree(out, ignore_errors=True)
+    assert result.returncode == 0, _crash_report(result.stderr)
     return out
+
+
+def _crash_report(stderr: str) -> str:
+    """A failed run's stderr, short: what a rank that died of a signal printed (a C++ exception's ``what()``,
+    faulthandler's stacks), which the tail alone loses behind the other ranks' tracebacks; then the tail."""
+    lines = stderr.splitlines()
+    crash = next((i for i, line in enumerate(lines) if "terminate called" in line or "Fatal Python error" in line),
+                 None)
+    head = "\n".join(lines[crash: crash + 40]) + "\n...\n" if crash is not None else ""
+    return head + stderr[-3000:]
 
 
 def _updates(out: Path, mmap: bool = False) -> dict[int, dict]:
@@ -96,8 +122,6 @@ def test_two_sharded_ranks_train_as_one_process(runs: dict[str, Path]) -> None:
     assert single[UPDATES]["loss"] < single[1]["loss"] - 0.3
 
 
-@pytest.mark.skip(reason="rank 1 aborted (SIGABRT) in 1 of 3 fresh-clone runs, cause not found: issue #26 is open "
-                         "until it is (the test passed in the other two and in its author's runs)")
 def test_two_sharded_ranks_train_a_1b_shaped_model_as_one_process(tmp_path: Path) -> None:
     # XLS-R 1B's layer shape (the preset: hidden 1280, 16 heads, FFN 5120, its conv stack and 128-wide positional
     # conv) with 2 transformer layers, 57 M parameters: 2 clips of 0.375 s per update, one per rank. 3 updates,
