@@ -10,7 +10,8 @@ import torch
 
 from ptasr.data.audio import AudioDecodeError
 from ptasr.data.text import TextNormalizer, Vocabulary
-from ptasr.decoding.lm import can_choose
+from ptasr.decoding.confidence import BASELINE_MEASURE
+from ptasr.decoding.lm import Hypothesis, can_choose
 from ptasr.errors import DataError
 from ptasr.evaluation.evaluate import EvalSet, evaluate, summarise, transcribe_once, tune, write_results
 from ptasr.model.config import Wav2Vec2Config
@@ -59,17 +60,32 @@ def test_evaluate_refuses_a_set_with_nothing_to_score(recognizer: Recognizer, tm
 
 class ScriptedDecoder:
     """Decodes to the references under one (LM weight, word score) pair and to a wrong word under every other:
-    the search's answer is known whatever the random model emits."""
+    the search's answer is known whatever the random model emits. A batch of the whole set gets every reference;
+    a batch of one (the best pair decoded again, row by row) the next reference in turn."""
 
-    def __init__(self, references: list[str], right: tuple[float, float], weights: tuple[float, float] = (0, 0)):
-        self.references, self.right, self.weights = references, right, weights
+    def __init__(self, vocab: Vocabulary, references: list[str], right: tuple[float, float],
+                 weights: tuple[float, float] = (0, 0)):
+        self.vocab, self.references, self.right, self.weights = vocab, references, right, weights
+        self.next = 0
 
     def with_weights(self, lm_weight: float, word_score: float) -> ScriptedDecoder:
-        return ScriptedDecoder(self.references, self.right, (lm_weight, word_score))
+        return ScriptedDecoder(self.vocab, self.references, self.right, (lm_weight, word_score))
+
+    def __call__(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[Hypothesis]:
+        assert log_probs.shape[0] == frame_lengths.shape[0]
+        if log_probs.shape[0] == len(self.references):
+            texts = list(self.references)
+        else:
+            assert log_probs.shape[0] == 1
+            texts, self.next = [self.references[self.next]], self.next + 1
+        if self.weights != self.right:
+            texts = ["b"] * len(texts)
+        # one frame per token: a path whose spans word confidence can read
+        return [Hypothesis(ids, list(range(len(ids))), 0.0, [(t, i, i + 1) for i, t in enumerate(ids)])
+                for ids in (self.vocab.encode(text) for text in texts)]
 
     def decode(self, log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
-        assert log_probs.shape[0] == frame_lengths.shape[0] == len(self.references)
-        return list(self.references) if self.weights == self.right else ["b"] * len(self.references)
+        return [self.vocab.decode(h.tokens) for h in self(log_probs, frame_lengths)]
 
 
 @pytest.mark.parametrize(("right", "edges"), [((1.0, 0.0), []), ((2.0, -1.0), ["LM weight 2", "word score -1"])])
@@ -78,12 +94,17 @@ def test_tune_picks_the_pair_that_decodes_right(recognizer: Recognizer, tmp_path
     emissions = transcribe_once(recognizer, _eval_set(tmp_path / "gone.wav"))
     assert emissions.rows == [0, 2]
     seen = []
-    tuning = tune(emissions, ScriptedDecoder(["ab c", "ab"], right), [0.0, 1.0, 2.0], [-1.0, 0.0, 1.0],
-                  on_trial=seen.append)
+    decoder = ScriptedDecoder(recognizer.vocab, ["ab c", "ab"], right)
+    tuning = tune(emissions, decoder, [0.0, 1.0, 2.0], [-1.0, 0.0, 1.0], on_trial=seen.append)
     assert [(t.lm_weight, t.word_score) for t in seen] == [(w, s) for w in (0, 1, 2) for s in (-1, 0, 1)]
     assert (tuning.best.lm_weight, tuning.best.word_score) == right and tuning.best.wer == 0.0
     assert can_choose(tuning.trials) and tuning.edges() == edges
     assert [s.prediction for s in tuning.evaluation.scored] == ["ab c", "ab"]
+    # the best pair's words carry their confidences, under the recognizer's measure and the baseline, as evaluate's
+    for scored in tuning.evaluation.scored:
+        assert set(scored.confidences) == {recognizer.confidence.name, BASELINE_MEASURE.name}
+        assert all(len(c) == len(scored.prediction.split()) and all(0 <= x <= 1 for x in c)
+                   for c in scored.confidences.values())
     assert len(tuning.evaluation.skipped) == 1 and tuning.evaluation.seconds == pytest.approx(0.75)
     greedy = [" ".join(recognizer.normalizer(emissions.transcripts[i].text).split()) for i in (0, 2)]
     assert tuning.greedy["wer"] == pytest.approx(jiwer.wer(["ab c", "ab"], greedy), abs=1e-6)

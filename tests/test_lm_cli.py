@@ -71,6 +71,10 @@ def test_build_tune_then_evaluate_with_the_tuned_pair(checkpoint: Path, corpus: 
     assert f"best: LM weight {tuned['lm_weight']:g}, word score {tuned['word_score']:g}" in out
     results = json.loads((tmp_path / "tune" / f"{corpus.name}_dev_eval_results.json").read_text(encoding="utf-8"))
     assert len(results["tuning"]) == 4 and results["wer"] == min(t["wer"] for t in results["tuning"])
+    # the best pair's predicted words carry their confidences, as a plain evaluate's do
+    assert results["confidence"]["utterances_without"] == 0
+    predicted = [row.split("\t")[4] for row in _predictions(tmp_path / "tune")]
+    assert results["confidence"]["words"] == sum(len(prediction.split()) for prediction in predicted)
 
     # A later evaluate with this LM and no weight flags decodes with the tuned pair.
     assert main(["evaluate", str(checkpoint), "--data", str(corpus), "--split", "dev", "--lm", str(lm),
@@ -229,3 +233,9 @@ def test_tune_refuses_report_and_the_results_carry_duplicates(checkpoint: Path, 
     assert main([*base, "--output-dir", str(tmp_path / "b")]) == 0
     results = json.loads((tmp_path / "b" / f"{corpus.name}_dev_eval_results.json").read_text(encoding="utf-8"))
     assert results["duplicates"] == 0 and len(results["tuning"]) == 4
+
+
+def _predictions(folder: Path) -> list[str]:
+    """The rows of the one predictions file an evaluate wrote into ``folder``, without its header."""
+    (path,) = folder.glob("*_predictions.tsv")
+    return path.read_text(encoding="utf-8").splitlines()[1:]

@@ -156,10 +156,9 @@ def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunkin
     with its log-probabilities (for ``ptasr.evaluation.report.EvaluationReport``). Raises when ``data`` is empty or
     none of its clips can be read: a rate of 0 over no utterance would read as perfect.
     """
-    from ptasr.decoding.confidence import BASELINE_MEASURE
     from ptasr.recognition.recognizer import Chunking
 
-    measures = (recognizer.confidence, BASELINE_MEASURE) if measures is None else measures
+    measures = _measures(recognizer, measures)
     if not data.ids:
         raise DataError(f"{data.source} ({data.split}) has no utterances with a non-empty transcript")
     started = time.perf_counter()
@@ -174,12 +173,24 @@ def evaluate(recognizer: Recognizer, data: EvalSet, batch_size: int = 8, chunkin
         seconds += transcript.duration
         if observe is not None:
             observe(row, transcript)
-        item = _score_row(data, recognizer.normalizer, row, transcript.text)
-        item.confidences = word_scores(recognizer, transcript, item.prediction, measures)
-        scored.append(item)
+        scored.append(_score_with_confidences(data, recognizer, row, transcript, measures))
     if not scored:
         raise AudioDecodeError(f"none of the {len(data.ids)} clips of {data.source} could be read; first: {skipped[0]}")
     return Evaluation(data, scored, skipped, seconds, time.perf_counter() - started)
+
+
+def _measures(recognizer: Recognizer, measures: Sequence[ConfidenceMeasure] | None) -> Sequence[ConfidenceMeasure]:
+    """The confidence measures an evaluation reports: the recognizer's and the max-probability baseline."""
+    from ptasr.decoding.confidence import BASELINE_MEASURE
+
+    return (recognizer.confidence, BASELINE_MEASURE) if measures is None else measures
+
+
+def _score_with_confidences(data: EvalSet, recognizer: Recognizer, row: int, transcript: Transcript,
+                            measures: Sequence[ConfidenceMeasure]) -> Scored:
+    item = _score_row(data, recognizer.normalizer, row, transcript.text)
+    item.confidences = word_scores(recognizer, transcript, item.prediction, measures)
+    return item
 
 
 def _score_row(data: EvalSet, normalizer: TextNormalizer, row: int, prediction: str) -> Scored:
@@ -347,21 +358,31 @@ class Emissions:
     """An evaluation set transcribed once, greedy, its log-probabilities kept for decoding under other weights."""
 
     data: EvalSet
-    normalizer: TextNormalizer
+    recognizer: Recognizer
     transcripts: list[Transcript]
     rows: list[int]  # the rows whose clip could be read
     elapsed: float  # seconds the network took
 
     def score(self, predictions: Sequence[str]) -> list[Scored]:
         """The readable rows scored against one prediction each, in the order of ``rows``."""
-        return [_score_row(self.data, self.normalizer, row, prediction)
+        return [_score_row(self.data, self.recognizer.normalizer, row, prediction)
                 for row, prediction in zip(self.rows, predictions)]
 
-    def evaluation(self, predictions: Sequence[str], elapsed: float) -> Evaluation:
-        """The readable rows scored as if decoded to ``predictions``; ``elapsed`` adds to the network's time."""
+    def evaluation(self, decoder: BeamSearchDecoder, started: float,
+                   measures: Sequence[ConfidenceMeasure] | None = None) -> Evaluation:
+        """The readable rows decoded again with ``decoder`` and scored as :func:`evaluate` scores them, every
+        predicted word with its confidences; the time since ``started`` (``time.perf_counter``) adds to the
+        network's."""
+        measures = _measures(self.recognizer, measures)
+        scored = []
+        for row in self.rows:
+            transcript = self.transcripts[row]
+            decoded = self.recognizer.decode(transcript.source, transcript.log_probs, transcript.duration,
+                                             word_timestamps=True, decoder=decoder)
+            scored.append(_score_with_confidences(self.data, self.recognizer, row, decoded, measures))
         skipped = [f"{self.data.ids[i]}: {t.error}" for i, t in enumerate(self.transcripts) if t.error is not None]
         seconds = sum(self.transcripts[i].duration for i in self.rows)
-        return Evaluation(self.data, self.score(predictions), skipped, seconds, self.elapsed + elapsed)
+        return Evaluation(self.data, scored, skipped, seconds, self.elapsed + time.perf_counter() - started)
 
 
 def transcribe_once(recognizer: Recognizer, data: EvalSet, batch_size: int = 8,
@@ -375,7 +396,7 @@ def transcribe_once(recognizer: Recognizer, data: EvalSet, batch_size: int = 8,
     rows = [i for i, t in enumerate(transcripts) if t.error is None]
     if not rows:
         raise AudioDecodeError(f"none of the {len(data.ids)} clips of {data.source} could be read")
-    return Emissions(data, recognizer.normalizer, transcripts, rows, time.perf_counter() - started)
+    return Emissions(data, recognizer, transcripts, rows, time.perf_counter() - started)
 
 
 @dataclass
@@ -410,4 +431,6 @@ def tune(emissions: Emissions, decoder: BeamSearchDecoder, lm_weights: Sequence[
                             lm_weights, word_scores, on_trial=on_trial)
     best = best_trial(trials)
     greedy = error_rates(emissions.score([transcripts[i].text for i in emissions.rows]))
-    return Tuning(trials, best, greedy, emissions.evaluation(best.predictions, time.perf_counter() - started))
+    # the best pair decoded once more, for the spans and word confidences its results carry
+    best_decoder = decoder.with_weights(best.lm_weight, best.word_score)
+    return Tuning(trials, best, greedy, emissions.evaluation(best_decoder, started))

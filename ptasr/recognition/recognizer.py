@@ -274,8 +274,7 @@ class Recognizer:
                 results.append(Transcript(source, "", 0.0, error=waveform))
                 continue
             frames = torch.cat(stitched[index]) if index in stitched else torch.zeros(0, len(self.vocab))
-            transcript = self._decode(source, frames, waveform.shape[0] / SAMPLE_RATE, word_timestamps, decoder)
-            results.append(replace(transcript, log_probs=frames))
+            results.append(self.decode(source, frames, waveform.shape[0] / SAMPLE_RATE, word_timestamps, decoder))
         return results
 
     def _chunk_waveform(self, waveform: torch.Tensor, chunk: Chunk) -> torch.Tensor:
@@ -283,11 +282,15 @@ class Recognizer:
         # transformers' feature extractor normalises every chunk on its own; so do we, for the same input.
         return piece if chunk.end - chunk.start == waveform.shape[0] else normalize_waveform(piece)
 
-    def _decode(
-        self, source: str, log_probs: torch.Tensor, duration: float, word_timestamps: bool,
-        decoder: BeamSearchDecoder | None,
+    def decode(
+        self, source: str, log_probs: torch.Tensor, duration: float, word_timestamps: bool = False,
+        decoder: BeamSearchDecoder | None = None,
     ) -> Transcript:
-        """Decode one recording's stitched (T, V) log-probabilities; its words carry their confidence."""
+        """Decode one recording's stitched (T, V) log-probabilities, greedy or with ``decoder``, into a transcript
+        that keeps them and its path's spans; with ``word_timestamps``, its words carry their confidence.
+
+        Decoding again under other LM weights needs no second pass of the network (``evaluate --tune``).
+        """
         frames = torch.tensor([log_probs.shape[0]])
         if decoder is not None:
             hypothesis = decoder(log_probs[None], frames)[0]
@@ -299,4 +302,4 @@ class Recognizer:
         if word_timestamps:
             confidences = word_confidences(log_probs, spans, self.vocab.word_delimiter_id, self.confidence)
             words = word_spans(spans, self.vocab, self.samples_per_frame / SAMPLE_RATE, confidences)
-        return Transcript(source, self.vocab.decode(ids), duration, words, spans=spans)
+        return Transcript(source, self.vocab.decode(ids), duration, words, log_probs=log_probs, spans=spans)
